@@ -1,0 +1,112 @@
+"""``expiryd check``: what a replica would see, without changing anything.
+
+It reads the topology from the seed nodes, the ``notify-keyspace-events``
+setting of every primary and the state of the lease, and prints one line per
+finding. It changes nothing, not even a missing notification setting.
+
+Exit codes: 0 when a replica would work; 1 when something would stop events
+from arriving (a primary without notifications that expiryd cannot or may not
+repair, a cluster not in ``ok`` state); 2 when no seed node can be reached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from .config import Config
+from .connections import NodeAddress, RedisOptions
+from .election import term_key
+from .notifications import NotificationStatus, ensure_notifications
+from .topology import ClusterView, Topology, TopologyUnavailable
+
+__all__ = ["run_check"]
+
+
+def run_check(config: Config) -> int:
+    return asyncio.run(_check(config))
+
+
+async def _check(config: Config) -> int:
+    options = RedisOptions.from_config(config.redis)
+    seeds = [NodeAddress.from_url(url) for url in config.redis.nodes]
+    try:
+        view = await Topology(seeds=seeds, options=options).read()
+    except TopologyUnavailable as error:
+        print(f"expiryd: config error: {config.source}: redis.nodes: cannot reach any seed node ({error})",
+              file=sys.stderr)
+        return 2
+    problems = 0
+    _line("config", f"{config.source}: ok, {len(config.routes)} route(s), replica id {config.id}")
+    problems += await _check_cluster(view, options)
+    for primary in sorted(view.primaries):
+        problems += await _check_primary(primary, view, options, repair=config.redis.ensure_notifications)
+    await _report_lease(config, options, seeds)
+    _line("result", "ok" if not problems else f"{problems} problem(s)")
+    return 1 if problems else 0
+
+
+async def _check_cluster(view: ClusterView, options: RedisOptions) -> int:
+    client = options.client(view.answered_by)
+    try:
+        info = await client.execute_command("CLUSTER", "INFO")
+    finally:
+        await client.aclose()
+    text = info.decode() if isinstance(info, bytes) else str(info)
+    state = next((line.split(":", 1)[1].strip() for line in text.splitlines()
+                  if line.startswith("cluster_state:")), "unknown")
+    replicas = sum(len(view.replicas_of(p)) for p in view.primaries)
+    _line("cluster", f"state {state}, {len(view.primaries)} primaries, {replicas} replicas "
+                     f"(read from {view.answered_by})")
+    return 0 if state == "ok" and view.primaries else 1
+
+
+async def _check_primary(primary: NodeAddress, view: ClusterView, options: RedisOptions, *, repair: bool) -> int:
+    client = options.client(primary)
+    try:
+        status = await ensure_notifications(client, repair=False)
+    except (RedisError, OSError) as error:
+        status = None
+        note = f"unreachable ({error.__class__.__name__})"
+    finally:
+        await client.aclose()
+    replicas = ",".join(str(r) for r in view.replicas_of(primary)) or "none"
+    if status is not None:
+        note = _notification_note(status, repair=repair)
+    _line("primary", f"{primary}  slots {view.slot_count(primary)}  replicas {replicas}  notifications {note}")
+    if status is None or status.refused:
+        return 1
+    return 0 if status.ok or repair else 1
+
+
+def _notification_note(status: NotificationStatus, *, repair: bool) -> str:
+    if status.refused:
+        return "unknown: CONFIG refused; make sure notify-keyspace-events includes Ex"
+    if status.ok:
+        return f"{status.before!r} ok"
+    if repair:
+        return f"{status.before!r} lacks Ex: a replica will enable it (redis.ensure_notifications)"
+    return f"{status.before!r} lacks Ex and redis.ensure_notifications is off: no events from this node"
+
+
+async def _report_lease(config: Config, options: RedisOptions, seeds: list[NodeAddress]) -> None:
+    settings = config.election
+    where = f"{len(settings.masters)} independent masters" if settings.masters else "the cluster"
+    client: Any = options.client_for_url(settings.masters[0]) if settings.masters else options.cluster_client(seeds)
+    try:
+        holder_ttl = await client.pttl(f"redlock:{settings.lock_name}")
+        term = await client.get(term_key(settings.lock_name))
+    except (RedisError, OSError) as error:
+        _line("lease", f"{settings.lock_name!r} on {where}: cannot read ({error.__class__.__name__})")
+        return
+    finally:
+        await client.aclose()
+    state = f"held, {holder_ttl} ms left" if holder_ttl > 0 else "free"
+    _line("lease", f"{settings.lock_name!r} on {where}: {state}, last term {int(term or 0)}")
+
+
+def _line(topic: str, text: str) -> None:
+    print(f"{topic:<8} {text}")

@@ -1,0 +1,99 @@
+"""The ``expiryd`` command: run a replica, check a configuration, or watch the demo.
+
+    expiryd --id 1 --config expiryd.yaml          # run a replica (``run`` is the default command)
+    expiryd check --config expiryd.yaml           # validate, print topology and notification status
+    expiryd demo                                  # a throwaway cluster, three replicas, a failover
+
+Exit codes: 0 success; 1 a failure while running, or ``check`` found a
+problem; 2 bad configuration or usage, with one line saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+from . import __version__
+from .check import run_check
+from .config import Config, ConfigError, load_config
+from .daemon import Daemon
+from .demo import run_demo
+from .logs import configure_logging
+
+__all__ = ["main"]
+
+_COMMANDS = ("run", "check", "demo")
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if not arguments or arguments[0] not in (*_COMMANDS, "-h", "--help", "--version"):
+        arguments.insert(0, "run")
+    args = _parser().parse_args(arguments)
+    if args.command == "demo":
+        return run_demo(replicas=args.replicas)
+    try:
+        config = load_config(path=args.config or os.environ.get("EXPIRYD_CONFIG"), overrides=_flag_overrides(args))
+    except ConfigError as error:
+        print(f"expiryd: config error: {error}", file=sys.stderr)
+        return 2
+    if args.command == "check":
+        return run_check(config)
+    return _run(config)
+
+
+def _run(config: Config) -> int:
+    configure_logging(replica=config.id, fmt=config.log.format, level=config.log.level)
+    try:
+        return asyncio.run(_serve(Daemon(config)))
+    except OSError as error:
+        print(f"expiryd: {error.strerror or error} (http.listen is {config.http.listen})", file=sys.stderr)
+        return 1
+
+
+async def _serve(daemon: Daemon) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return await daemon.run(stop=stop)
+
+
+def _flag_overrides(args: argparse.Namespace) -> dict[str, str | None]:
+    return {
+        "id": getattr(args, "id", None),
+        "listen": getattr(args, "listen", None),
+        "log_format": getattr(args, "log_format", None),
+        "log_level": getattr(args, "log_level", None),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="expiryd",
+        description="Turn Redis Cluster key expirations into reliable work.",
+        epilog="Secrets never come from flags: set EXPIRYD_REDIS_PASSWORD or redis.password_file.",
+    )
+    parser.add_argument("--version", action="version", version=f"expiryd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a replica (the default command)")
+    _add_config_flag(run)
+    run.add_argument("--id", help="replica id (default: EXPIRYD_ID, then the hostname)")
+    run.add_argument("--listen", metavar="HOST:PORT", help="HTTP listener (default 127.0.0.1:9101)")
+    run.add_argument("--log-format", choices=("json", "text"), help="log format (default json)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log level (default info)")
+
+    check = commands.add_parser("check", help="validate the config and print topology and notification status")
+    _add_config_flag(check)
+
+    demo = commands.add_parser("demo", help="start a local cluster and three replicas, then kill the leader")
+    demo.add_argument("--replicas", type=int, default=3, help="how many replicas to run (default 3)")
+    return parser
+
+
+def _add_config_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", metavar="PATH", help="YAML config file (default: EXPIRYD_CONFIG)")

@@ -1,0 +1,429 @@
+"""Configuration: built-in defaults, then a YAML file, then ``EXPIRYD_*`` environment, then flags.
+
+Every setting lives in a dataclass below, with its default. The loader walks the
+dataclasses, so the YAML file, the environment and the error messages all use
+the same key paths::
+
+    config = load_config(path="expiryd.yaml", environ=os.environ, overrides={"listen": "127.0.0.1:9102"})
+    config.election.lease      # 5.0 (seconds)
+
+Anything wrong raises :class:`ConfigError`, whose text is one line naming the
+source (file or environment), the key path and the problem. Secrets never come
+from the file or from flags: the Redis password is read from
+``EXPIRYD_REDIS_PASSWORD`` or from the file named by ``redis.password_file``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import socket
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Union
+from urllib.parse import urlsplit
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ElectionConfig",
+    "HttpConfig",
+    "LogConfig",
+    "LogHandlerConfig",
+    "PipelineConfig",
+    "RedisConfig",
+    "RouteConfig",
+    "load_config",
+    "parse_duration",
+]
+
+# Marks a float field as a duration in seconds, written as "500ms", "5s" or "1m".
+DURATION = "duration"
+Duration = Annotated[float, DURATION]
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded as one line for the operator."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}")
+        self.source = source
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    nodes: list[str] = field(default_factory=list)
+    username: str | None = None
+    password_file: str | None = None
+    ensure_notifications: bool = True
+    topology_interval: Duration = 1.0
+    connect_timeout: Duration = 2.0
+    watchdog_interval: Duration = 1.0
+    watchdog_timeout: Duration = 2.0
+    # Filled from EXPIRYD_REDIS_PASSWORD or password_file, never from YAML or flags.
+    password: str | None = field(default=None, repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class ElectionConfig:
+    lock_name: str = "{expiryd}:leader"
+    masters: list[str] = field(default_factory=list)
+    lease: Duration = 5.0
+    renew_interval: Duration = 1.0
+    renew_deadline: Duration = 3.0
+    retry_interval: Duration = 0.5
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    queue_size: int = 100_000
+    shutdown_grace: Duration = 10.0
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = "127.0.0.1:9101"
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "json"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class LogHandlerConfig:
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    match: str
+    name: str | None = None
+    log: LogHandlerConfig | None = None
+
+    @property
+    def label(self) -> str:
+        """The route's name in metrics and logs: ``name``, or the glob itself."""
+        return self.name or self.match
+
+
+HANDLER_KINDS = ("log",)
+
+
+@dataclass(frozen=True)
+class Config:
+    id: str = field(default_factory=socket.gethostname)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    election: ElectionConfig = field(default_factory=ElectionConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    routes: list[RouteConfig] = field(default_factory=list)
+    source: str = field(default="defaults", compare=False, metadata={"internal": True})
+
+
+# Flags and the environment name a few settings by short names.
+_SHORT_NAMES = {
+    "id": ("id",),
+    "listen": ("http", "listen"),
+    "log_format": ("log", "format"),
+    "log_level": ("log", "level"),
+}
+
+
+def load_config(
+    *,
+    path: str | None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str | None] | None = None,
+) -> Config:
+    """Load the configuration from defaults, ``path``, ``environ`` and ``overrides``, in that order.
+
+    ``overrides`` holds flag values by short name (``id``, ``listen``,
+    ``log_format``, ``log_level``); ``None`` means the flag was not given.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = path
+        raw = _read_yaml(path)
+    raw_env = _environment_layer(environ)
+    merged = _merge(raw, raw_env)
+    for short, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(merged, _SHORT_NAMES[short], value)
+    config = _build(Config, merged, path="", source=source)
+    config = dataclasses.replace(config, source=source)
+    config = _with_password(config, environ, source)
+    _validate(config, source)
+    return config
+
+
+def parse_duration(text: str) -> float:
+    """``"500ms"`` → 0.5, ``"5s"`` → 5.0, ``"1m"`` → 60.0. A bare number means seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
+    if match is None:
+        raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {text!r}")
+    number, unit = float(match.group(1)), match.group(2) or "s"
+    return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(path, "(file)", f"cannot read: {error.strerror or error}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise ConfigError(path, where, f"invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, "(top level)", "expected a mapping of settings")
+    return data
+
+
+def _environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Turn ``EXPIRYD_SECTION_KEY=value`` into ``{"section": {"key": value}}``.
+
+    Values stay strings here; ``_build`` parses them like YAML scalars, so an
+    error names the variable.
+    """
+    layer: dict[str, Any] = {}
+    for short, key_path in _SHORT_NAMES.items():
+        value = environ.get(f"EXPIRYD_{short.upper()}")
+        if value is not None:
+            _set_path(layer, key_path, _EnvValue(f"EXPIRYD_{short.upper()}", value))
+    for section in dataclasses.fields(Config):
+        section_type = _hints(Config)[section.name]
+        if not dataclasses.is_dataclass(section_type):
+            continue
+        for setting in dataclasses.fields(section_type):
+            if setting.metadata.get("secret"):
+                continue
+            name = f"EXPIRYD_{section.name}_{setting.name}".upper()
+            if name in environ:
+                _set_path(layer, (section.name, setting.name), _EnvValue(name, environ[name]))
+    return layer
+
+
+@dataclass(frozen=True)
+class _EnvValue:
+    """A string from the environment, remembered with its variable name for errors."""
+
+    variable: str
+    text: str
+
+
+def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _set_path(tree: dict[str, Any], key_path: tuple[str, ...], value: Any) -> None:
+    for key in key_path[:-1]:
+        child = tree.get(key)
+        if not isinstance(child, dict):
+            child = tree[key] = {}
+        tree = child
+    tree[key_path[-1]] = value
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
+def _build(cls: type, raw: Any, *, path: str, source: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(source, path or "(top level)", f"expected a mapping, got {_describe(raw)}")
+    settable = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in raw:
+        if key not in settable or settable[key].metadata.get("secret"):
+            raise ConfigError(source, _join(path, str(key)), _unknown_key_problem(cls, str(key), settable))
+    hints = _hints(cls)
+    values = {}
+    for name, value in raw.items():
+        values[name] = _convert(hints[name], value, path=_join(path, name), source=source)
+    try:
+        return cls(**values)
+    except TypeError:
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in values and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        raise ConfigError(source, _join(path, missing[0]), "is required") from None
+
+
+def _unknown_key_problem(cls: type, key: str, settable: dict[str, dataclasses.Field[Any]]) -> str:
+    if key == "password":
+        return "passwords are not read from the config file; set EXPIRYD_REDIS_PASSWORD or redis.password_file"
+    known = ", ".join(name for name, f in settable.items() if not f.metadata.get("secret"))
+    return f"unknown key (expected one of: {known})"
+
+
+def _convert(hint: Any, value: Any, *, path: str, source: str) -> Any:
+    if isinstance(value, _EnvValue):
+        return _convert_env(hint, value, path=path)
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        base, *marks = typing.get_args(hint)
+        if DURATION in marks:
+            return _to_duration(value, path=path, source=source)
+        return _convert(base, value, path=path, source=source)
+    if origin in (Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _convert(options[0], value, path=path, source=source)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(source, path, f"expected a list, got {_describe(value)}")
+        return [_convert(item, v, path=f"{path}[{i}]", source=source) for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, {} if value is None else value, path=path, source=source)
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(source, path, f"expected true or false, got {_describe(value)}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(source, path, f"expected a whole number, got {_describe(value)}")
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(source, path, f"expected a string, got {_describe(value)}")
+        return value
+    raise ConfigError(source, path, f"unsupported setting type {hint!r}")
+
+
+def _convert_env(hint: Any, value: _EnvValue, *, path: str) -> Any:
+    """Parse an environment string into the setting's type; errors name the variable."""
+    source, text = "environment", value.text
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _to_duration(text, path=value.variable, source=source)
+    if origin in (Union, types.UnionType):
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is list:
+        return [item.strip() for item in text.split(",") if item.strip()]
+    if hint is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "true", "yes", "on"):
+            return True
+        if lowered in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(source, value.variable, f"expected true or false, got {text!r}")
+    if hint is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(source, value.variable, f"expected a whole number, got {text!r}") from None
+    return text
+
+
+def _to_duration(value: Any, *, path: str, source: str) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(source, path, f"expected a duration like 500ms, 5s or 1m, got {value!r}")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = parse_duration(value)
+        except ValueError as error:
+            raise ConfigError(source, path, str(error)) from None
+    else:
+        raise ConfigError(source, path, f"expected a duration like 500ms, 5s or 1m, got {_describe(value)}")
+    if seconds <= 0:
+        raise ConfigError(source, path, "must be greater than zero")
+    return seconds
+
+
+def _with_password(config: Config, environ: Mapping[str, str], source: str) -> Config:
+    password = environ.get("EXPIRYD_REDIS_PASSWORD")
+    password_file = environ.get("EXPIRYD_REDIS_PASSWORD_FILE") or config.redis.password_file
+    if password is None and password_file:
+        try:
+            password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as error:
+            raise ConfigError(source, "redis.password_file", f"cannot read: {error.strerror or error}") from None
+    return dataclasses.replace(config, redis=dataclasses.replace(config.redis, password=password))
+
+
+def _validate(config: Config, source: str) -> None:
+    if not config.redis.nodes:
+        raise ConfigError(source, "redis.nodes", "at least one seed node is required")
+    for i, url in enumerate(config.redis.nodes):
+        _check_url(url, key=f"redis.nodes[{i}]", source=source)
+    for i, url in enumerate(config.election.masters):
+        _check_url(url, key=f"election.masters[{i}]", source=source)
+    election = config.election
+    if election.renew_interval >= election.renew_deadline:
+        raise ConfigError(source, "election.renew_interval", "must be shorter than election.renew_deadline")
+    if election.renew_deadline >= election.lease:
+        raise ConfigError(source, "election.renew_deadline",
+                          "must be shorter than election.lease, so a leader steps down before its lease expires")
+    if config.pipeline.queue_size < 1:
+        raise ConfigError(source, "pipeline.queue_size", "must be at least 1")
+    if config.log.format not in ("json", "text"):
+        raise ConfigError(source, "log.format", f"expected json or text, got {config.log.format!r}")
+    if config.log.level.lower() not in ("debug", "info", "warning", "error"):
+        raise ConfigError(source, "log.level", f"expected debug, info, warning or error, got {config.log.level!r}")
+    _check_listen(config.http.listen, source)
+    if not config.routes:
+        raise ConfigError(source, "routes", "at least one route is required")
+    for i, route in enumerate(config.routes):
+        kinds = [kind for kind in HANDLER_KINDS if getattr(route, kind) is not None]
+        if len(kinds) != 1:
+            raise ConfigError(source, f"routes[{i}]",
+                              f"needs exactly one handler ({', '.join(HANDLER_KINDS)}), got {len(kinds)}")
+
+
+def _check_url(url: str, *, key: str, source: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(source, key, f"expected a URL like redis://host:6379, got {url!r}")
+    if parts.password:
+        raise ConfigError(source, key,
+                          "the URL holds a password; set EXPIRYD_REDIS_PASSWORD or redis.password_file instead")
+    try:
+        parts.port
+    except ValueError:
+        raise ConfigError(source, key, f"invalid port in {url!r}") from None
+
+
+def _check_listen(listen: str, source: str) -> None:
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(source, "http.listen", f"expected host:port, got {listen!r}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, (dict, list)):
+        return f"a {'mapping' if isinstance(value, dict) else 'list'}"
+    return f"{type(value).__name__} {value!r}"

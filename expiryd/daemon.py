@@ -1,0 +1,129 @@
+"""One expiryd replica: the data path wired together, and its orderly shutdown.
+
+The path an expired key takes, module by module::
+
+    subscription (one per primary) → eventqueue → dispatch (leader gate) → routing → handlers
+
+:class:`Daemon` builds each part from the configuration, owns every
+long-running task, serves the HTTP endpoints and, when asked to stop, shuts
+down in the order that loses least: stop taking events, let the batch in hand
+finish within the grace period, release the lease so another replica takes
+over at once, then close the subscriptions::
+
+    stop = asyncio.Event()
+    await Daemon(config).run(stop=stop)      # returns after stop is set
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from .config import Config
+from .connections import NodeAddress, RedisOptions
+from .dispatch import Dispatcher
+from .election import Elector
+from .eventqueue import EventQueue
+from .fanin import FanIn
+from .handlers import build_handler
+from .httpserver import HttpServer, Reply
+from .metrics import Metrics
+from .routing import Route, Router
+from .topology import Topology
+
+__all__ = ["Daemon"]
+
+log = logging.getLogger("expiryd.daemon")
+
+
+class Daemon:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        options = RedisOptions.from_config(config.redis)
+        seeds = [NodeAddress.from_url(url) for url in config.redis.nodes]
+        self._queue = EventQueue(capacity=config.pipeline.queue_size)
+        self._fanin = FanIn(
+            topology=Topology(seeds=seeds, options=options),
+            queue=self._queue,
+            metrics=self.metrics,
+            options=options,
+            settings=config.redis,
+        )
+        if config.election.masters:
+            self._masters: list[Any] = [options.client_for_url(url) for url in config.election.masters]
+        else:
+            self._masters = [options.cluster_client(seeds)]
+        self._elector = Elector(masters=self._masters, settings=config.election, replica=config.id,
+                                metrics=self.metrics)
+        self._routes = [Route(name=r.label, pattern=r.match, handler=build_handler(r)) for r in config.routes]
+        self._dispatcher = Dispatcher(queue=self._queue, leadership=self._elector, router=Router(self._routes),
+                                      replica=config.id, metrics=self.metrics)
+        self._http = HttpServer(listen=config.http.listen, endpoints={
+            "/metrics": self._metrics_reply,
+            "/healthz": self._health_reply,
+            "/readyz": self._readiness_reply,
+            "/leader": self._leader_reply,
+        })
+
+    async def run(self, *, stop: asyncio.Event) -> int:
+        """Run until ``stop`` is set or a core task fails; return the exit code."""
+        await self._http.start()
+        log.info("started", extra={"listen": self.config.http.listen, "routes": len(self._routes)})
+        fanin = asyncio.create_task(self._fanin.run(), name="fan-in")
+        election = asyncio.create_task(self._elector.run(), name="election")
+        self._dispatcher.start()
+        stopping = asyncio.create_task(stop.wait(), name="stop signal")
+        done, _ = await asyncio.wait({fanin, election, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        failed = [task for task in done if task is not stopping]
+        for task in failed:
+            log.error("core task ended unexpectedly: shutting down",
+                      extra={"task": task.get_name()}, exc_info=task.exception())
+        stopping.cancel()
+        await self._shut_down(fanin=fanin, election=election)
+        return 1 if failed else 0
+
+    async def _shut_down(self, *, fanin: asyncio.Task[None], election: asyncio.Task[None]) -> None:
+        log.info("shutting down", extra={"grace": self.config.pipeline.shutdown_grace})
+        await self._dispatcher.stop(grace=self.config.pipeline.shutdown_grace)
+        election.cancel()
+        await asyncio.gather(election, return_exceptions=True)
+        await self._elector.resign()
+        fanin.cancel()
+        await asyncio.gather(fanin, return_exceptions=True)
+        for route in self._routes:
+            await route.handler.close()
+        for master in self._masters:
+            await master.aclose()
+        await self._http.stop()
+        log.info("stopped")
+
+    def _metrics_reply(self) -> Reply:
+        return Reply(200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
+
+    def _health_reply(self) -> Reply:
+        # The longest an election loop turn can take is an acquire plus a term
+        # write, each bounded by renew_deadline; past that, the loop is wedged.
+        settings = self.config.election
+        limit = 3 * settings.renew_deadline + settings.lease
+        silent_for = time.monotonic() - self._elector.heartbeat
+        if silent_for > limit:
+            return Reply(503, f"election loop silent for {silent_for:.1f}s\n".encode())
+        return Reply(200, b"ok\n")
+
+    def _readiness_reply(self) -> Reply:
+        if not self._fanin.cluster_reachable:
+            return Reply(503, b"cluster unreachable\n")
+        states = self._fanin.subscription_states()
+        down = [node for node, up in states.items() if not up]
+        if not states or down:
+            return Reply(503, ("not subscribed: " + ", ".join(down or ["no primaries yet"]) + "\n").encode())
+        return Reply(200, b"ready\n")
+
+    def _leader_reply(self) -> Reply:
+        term = self._elector.term()
+        if term is None:
+            return Reply(503, b"follower\n")
+        return Reply(200, f"leader term={term}\n".encode())

@@ -1,0 +1,209 @@
+"""Leader election: a Redlock lease, renewed on a ticker, with a fencing token per term.
+
+Every replica runs an :class:`Elector`. Followers try to take the lease every
+``retry_interval`` (with jitter). The leader renews it every
+``renew_interval`` with pottery's ``extend()``, which resets the full lease.
+If the leader cannot renew for ``renew_deadline`` it steps down: it stops
+handing events to handlers while its lease, which runs for ``lease``, is still
+valid, so two replicas never act at once unless a clock or a pause betrays
+them. Each new term gets a fencing token greater than any earlier term's; it
+is stamped on every event so that a receiver can refuse a stale leader::
+
+    elector = Elector(masters=[cluster_client], settings=config.election, replica="1", metrics=metrics)
+    task = asyncio.create_task(elector.run())
+    term = elector.term()      # the fencing token while leading safely, else None
+    await elector.resign()     # on shutdown: release the lock for the next replica
+
+``term()`` reads the monotonic clock, so a leader that wakes from a long pause
+(SIGSTOP, a stalled VM) stops acting at its first look, before the renewal
+loop has even noticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pottery import AIORedlock
+from pottery.exceptions import PotteryError
+from redis.exceptions import RedisError
+
+from .config import ElectionConfig
+from .metrics import Metrics
+
+__all__ = ["Elector", "term_key"]
+
+log = logging.getLogger("expiryd.election")
+
+# Raises the stored term to ARGV[1] unless it is already that high; returns 1 when it did.
+_RAISE_TERM = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local proposed = tonumber(ARGV[1])
+if current < proposed then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def term_key(lock_name: str) -> str:
+    """The key holding the last term. With the default lock name it shares the lock's hash slot."""
+    return f"{lock_name}:term"
+
+
+class Elector:
+    def __init__(
+        self,
+        *,
+        masters: Sequence[Any],
+        settings: ElectionConfig,
+        replica: str,
+        metrics: Metrics,
+    ) -> None:
+        self._masters = list(masters)
+        self._settings = settings
+        self._replica = replica
+        self._metrics = metrics
+        self._lock = AIORedlock(
+            key=settings.lock_name,
+            masters=set(self._masters),
+            auto_release_time=settings.lease,
+            num_extensions=math.inf,  # type: ignore[arg-type]
+        )
+        self._term: int | None = None
+        self._act_until = 0.0
+        self._last_renewal_attempt = 0.0
+        self._release_task: asyncio.Task[None] | None = None
+        self.heartbeat = time.monotonic()
+
+    def term(self) -> int | None:
+        """The current fencing token if this replica leads and may still act, else ``None``."""
+        if self._term is not None and time.monotonic() < self._act_until:
+            return self._term
+        return None
+
+    @property
+    def leading(self) -> bool:
+        return self.term() is not None
+
+    async def run(self) -> None:
+        while True:
+            self.heartbeat = time.monotonic()
+            if self._term is None:
+                await self._try_to_lead()
+                await asyncio.sleep(self._settings.retry_interval * random.uniform(0.8, 1.2))
+            else:
+                await self._renew_or_step_down()
+
+    async def resign(self) -> None:
+        """Give up the lease at once, so another replica can take over within its retry interval."""
+        if self._term is not None:
+            self._step_down("shutdown")
+        await self._finish_release()
+
+    async def _try_to_lead(self) -> None:
+        # A release still in flight would run with the new attempt's lock value.
+        await self._finish_release()
+        started = time.monotonic()
+        try:
+            acquired = await asyncio.wait_for(self._lock.acquire(blocking=False), self._settings.renew_deadline)
+        except (RedisError, PotteryError, OSError, TimeoutError) as error:
+            log.debug("lease attempt failed", extra={"reason": error.__class__.__name__})
+            return
+        if not acquired:
+            return
+        try:
+            term = await asyncio.wait_for(self._next_term(), self._settings.renew_deadline)
+        except (RedisError, OSError, TimeoutError, _TermUnavailable) as error:
+            log.warning("took the lease but could not raise the term: letting it go",
+                        extra={"reason": str(error) or error.__class__.__name__})
+            await self._release()
+            return
+        self._term = term
+        self._act_until = started + self._settings.renew_deadline
+        self._last_renewal_attempt = started
+        self._metrics.is_leader.set(1)
+        self._metrics.leader_term.set(term)
+        self._metrics.leader_transitions.labels(to="leader").inc()
+        log.warning("became leader", extra={"term": term, "reason": "lease acquired"})
+
+    async def _renew_or_step_down(self) -> None:
+        next_attempt = self._last_renewal_attempt + self._settings.renew_interval
+        await asyncio.sleep(max(0.0, next_attempt - time.monotonic()))
+        started = self._last_renewal_attempt = time.monotonic()
+        remaining = self._act_until - started
+        if remaining <= 0:
+            self._metrics.lock_renewals.labels(result="error").inc()
+            self._step_down("renew deadline passed")
+            return
+        try:
+            await asyncio.wait_for(self._lock.extend(), remaining)
+        except PotteryError:
+            # ExtendUnlockedLock: the lock is gone or someone else holds it.
+            self._metrics.lock_renewals.labels(result="lost").inc()
+            self._step_down("lease lost")
+            return
+        except (RedisError, OSError, TimeoutError) as error:
+            self._metrics.lock_renewals.labels(result="error").inc()
+            log.warning("lease renewal failed", extra={"term": self._term, "reason": error.__class__.__name__})
+            if time.monotonic() >= self._act_until:
+                self._step_down("renew deadline passed")
+            return
+        self._act_until = started + self._settings.renew_deadline
+        self._metrics.lock_renewals.labels(result="ok").inc()
+
+    def _step_down(self, reason: str) -> None:
+        term = self._term
+        self._term = None
+        self._act_until = 0.0
+        self._metrics.is_leader.set(0)
+        self._metrics.leader_term.set(0)
+        self._metrics.leader_transitions.labels(to="follower").inc()
+        self._metrics.leader_stepdowns.labels(reason=reason.replace(" ", "_")).inc()
+        log.warning("stepped down", extra={"term": term, "reason": reason})
+        # Stepping down is synchronous so that no event slips through after it;
+        # the release, which needs Redis, follows as a task this elector awaits.
+        self._release_task = asyncio.create_task(self._release(), name="lease release")
+
+    async def _finish_release(self) -> None:
+        if self._release_task is not None:
+            await self._release_task
+            self._release_task = None
+
+    async def _release(self) -> None:
+        try:
+            await asyncio.wait_for(self._lock.release(), self._settings.renew_interval)
+        except (RedisError, PotteryError, OSError, TimeoutError):
+            pass  # the lease expires on its own
+
+    async def _next_term(self) -> int:
+        """A term greater than every earlier one, written to a majority of the masters.
+
+        Read the stored term from every master, take the highest seen by a
+        majority, and raise all masters to one more. Any two majorities share a
+        master, so the new term exceeds any term an earlier leader wrote to a
+        majority. With the cluster as the only master this is an INCR.
+        """
+        key = term_key(self._settings.lock_name)
+        quorum = len(self._masters) // 2 + 1
+        readings = await asyncio.gather(*(m.get(key) for m in self._masters), return_exceptions=True)
+        values = [int(v or 0) for v in readings if not isinstance(v, BaseException)]
+        if len(values) < quorum:
+            raise _TermUnavailable(f"read the term from {len(values)} of {len(self._masters)} masters")
+        proposed = max(values) + 1
+        writes = await asyncio.gather(*(m.eval(_RAISE_TERM, 1, key, proposed) for m in self._masters),
+                                      return_exceptions=True)
+        raised = sum(1 for w in writes if w == 1)
+        if raised < quorum:
+            raise _TermUnavailable(f"raised the term on {raised} of {len(self._masters)} masters")
+        return proposed
+
+
+class _TermUnavailable(Exception):
+    pass

@@ -1,0 +1,109 @@
+"""Fan-in: one subscription per primary, all merged into one queue, following the topology.
+
+:class:`FanIn` re-reads the cluster topology every ``topology_interval`` and at
+once whenever a subscription reports trouble. It subscribes to every primary it
+finds and drops the subscriptions of nodes that are no longer primaries, so
+failovers, resharding and added or removed nodes are followed without a
+restart. Every replica runs the fan-in, leader or not, so that a follower that
+takes over has no gap in its subscriptions::
+
+    fanin = FanIn(topology=topology, queue=queue, metrics=metrics, options=options, settings=config.redis)
+    task = asyncio.create_task(fanin.run())
+    ...
+    task.cancel()          # stops every subscription before returning
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from .config import RedisConfig
+from .connections import NodeAddress, RedisOptions
+from .eventqueue import EventQueue
+from .metrics import Metrics
+from .subscription import NodeSubscription
+from .topology import Topology, TopologyUnavailable
+
+__all__ = ["FanIn"]
+
+log = logging.getLogger("expiryd.fanin")
+
+
+class FanIn:
+    def __init__(
+        self,
+        *,
+        topology: Topology,
+        queue: EventQueue,
+        metrics: Metrics,
+        options: RedisOptions,
+        settings: RedisConfig,
+    ) -> None:
+        self._topology = topology
+        self._queue = queue
+        self._metrics = metrics
+        self._options = options
+        self._settings = settings
+        self._subscriptions: dict[NodeAddress, NodeSubscription] = {}
+        self._refresh_now = asyncio.Event()
+        self._last_topology_ok = 0.0
+
+    @property
+    def cluster_reachable(self) -> bool:
+        """True when a topology read succeeded within the last three intervals."""
+        return time.monotonic() - self._last_topology_ok < 3 * self._settings.topology_interval + 2.0
+
+    @property
+    def all_subscribed(self) -> bool:
+        return bool(self._subscriptions) and all(s.subscribed for s in self._subscriptions.values())
+
+    def subscription_states(self) -> dict[str, bool]:
+        return {str(address): s.subscribed for address, s in sorted(self._subscriptions.items())}
+
+    def request_refresh(self) -> None:
+        self._refresh_now.set()
+
+    async def run(self) -> None:
+        try:
+            while True:
+                self._refresh_now.clear()
+                await self._refresh()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._refresh_now.wait(), self._settings.topology_interval)
+        finally:
+            await asyncio.gather(*(s.stop() for s in self._subscriptions.values()))
+            self._subscriptions.clear()
+
+    async def _refresh(self) -> None:
+        try:
+            view = await self._topology.read()
+        except TopologyUnavailable as error:
+            self._metrics.topology_refreshes.labels(result="error").inc()
+            log.warning("cannot read the cluster topology", extra={"reason": str(error)})
+            return
+        self._last_topology_ok = time.monotonic()
+        self._metrics.topology_refreshes.labels(result="ok").inc()
+        self._metrics.cluster_primaries.set(len(view.primaries))
+        await self._reconcile(view.primaries)
+
+    async def _reconcile(self, primaries: frozenset[NodeAddress]) -> None:
+        for address in sorted(set(self._subscriptions) - primaries):
+            log.info("node is no longer a primary: unsubscribing", extra={"node": str(address)})
+            await self._subscriptions.pop(address).stop()
+        for address in sorted(primaries - set(self._subscriptions)):
+            log.info("new primary: subscribing", extra={"node": str(address)})
+            subscription = NodeSubscription(
+                address=address,
+                options=self._options,
+                queue=self._queue,
+                metrics=self._metrics,
+                repair_notifications=self._settings.ensure_notifications,
+                watchdog_interval=self._settings.watchdog_interval,
+                watchdog_timeout=self._settings.watchdog_timeout,
+                on_trouble=self.request_refresh,
+            )
+            self._subscriptions[address] = subscription
+            subscription.start()

@@ -1,0 +1,324 @@
+"""A throwaway Redis Cluster on loopback, built from the ``redis-server`` on PATH.
+
+The demo, the test suite and the benchmarks all need a real cluster that starts
+in a couple of seconds, lives in a temporary directory and can be hurt on
+purpose: a primary killed, frozen, restarted or failed over. This module is
+that cluster.
+
+    with LocalCluster(primaries=3, replicas_per_primary=1) as cluster:
+        print(cluster.seed_urls)          # ["redis://127.0.0.1:31000", ...]
+        victim = cluster.primaries()[0]
+        cluster.kill(victim)              # SIGKILL; its replica takes over
+        cluster.wait_for_primary_change(victim)
+
+Nodes start with ``notify-keyspace-events`` empty unless asked otherwise, as a
+freshly installed Redis does: expiryd is expected to switch the notifications
+on itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+__all__ = ["ClusterNode", "LocalCluster", "RedisNotInstalled"]
+
+
+class RedisNotInstalled(RuntimeError):
+    """``redis-server`` or ``redis-cli`` is not on PATH."""
+
+
+@dataclass
+class ClusterNode:
+    """One ``redis-server`` process of the local cluster."""
+
+    port: int
+    directory: Path
+    node_id: str = ""
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def client(self, *, timeout: float = 2.0) -> redis.Redis:
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+
+
+class LocalCluster:
+    """Start, hurt and tear down a Redis Cluster of ``redis-server`` processes.
+
+    ``node_timeout_ms`` is Redis's ``cluster-node-timeout``: how long a primary
+    may be unreachable before its replica is promoted. The default is short so
+    that failover tests finish quickly.
+    """
+
+    def __init__(
+        self,
+        *,
+        primaries: int = 3,
+        replicas_per_primary: int = 1,
+        node_timeout_ms: int = 2000,
+        notify_keyspace_events: str = "",
+        extra_args: tuple[str, ...] = (),
+        base_dir: str | None = None,
+    ) -> None:
+        for binary in ("redis-server", "redis-cli"):
+            if shutil.which(binary) is None:
+                raise RedisNotInstalled(f"{binary} is not on PATH; install Debian's redis-server package")
+        self.primary_count = primaries
+        self.replicas_per_primary = replicas_per_primary
+        self.node_timeout_ms = node_timeout_ms
+        self.notify_keyspace_events = notify_keyspace_events
+        self.extra_args = extra_args
+        self._tmp = tempfile.mkdtemp(prefix="expiryd-cluster-", dir=base_dir)
+        self.nodes: list[ClusterNode] = []
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def seed_urls(self) -> list[str]:
+        return [f"redis://{node.address}" for node in self.nodes]
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        count = self.primary_count * (1 + self.replicas_per_primary)
+        for port in _free_cluster_ports(count):
+            directory = Path(self._tmp) / str(port)
+            directory.mkdir()
+            node = ClusterNode(port=port, directory=directory)
+            self._spawn(node)
+            self.nodes.append(node)
+        for node in self.nodes:
+            _wait_until(lambda n=node: _pings(n), timeout, f"redis-server on port {node.port} did not start")
+        addresses = [node.address for node in self.nodes]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *addresses,
+             "--cluster-replicas", str(self.replicas_per_primary), "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
+        )
+        self.wait_until_healthy(timeout=timeout)
+        for node in self.nodes:
+            node.node_id = node.client().execute_command("CLUSTER", "MYID").decode()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            if node.process is None:
+                continue
+            if node.process.poll() is None:
+                node.process.send_signal(signal.SIGCONT)
+                node.process.kill()
+            node.process.wait()
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def primaries(self) -> list[ClusterNode]:
+        """The nodes that a live node currently reports as primaries holding slots."""
+        return [self.node(address) for address in self._roles()["master"]]
+
+    def replicas(self) -> list[ClusterNode]:
+        return [self.node(address) for address in self._roles()["slave"]]
+
+    def node(self, address: str) -> ClusterNode:
+        return next(node for node in self.nodes if node.address == address)
+
+    def node_for_key(self, key: bytes | str) -> ClusterNode:
+        """The primary that holds ``key``'s hash slot."""
+        client = self._any_live_client()
+        slot = client.execute_command("CLUSTER", "KEYSLOT", key)
+        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
+            if start <= slot <= end:
+                host, port = primary[0], primary[1]
+                return self.node(f"{host.decode() if isinstance(host, bytes) else host}:{port}")
+        raise LookupError(f"no node serves slot {slot}")
+
+    def client(self) -> redis.RedisCluster:
+        """A cluster-aware client, for writing keys across all shards."""
+        return redis.RedisCluster.from_url(self.seed_urls[0])
+
+    def kill(self, node: ClusterNode) -> None:
+        """SIGKILL the node, as a crashed machine would stop."""
+        assert node.process is not None
+        node.process.kill()
+        node.process.wait()
+
+    def freeze(self, node: ClusterNode) -> None:
+        """SIGSTOP the node: its sockets stay open, but it answers nothing."""
+        assert node.process is not None
+        node.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self, node: ClusterNode) -> None:
+        assert node.process is not None
+        node.process.send_signal(signal.SIGCONT)
+
+    def restart(self, node: ClusterNode, *, timeout: float = 15.0) -> None:
+        """Start a killed node again, from its own nodes.conf, with its file settings."""
+        if node.process is not None and node.process.poll() is None:
+            self.kill(node)
+        self._spawn(node)
+        _wait_until(lambda: _pings(node), timeout, f"redis-server on port {node.port} did not restart")
+
+    def failover(self, replica: ClusterNode, *, timeout: float = 15.0) -> None:
+        """Graceful ``CLUSTER FAILOVER`` run on ``replica``: it becomes the primary."""
+        replica.client().execute_command("CLUSTER", "FAILOVER")
+        _wait_until(
+            lambda: replica.address in self._roles()["master"], timeout,
+            f"{replica.address} was not promoted",
+        )
+        self.wait_until_healthy(timeout=timeout)
+
+    def replica_of(self, primary: ClusterNode) -> ClusterNode:
+        client = self._any_live_client()
+        for line in _cluster_nodes(client):
+            if line.primary_id == primary.node_id and "slave" in line.flags:
+                return self.node(line.address)
+        raise LookupError(f"{primary.address} has no replica")
+
+    def wait_for_primary_change(self, old: ClusterNode, *, timeout: float = 20.0) -> ClusterNode:
+        """Wait until ``old``'s replica is a primary; return it."""
+        replica = self.replica_of(old)
+        _wait_until(
+            lambda: replica.address in self._roles()["master"], timeout,
+            f"{old.address}'s replica was not promoted",
+        )
+        return replica
+
+    def wait_until_healthy(self, *, timeout: float = 30.0) -> None:
+        """Wait until every live node reports ``cluster_state:ok`` and sees every replica."""
+        replicas = self.primary_count * self.replicas_per_primary
+
+        def healthy() -> bool:
+            for node in self._live_nodes():
+                try:
+                    info = node.client().execute_command("CLUSTER", "INFO")
+                    lines = _cluster_nodes(node.client())
+                except redis.RedisError:
+                    return False
+                if b"cluster_state:ok" not in info:
+                    return False
+                if sum("slave" in line.flags for line in lines) < replicas:
+                    return False
+            return True
+        _wait_until(healthy, timeout, "the cluster did not reach cluster_state:ok")
+
+    def _spawn(self, node: ClusterNode) -> None:
+        arguments = [
+            "redis-server",
+            "--port", str(node.port),
+            "--bind", "127.0.0.1",
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", "nodes.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            # A replica that lost its primary moments after a failover must still
+            # be promotable; the default would leave the shard down.
+            "--cluster-replica-validity-factor", "0",
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", str(node.directory),
+            "--notify-keyspace-events", self.notify_keyspace_events,
+            "--logfile", "redis.log",
+            *self.extra_args,
+        ]
+        node.process = subprocess.Popen(arguments, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _live_nodes(self) -> list[ClusterNode]:
+        return [n for n in self.nodes if n.process is not None and n.process.poll() is None]
+
+    def _any_live_client(self) -> redis.Redis:
+        for node in self._live_nodes():
+            client = node.client(timeout=1.0)
+            try:
+                client.ping()
+            except redis.RedisError:
+                continue
+            return client
+        raise ConnectionError("no node of the local cluster answers")
+
+    def _roles(self) -> dict[str, set[str]]:
+        roles: dict[str, set[str]] = {"master": set(), "slave": set()}
+        for line in _cluster_nodes(self._any_live_client()):
+            if "fail" in line.flags:
+                continue
+            if "master" in line.flags and line.slots:
+                roles["master"].add(line.address)
+            if "slave" in line.flags:
+                roles["slave"].add(line.address)
+        return roles
+
+
+@dataclass(frozen=True)
+class _NodesLine:
+    node_id: str
+    address: str
+    flags: frozenset[str]
+    primary_id: str
+    slots: tuple[str, ...]
+
+
+def _cluster_nodes(client: redis.Redis) -> list[_NodesLine]:
+    raw = client.execute_command("CLUSTER", "NODES")
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    lines = []
+    for row in text.strip().splitlines():
+        parts = row.split()
+        address = parts[1].split("@")[0]
+        lines.append(_NodesLine(parts[0], address, frozenset(parts[2].split(",")), parts[3], tuple(parts[8:])))
+    return lines
+
+
+def _pings(node: ClusterNode) -> bool:
+    try:
+        return bool(node.client(timeout=0.5).ping())
+    except redis.RedisError:
+        return False
+
+
+def _wait_until(condition, timeout: float, message: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(message)
+
+
+def _free_cluster_ports(count: int) -> list[int]:
+    """``count`` consecutive free ports whose cluster bus ports (+10000) are free too.
+
+    Several clusters may start at once (parallel test runs), so the search
+    starts at a random point and checks every port it hands out.
+    """
+    for _ in range(200):
+        base = 20000 + int.from_bytes(os.urandom(2), "big") % 30000
+        ports = list(range(base, base + count))
+        if all(_port_free(p) and _port_free(p + 10000) for p in ports):
+            return ports
+    raise RuntimeError("no free ports for a local cluster")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

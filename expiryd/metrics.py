@@ -1,0 +1,86 @@
+"""Prometheus metrics of one expiryd replica.
+
+All metrics live on the registry of one :class:`Metrics` object, which the
+daemon creates and hands to each part of the data path, so two replicas in one
+process (as in tests) never share counters::
+
+    metrics = Metrics()
+    metrics.events_received.labels(node="10.0.0.7:6379").inc(250)
+    text = metrics.exposition()          # what /metrics serves
+
+Counters on the hot path are incremented once per batch, not once per event.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from . import __version__
+
+__all__ = ["Metrics"]
+
+_HANDLE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        Info("expiryd_build", "Version of the running expiryd.", registry=r).info({"version": __version__})
+
+        # Election
+        self.is_leader = Gauge("expiryd_is_leader", "1 while this replica leads and hands events to handlers.",
+                               registry=r)
+        self.leader_term = Gauge("expiryd_leader_term",
+                                 "Fencing token of the current leadership term (0 when following).", registry=r)
+        self.leader_transitions = Counter("expiryd_leader_transitions",
+                                          "Times this replica became leader or stopped leading.", ["to"], registry=r)
+        self.leader_stepdowns = Counter("expiryd_leader_stepdowns",
+                                        "Times this replica stopped leading, by reason.", ["reason"], registry=r)
+        self.lock_renewals = Counter("expiryd_lock_renewals", "Lease renewals by result (ok, error, lost).",
+                                     ["result"], registry=r)
+
+        # Fan-in
+        self.cluster_primaries = Gauge("expiryd_cluster_primaries", "Primaries in the last topology read.",
+                                       registry=r)
+        self.topology_refreshes = Counter("expiryd_topology_refreshes", "Topology reads by result.", ["result"],
+                                          registry=r)
+        self.node_subscribed = Gauge("expiryd_node_subscribed",
+                                     "1 while the expired-event subscription to this primary is live.", ["node"],
+                                     registry=r)
+        self.node_notifications_ok = Gauge(
+            "expiryd_node_notifications_ok",
+            "1 when the primary's notify-keyspace-events is known to include E and x.", ["node"], registry=r)
+        self.node_config_refused = Gauge(
+            "expiryd_node_config_refused",
+            "1 when the primary refused CONFIG, so notifications could not be checked or repaired.", ["node"],
+            registry=r)
+        self.node_disconnects = Counter("expiryd_node_disconnects",
+                                        "Subscriptions lost, by node and reason.", ["node", "reason"], registry=r)
+        self.events_received = Counter("expiryd_events_received", "Expired events read from each primary.",
+                                       ["node"], registry=r)
+        self.events_dropped = Counter("expiryd_events_dropped",
+                                      "Events dropped before routing, by reason (queue_full).", ["reason"],
+                                      registry=r)
+        self.queue_depth = Gauge("expiryd_queue_depth", "Events waiting in the merged queue.", registry=r)
+
+        # Processing
+        self.events_skipped = Counter("expiryd_events_skipped",
+                                      "Events read while following, left for the leader.", registry=r)
+        self.events_unrouted = Counter("expiryd_events_unrouted", "Events that matched no route.", registry=r)
+        self.events_processed = Counter("expiryd_events_processed", "Events handled, by route and outcome.",
+                                        ["route", "outcome"], registry=r)
+        self.event_handle_seconds = Histogram("expiryd_event_handle_seconds",
+                                              "Time a handler spent on one batch of events.", ["route"],
+                                              buckets=_HANDLE_BUCKETS, registry=r)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def forget_node(self, node: str) -> None:
+        """Drop a node's per-node series once it is no longer a primary."""
+        for gauge in (self.node_subscribed, self.node_notifications_ok, self.node_config_refused):
+            try:
+                gauge.remove(node)
+            except KeyError:
+                pass

@@ -1,0 +1,44 @@
+"""Routing: the first route whose glob matches the key gets the event.
+
+Globs are shell-style (``*``, ``?``, ``[abc]``), matched against the raw key
+bytes, so keys that are not valid UTF-8 route like any other::
+
+    router = Router([Route(name="orders", pattern="order:*", handler=handler)])
+    router.match(b"order:42")     # the "orders" route
+    router.match(b"session:9")    # None: counted as unrouted, not processed
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+
+from .handlers import Handler
+
+__all__ = ["Route", "Router"]
+
+
+@dataclass(eq=False)
+class Route:
+    name: str
+    pattern: str
+    handler: Handler
+    _regex: re.Pattern[bytes] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._regex = re.compile(fnmatch.translate(self.pattern).encode("utf-8"))
+
+    def matches(self, key: bytes) -> bool:
+        return self._regex.match(key) is not None
+
+
+class Router:
+    def __init__(self, routes: list[Route]) -> None:
+        self.routes = routes
+
+    def match(self, key: bytes) -> Route | None:
+        for route in self.routes:
+            if route.matches(key):
+                return route
+        return None

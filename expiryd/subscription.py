@@ -1,0 +1,251 @@
+"""One primary's ``expired`` keyevents, kept flowing into the merged queue.
+
+A :class:`NodeSubscription` owns everything about one primary: its Pub/Sub
+socket, a watchdog connection, the notification check and reconnection. It
+runs until its owner (the fan-in) stops it::
+
+    subscription = NodeSubscription(address=..., options=..., queue=..., metrics=..., ...)
+    subscription.start()
+    ...
+    await subscription.stop()
+
+Why the socket is read by hand: Pub/Sub is at-most-once, and a subscriber that
+reads too slowly is disconnected by Redis, losing its whole output buffer.
+redis-py's PubSub drains about 25-60k messages a second here; feeding raw
+socket reads to the hiredis parser drains about a million. So the subscription
+speaks RESP itself (AUTH, SUBSCRIBE, then read), and uses redis-py only for the
+watchdog and ``CONFIG``.
+
+Why a watchdog: a frozen server (SIGSTOP, a stalled VM) keeps its TCP
+connections open and simply says nothing, which looks exactly like a quiet
+node. The watchdog PINGs on a second connection; a node that neither answers
+nor sends any event for ``watchdog_timeout`` is treated as lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .connections import NodeAddress, RedisOptions
+from .eventqueue import EventQueue
+from .events import Expiration
+from .metrics import Metrics
+from .notifications import ensure_notifications
+
+__all__ = ["CHANNEL", "NodeSubscription"]
+
+CHANNEL = b"__keyevent@0__:expired"
+_READ_SIZE = 256 * 1024
+_NOTIFICATION_CHECK_EVERY = 10  # watchdog ticks
+_OVERFLOW_LOG_INTERVAL = 10.0
+
+log = logging.getLogger("expiryd.subscription")
+
+
+class SubscriptionLost(Exception):
+    """The subscription stopped delivering; the text says why."""
+
+
+class NodeSubscription:
+    def __init__(
+        self,
+        *,
+        address: NodeAddress,
+        options: RedisOptions,
+        queue: EventQueue,
+        metrics: Metrics,
+        repair_notifications: bool,
+        watchdog_interval: float,
+        watchdog_timeout: float,
+        on_trouble: Callable[[], None],
+    ) -> None:
+        self.address = address
+        self._node = str(address)
+        self._options = options
+        self._queue = queue
+        self._metrics = metrics
+        self._repair = repair_notifications
+        self._watchdog_interval = watchdog_interval
+        self._watchdog_timeout = watchdog_timeout
+        self._on_trouble = on_trouble
+        self._task: asyncio.Task[None] | None = None
+        self._last_read = 0.0
+        self._last_overflow_log = 0.0
+        self._warned: set[str] = set()
+        self.subscribed = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"subscription {self._node}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._set_subscribed(False)
+        self._metrics.forget_node(self._node)
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                await self._session()
+            except (SubscriptionLost, RedisError, OSError, TimeoutError, hiredis.ProtocolError) as error:
+                reason = _reason(error)
+            except Exception as error:  # a bug must not end this node's subscription for good
+                log.exception("subscription failed unexpectedly", extra={"node": self._node})
+                reason = f"error: {error.__class__.__name__}"
+            if self.subscribed:
+                failures = 0
+            self._set_subscribed(False)
+            self._metrics.node_disconnects.labels(node=self._node, reason=reason.split(":")[0]).inc()
+            log.warning("subscription lost", extra={"node": self._node, "reason": reason})
+            self._on_trouble()
+            failures += 1
+            await asyncio.sleep(_backoff(failures))
+
+    async def _session(self) -> None:
+        control = self._options.client(self.address, timeout=self._watchdog_timeout)
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(self.address.host, self.address.port),
+                self._options.connect_timeout,
+            )
+            try:
+                parser = hiredis.Reader()
+                await asyncio.wait_for(self._subscribe(reader, writer, parser), self._watchdog_timeout)
+                await self._check_notifications(control)
+                self._set_subscribed(True)
+                log.info("subscribed", extra={"node": self._node})
+                await _until_first_failure(self._read(reader, parser), self._watch(control))
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError, RuntimeError):
+                    await writer.wait_closed()
+        finally:
+            await control.aclose()
+
+    async def _subscribe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         parser: hiredis.Reader) -> None:
+        if self._options.password is not None:
+            credentials = [self._options.username] if self._options.username else []
+            writer.write(hiredis.pack_command(("AUTH", *credentials, self._options.password)))
+            await _reply(reader, parser, what="AUTH")
+        writer.write(hiredis.pack_command((b"SUBSCRIBE", CHANNEL)))
+        await _reply(reader, parser, what="SUBSCRIBE")
+
+    async def _read(self, reader: asyncio.StreamReader, parser: hiredis.Reader) -> None:
+        received = self._metrics.events_received.labels(node=self._node)
+        node = self._node
+        while True:
+            data = await reader.read(_READ_SIZE)
+            if not data:
+                raise SubscriptionLost("closed: the server closed the connection")
+            self._last_read = time.monotonic()
+            parser.feed(data)
+            now = time.time()
+            batch = []
+            while (reply := parser.gets()) is not False:
+                if type(reply) is list and reply[0] == b"message":
+                    batch.append(Expiration(reply[2], node, now))
+            if batch:
+                received.inc(len(batch))
+                self._enqueue(batch)
+
+    def _enqueue(self, batch: list[Expiration]) -> None:
+        refused = self._queue.put(batch)
+        self._metrics.queue_depth.set(len(self._queue))
+        if not refused:
+            return
+        self._metrics.events_dropped.labels(reason="queue_full").inc(refused)
+        now = time.monotonic()
+        if now - self._last_overflow_log >= _OVERFLOW_LOG_INTERVAL:
+            self._last_overflow_log = now
+            log.error("merged queue full: dropping events", extra={
+                "node": self._node, "dropped": refused, "capacity": self._queue.capacity})
+
+    async def _watch(self, control: aioredis.Redis) -> None:
+        ticks = 0
+        while True:
+            await asyncio.sleep(self._watchdog_interval)
+            ticks += 1
+            sent = time.monotonic()
+            try:
+                await asyncio.wait_for(control.ping(), self._watchdog_timeout)
+            except (RedisError, OSError, TimeoutError) as error:
+                if self._last_read >= sent:
+                    continue  # events kept arriving, so the node is alive, only busy
+                raise SubscriptionLost(f"hung: no answer to PING ({error.__class__.__name__})") from None
+            if ticks % _NOTIFICATION_CHECK_EVERY == 0:
+                await self._check_notifications(control)
+
+    async def _check_notifications(self, control: aioredis.Redis) -> None:
+        status = await asyncio.wait_for(ensure_notifications(control, repair=self._repair),
+                                        self._watchdog_timeout)
+        self._metrics.node_notifications_ok.labels(node=self._node).set(status.ok)
+        self._metrics.node_config_refused.labels(node=self._node).set(status.refused)
+        if status.refused:
+            self._warn_once("config_refused", "CONFIG refused: cannot check or enable keyspace notifications; "
+                            "set notify-keyspace-events to include Ex on this node")
+        elif status.repaired:
+            log.warning("enabled keyspace notifications",
+                        extra={"node": self._node, "before": status.before, "after": status.after})
+        elif not status.ok:
+            self._warn_once("notifications_off", "notify-keyspace-events lacks Ex and "
+                            "redis.ensure_notifications is off: this node's expirations are not published")
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            log.warning(message, extra={"node": self._node})
+
+    def _set_subscribed(self, subscribed: bool) -> None:
+        self.subscribed = subscribed
+        self._metrics.node_subscribed.labels(node=self._node).set(subscribed)
+
+
+async def _reply(reader: asyncio.StreamReader, parser: hiredis.Reader, *, what: str) -> Any:
+    while (reply := parser.gets()) is False:
+        data = await reader.read(_READ_SIZE)
+        if not data:
+            raise SubscriptionLost(f"closed: the server closed the connection during {what}")
+        parser.feed(data)
+    if isinstance(reply, hiredis.ReplyError):
+        raise SubscriptionLost(f"refused: {what} failed: {reply}")
+    return reply
+
+
+async def _until_first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
+    """Run coroutines that loop forever; when one raises, cancel the rest and re-raise."""
+    tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _backoff(failures: int) -> float:
+    """0.1 s after the first failure, doubling to 2 s, with jitter so replicas do not reconnect in step."""
+    return min(2.0, 0.1 * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, SubscriptionLost):
+        return str(error)
+    if isinstance(error, TimeoutError):
+        return "timeout: the node did not answer in time"
+    return f"error: {error.__class__.__name__}: {error}"

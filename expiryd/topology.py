@@ -1,0 +1,134 @@
+"""Which nodes of the cluster are primaries right now.
+
+Only primaries emit ``expired`` events, and which nodes are primaries changes
+with every failover, so expiryd re-reads the topology on a timer. A read asks
+one reachable node for ``CLUSTER NODES``, trying the node that answered last
+time first, then every node it has ever learned of, then the seeds::
+
+    topology = Topology(seeds=[NodeAddress("127.0.0.1", 7000)], options=options)
+    view = await topology.read()
+    view.primaries      # frozenset of NodeAddress
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from redis.exceptions import RedisError
+
+from .connections import NodeAddress, RedisOptions
+
+__all__ = ["ClusterView", "Topology", "TopologyUnavailable", "parse_cluster_nodes"]
+
+# Flags that mean a node cannot serve a subscription now.
+_UNUSABLE = frozenset({"fail", "handshake", "noaddr"})
+
+
+class TopologyUnavailable(Exception):
+    """No known node answered ``CLUSTER NODES``."""
+
+
+@dataclass(frozen=True)
+class ClusterNodeInfo:
+    node_id: str
+    address: NodeAddress
+    flags: frozenset[str]
+    primary_id: str | None
+    slots: tuple[str, ...]
+
+    @property
+    def is_primary(self) -> bool:
+        return "master" in self.flags and not self.flags & _UNUSABLE
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    nodes: tuple[ClusterNodeInfo, ...]
+    answered_by: NodeAddress
+
+    @property
+    def primaries(self) -> frozenset[NodeAddress]:
+        """Every usable primary, including one that holds no slots yet.
+
+        A primary receiving slots in a resharding holds keys, and so expires
+        them, before the slots are wholly its own.
+        """
+        return frozenset(node.address for node in self.nodes if node.is_primary)
+
+    def replicas_of(self, primary: NodeAddress) -> list[NodeAddress]:
+        ids = {node.node_id for node in self.nodes if node.address == primary}
+        return [node.address for node in self.nodes if node.primary_id in ids]
+
+    def slot_count(self, primary: NodeAddress) -> int:
+        count = 0
+        for node in self.nodes:
+            if node.address != primary:
+                continue
+            for slot_range in node.slots:
+                if slot_range.startswith("["):
+                    continue  # a slot being migrated, listed again by its owner
+                start, _, end = slot_range.partition("-")
+                count += int(end or start) - int(start) + 1
+        return count
+
+
+def parse_cluster_nodes(text: str) -> tuple[ClusterNodeInfo, ...]:
+    nodes = []
+    for line in text.strip().splitlines():
+        parts = line.split()
+        if len(parts) < 8:
+            continue
+        address_text = parts[1].split("@")[0].split(",")[0]
+        if address_text.startswith(":"):
+            continue  # a node that has not learned its own address yet
+        nodes.append(ClusterNodeInfo(
+            node_id=parts[0],
+            address=NodeAddress.parse(address_text),
+            flags=frozenset(parts[2].split(",")),
+            primary_id=None if parts[3] == "-" else parts[3],
+            slots=tuple(parts[8:]),
+        ))
+    return tuple(nodes)
+
+
+class Topology:
+    def __init__(self, *, seeds: list[NodeAddress], options: RedisOptions) -> None:
+        self._seeds = list(seeds)
+        self._known: list[NodeAddress] = []
+        self._options = options
+
+    async def read(self) -> ClusterView:
+        errors = []
+        for address in self._candidates():
+            try:
+                view = await self._read_from(address)
+            except (RedisError, OSError) as error:
+                errors.append(f"{address}: {error.__class__.__name__}")
+                continue
+            self._remember(view)
+            return view
+        raise TopologyUnavailable("no node answered CLUSTER NODES (" + "; ".join(errors) + ")")
+
+    def _candidates(self) -> list[NodeAddress]:
+        ordered = []
+        for address in [*self._known, *self._seeds]:
+            if address not in ordered:
+                ordered.append(address)
+        return ordered
+
+    def _remember(self, view: ClusterView) -> None:
+        # The node that answered goes first next time; every node it knows of follows.
+        others = sorted(node.address for node in view.nodes if node.address != view.answered_by)
+        self._known = [view.answered_by, *others]
+
+    async def _read_from(self, address: NodeAddress) -> ClusterView:
+        client = self._options.client(address)
+        try:
+            raw = await client.execute_command("CLUSTER", "NODES")
+        finally:
+            await client.aclose()
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+        nodes = parse_cluster_nodes(text)
+        if not nodes:
+            raise RedisError("empty CLUSTER NODES reply")
+        return ClusterView(nodes=nodes, answered_by=address)

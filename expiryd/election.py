@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pottery import AIORedlock
-from pottery.exceptions import PotteryError
+from pottery.exceptions import ExtendUnlockedLock, PrimitiveError
 from redis.exceptions import RedisError
 
 from .config import ElectionConfig
@@ -74,6 +74,10 @@ class Elector:
             key=settings.lock_name,
             masters=set(self._masters),
             auto_release_time=settings.lease,
+            # Without this, pottery reports a master it could not reach as a
+            # lock it does not hold, and a leader would give up a lease it
+            # still has at the first network error.
+            raise_on_redis_errors=True,
             num_extensions=math.inf,  # type: ignore[arg-type]
         )
         self._term: int | None = None
@@ -113,7 +117,7 @@ class Elector:
         started = time.monotonic()
         try:
             acquired = await asyncio.wait_for(self._lock.acquire(blocking=False), self._settings.renew_deadline)
-        except (RedisError, PotteryError, OSError, TimeoutError) as error:
+        except (RedisError, PrimitiveError, OSError, TimeoutError) as error:
             log.debug("lease attempt failed", extra={"reason": error.__class__.__name__})
             return
         if not acquired:
@@ -144,12 +148,12 @@ class Elector:
             return
         try:
             await asyncio.wait_for(self._lock.extend(), remaining)
-        except PotteryError:
-            # ExtendUnlockedLock: the lock is gone or someone else holds it.
+        except ExtendUnlockedLock:
+            # A majority answered and none of them holds our value: the lease is gone.
             self._metrics.lock_renewals.labels(result="lost").inc()
             self._step_down("lease lost")
             return
-        except (RedisError, OSError, TimeoutError) as error:
+        except (RedisError, PrimitiveError, OSError, TimeoutError) as error:
             self._metrics.lock_renewals.labels(result="error").inc()
             log.warning("lease renewal failed", extra={"term": self._term, "reason": error.__class__.__name__})
             if time.monotonic() >= self._act_until:
@@ -179,7 +183,7 @@ class Elector:
     async def _release(self) -> None:
         try:
             await asyncio.wait_for(self._lock.release(), self._settings.renew_interval)
-        except (RedisError, PotteryError, OSError, TimeoutError):
+        except (RedisError, PrimitiveError, OSError, TimeoutError):
             pass  # the lease expires on its own
 
     async def _next_term(self) -> int:

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from redis.crc import key_slot
 
-__all__ = ["ClusterNode", "LocalCluster", "RedisNotInstalled"]
+__all__ = ["ClusterNode", "LocalCluster", "RedisNotInstalled", "SlotOwners"]
 
 
 class RedisNotInstalled(RuntimeError):
@@ -142,13 +143,15 @@ class LocalCluster:
 
     def node_for_key(self, key: bytes | str) -> ClusterNode:
         """The primary that holds ``key``'s hash slot."""
-        client = self._any_live_client()
-        slot = client.execute_command("CLUSTER", "KEYSLOT", key)
-        for start, end, primary, *_ in client.execute_command("CLUSTER", "SLOTS"):
-            if start <= slot <= end:
-                host, port = primary[0], primary[1]
-                return self.node(f"{host.decode() if isinstance(host, bytes) else host}:{port}")
-        raise LookupError(f"no node serves slot {slot}")
+        return self.slot_owners().owner(key)
+
+    def slot_owners(self) -> SlotOwners:
+        """A snapshot of which primary serves each slot, for placing many keys at once."""
+        ranges = []
+        for start, end, primary, *_ in self._any_live_client().execute_command("CLUSTER", "SLOTS"):
+            host = primary[0].decode() if isinstance(primary[0], bytes) else primary[0]
+            ranges.append((start, end, self.node(f"{host}:{primary[1]}")))
+        return SlotOwners(ranges)
 
     def client(self) -> redis.RedisCluster:
         """A cluster-aware client, for writing keys across all shards."""
@@ -202,11 +205,11 @@ class LocalCluster:
         return replica
 
     def wait_until_healthy(self, *, timeout: float = 30.0) -> None:
-        """Wait until every live node reports ``cluster_state:ok`` and sees every replica."""
-        replicas = self.primary_count * self.replicas_per_primary
-
+        """Wait until every live node reports ``cluster_state:ok`` and sees every live replica."""
         def healthy() -> bool:
-            for node in self._live_nodes():
+            live = self._live_nodes()
+            replicas = len(live) - self.primary_count
+            for node in live:
                 try:
                     info = node.client().execute_command("CLUSTER", "INFO")
                     lines = _cluster_nodes(node.client())
@@ -214,7 +217,7 @@ class LocalCluster:
                     return False
                 if b"cluster_state:ok" not in info:
                     return False
-                if sum("slave" in line.flags for line in lines) < replicas:
+                if sum("slave" in line.flags and "fail" not in line.flags for line in lines) < replicas:
                     return False
             return True
         _wait_until(healthy, timeout, "the cluster did not reach cluster_state:ok")
@@ -262,6 +265,18 @@ class LocalCluster:
             if "slave" in line.flags:
                 roles["slave"].add(line.address)
         return roles
+
+
+@dataclass(frozen=True)
+class SlotOwners:
+    ranges: list[tuple[int, int, ClusterNode]]
+
+    def owner(self, key: bytes | str) -> ClusterNode:
+        slot = key_slot(key.encode() if isinstance(key, str) else key)
+        for start, end, node in self.ranges:
+            if start <= slot <= end:
+                return node
+        raise LookupError(f"no node serves slot {slot}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,211 @@
+"""Real expiryd replicas as child processes, and ways to watch and hurt them.
+
+A :class:`Replica` runs ``python -m expiryd`` with its standard output (the
+log handler's event lines) and standard error (its JSON log) in files, so a
+test can read both at any time, and signal the process like an orchestrator
+would.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from expiryd.localcluster import LocalCluster
+
+
+def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def write_config(directory: Path, cluster: LocalCluster, **overrides: Any) -> Path:
+    """A config for ``cluster`` with a lock of its own, so tests sharing a cluster never share a leader."""
+    document: dict[str, Any] = {
+        "redis": {"nodes": cluster.seed_urls[:2]},
+        "election": {"lock_name": f"{{t-{uuid.uuid4().hex[:8]}}}:leader"},
+        "routes": [{"match": "*", "name": "all", "log": {}}],
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict):
+            document.setdefault(section, {}).update(values)
+        else:
+            document[section] = values
+    path = directory / f"expiryd-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(document), encoding="utf-8")
+    return path
+
+
+class Replica:
+    def __init__(self, name: str, config: Path, directory: Path, *, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.config: dict[str, Any] = yaml.safe_load(config.read_text(encoding="utf-8"))
+        self.port = free_port()
+        self.stdout_path = directory / f"replica-{name}-{uuid.uuid4().hex[:6]}.events"
+        self.stderr_path = self.stdout_path.with_suffix(".log")
+        self._stdout = self.stdout_path.open("wb")
+        self._stderr = self.stderr_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "expiryd", "--id", name, "--config", str(config),
+             "--listen", f"127.0.0.1:{self.port}"],
+            stdout=self._stdout, stderr=self._stderr, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+
+    # Observation
+
+    def events(self) -> list[dict[str, Any]]:
+        lines = self.stdout_path.read_bytes().splitlines()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    def keys(self) -> list[bytes]:
+        return [event_key(event) for event in self.events()]
+
+    def logs(self) -> list[dict[str, Any]]:
+        entries = []
+        for line in self.stderr_path.read_bytes().splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                entries.append({"msg": line.decode(errors="replace")})
+        return entries
+
+    def logged(self, message: str) -> list[dict[str, Any]]:
+        return [entry for entry in self.logs() if entry.get("msg") == message]
+
+    def http(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as reply:
+                return reply.status, reply.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def leads(self) -> bool:
+        try:
+            return self.http("/leader")[0] == 200
+        except OSError:
+            return False
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample on /metrics (0 when the series does not exist yet)."""
+        _, text = self.http("/metrics")
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            metric, _, label_text = series.partition("{")
+            if metric != name:
+                continue
+            present = ",".join(sorted(label_text.rstrip("}").split(","))) if label_text else ""
+            if present == wanted:
+                return float(value)
+        return 0.0
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        def ready() -> bool:
+            self.assert_running()
+            try:
+                return self.http("/readyz")[0] == 200
+            except OSError:
+                return False
+        wait_until(ready, timeout=timeout, what=f"replica {self.name} to be ready")
+
+    # Control
+
+    @property
+    def running(self) -> bool:
+        return self.process.poll() is None
+
+    def assert_running(self) -> None:
+        if not self.running:
+            raise AssertionError(f"replica {self.name} exited with {self.process.returncode}:\n"
+                                 + self.stderr_path.read_text(errors="replace")[-3000:])
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+    def terminate(self, timeout: float = 20.0) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def freeze(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        if self.running:
+            self.process.send_signal(signal.SIGCONT)
+            self.process.kill()
+        self.process.wait()
+        self._stdout.close()
+        self._stderr.close()
+
+
+def event_key(event: dict[str, Any]) -> bytes:
+    if "key_b64" in event:
+        return base64.b64decode(event["key_b64"])
+    return str(event["key"]).encode("utf-8")
+
+
+def leaders(replicas: list[Replica]) -> list[Replica]:
+    return [replica for replica in replicas if replica.running and replica.leads()]
+
+
+def wait_for_single_leader(replicas: list[Replica], timeout: float = 20.0) -> Replica:
+    found = wait_until(lambda: leaders(replicas), timeout=timeout, what="a leader")
+    assert len(found) == 1, f"more than one leader: {[r.name for r in found]}"
+    return found[0]
+
+
+def expire_keys(cluster: LocalCluster, keys: list[bytes], *, ttl_ms: int = 300) -> None:
+    client = cluster.client()
+    try:
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, b"v", px=ttl_ms)
+        pipe.execute()
+    finally:
+        client.close()
+
+
+def keys_on_every_primary(cluster: LocalCluster, prefix: str, per_node: int) -> dict[str, list[bytes]]:
+    """``per_node`` keys for each primary, found by asking the cluster where each key lives."""
+    chosen: dict[str, list[bytes]] = {node.address: [] for node in cluster.primaries()}
+    owners = cluster.slot_owners()
+    index = 0
+    while any(len(keys) < per_node for keys in chosen.values()):
+        key = f"{prefix}:{index}".encode()
+        index += 1
+        owner = owners.owner(key).address
+        if len(chosen[owner]) < per_node:
+            chosen[owner].append(key)
+    return chosen

@@ -1,0 +1,115 @@
+"""Leader election: one leader, fast takeover, step-down before the lease can expire, rising terms."""
+
+from __future__ import annotations
+
+import time
+
+from .harness import expire_keys, leaders, wait_for_single_leader, wait_until
+
+LEASE = 5.0
+RETRY = 0.5
+
+
+def start_three(cluster, config_for, spawn, **overrides):
+    config = config_for(cluster, **overrides)
+    replicas = [spawn(str(i), config) for i in (1, 2, 3)]
+    for replica in replicas:
+        replica.wait_ready()
+    return replicas
+
+
+def terms_in_order(replicas):
+    became = [entry for r in replicas for entry in r.logged("became leader")]
+    return [entry["term"] for entry in sorted(became, key=lambda e: e["ts"])]
+
+
+def test_exactly_one_leader_among_three_replicas(shared_cluster, config_for, spawn):
+    replicas = start_three(shared_cluster, config_for, spawn)
+    wait_for_single_leader(replicas)
+    for _ in range(20):
+        assert len(leaders(replicas)) == 1
+        time.sleep(0.1)
+    assert sum(r.metric("expiryd_is_leader") for r in replicas) == 1
+
+
+def test_sigkill_of_the_leader_hands_over_within_lease_and_retry(shared_cluster, config_for, spawn):
+    replicas = start_three(shared_cluster, config_for, spawn)
+    leader = wait_for_single_leader(replicas)
+    killed_at = time.monotonic()
+    leader.kill()
+
+    survivors = [r for r in replicas if r is not leader]
+    successor = wait_for_single_leader(survivors, timeout=LEASE + 10)
+    takeover = time.monotonic() - killed_at
+    print(f"SIGKILL takeover: {takeover:.2f} s")
+    # The lease must run out first; the retry interval (with jitter) and polling come on top.
+    assert takeover <= LEASE + RETRY * 1.2 + 1.5
+    expire_keys(shared_cluster, [b"after-kill:1"])
+    wait_until(lambda: b"after-kill:1" in successor.keys(), timeout=10, what="the successor to process")
+
+
+def test_sigterm_hands_over_at_once_and_exits_cleanly(shared_cluster, config_for, spawn):
+    replicas = start_three(shared_cluster, config_for, spawn)
+    leader = wait_for_single_leader(replicas)
+    stopped_at = time.monotonic()
+    leader.process.send_signal(15)
+
+    survivors = [r for r in replicas if r is not leader]
+    wait_for_single_leader(survivors, timeout=LEASE)
+    takeover = time.monotonic() - stopped_at
+    print(f"SIGTERM takeover: {takeover:.2f} s")
+    assert leader.process.wait(timeout=15) == 0
+    assert takeover < 2.0  # released, not expired: far below the 5 s lease
+    assert [e["reason"] for e in leader.logged("stepped down")] == ["shutdown"]
+
+
+def test_terms_strictly_increase_across_transitions(shared_cluster, config_for, spawn):
+    replicas = start_three(shared_cluster, config_for, spawn)
+    for _ in range(2):
+        leader = wait_for_single_leader([r for r in replicas if r.running])
+        leader.terminate()
+    last = wait_for_single_leader([r for r in replicas if r.running])
+    expire_keys(shared_cluster, [b"term-check:1"])
+    wait_until(lambda: last.events(), timeout=10, what="an event from the third leader")
+
+    terms = terms_in_order(replicas)
+    assert len(terms) == 3
+    assert terms == sorted(set(terms)), f"terms did not strictly increase: {terms}"
+    assert last.events()[0]["term"] == terms[-1]
+
+
+def test_leader_steps_down_before_its_lease_expires_when_it_cannot_renew(cluster, config_for, spawn):
+    replicas = start_three(cluster, config_for, spawn)
+    leader = wait_for_single_leader(replicas)
+    lock_node = cluster.node_for_key(f"redlock:{leader.config['election']['lock_name']}")
+    frozen_at = time.monotonic()
+    cluster.freeze(lock_node)
+    try:
+        wait_until(lambda: not leader.leads(), timeout=LEASE, what="the leader to step down")
+        stepped_down_after = time.monotonic() - frozen_at
+    finally:
+        cluster.thaw(lock_node)
+    print(f"stepped down {stepped_down_after:.2f} s after its lock's node froze")
+    assert stepped_down_after < LEASE
+    reasons = [e["reason"] for e in leader.logged("stepped down")]
+    assert reasons and reasons[0] == "renew deadline passed"
+    assert leader.metric("expiryd_leader_stepdowns_total", reason="renew_deadline_passed") == 1
+
+
+def test_a_leader_paused_past_its_lease_does_not_act_when_it_wakes(shared_cluster, config_for, spawn):
+    replicas = start_three(shared_cluster, config_for, spawn)
+    old = wait_for_single_leader(replicas)
+    old_term = old.logged("became leader")[-1]["term"]
+    old.freeze()
+    try:
+        successor = wait_for_single_leader([r for r in replicas if r is not old], timeout=LEASE + 10)
+    finally:
+        old.thaw()
+    keys = [f"after-pause:{i}".encode() for i in range(20)]
+    expire_keys(shared_cluster, keys)
+
+    wait_until(lambda: set(keys) <= set(successor.keys()), timeout=10, what="the successor to process")
+    assert not set(keys) & set(old.keys())
+    assert all(e["term"] == old_term for e in old.events())
+    assert wait_until(lambda: old.logged("stepped down"), timeout=5, what="the paused leader to step down")
+

@@ -1,0 +1,121 @@
+"""Fan-in follows the cluster: failovers, a restarted primary, a frozen node."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from expiryd.localcluster import LocalCluster
+
+from .harness import expire_keys, keys_on_every_primary, wait_for_single_leader, wait_until
+
+
+def subscribed(replica, node) -> bool:
+    return replica.metric("expiryd_node_subscribed", node=node.address) == 1
+
+
+def keys_on(cluster, node, prefix, count=5):
+    owners = cluster.slot_owners()
+    keys, index = [], 0
+    while len(keys) < count:
+        key = f"{prefix}:{index}".encode()
+        index += 1
+        if owners.owner(key).address == node.address:
+            keys.append(key)
+    return keys
+
+
+def start_leader(cluster, config_for, spawn):
+    replica = spawn("1", config_for(cluster))
+    replica.wait_ready()
+    wait_for_single_leader([replica])
+    return replica
+
+
+def test_graceful_failover_is_followed_and_the_new_primary_processed(cluster, config_for, spawn):
+    replica = start_leader(cluster, config_for, spawn)
+    old = cluster.primaries()[0]
+    new = cluster.replica_of(old)
+    cluster.failover(new)
+    reported_at = time.monotonic()
+
+    wait_until(lambda: subscribed(replica, new), timeout=5, what="a subscription to the promoted node")
+    print(f"subscribed to the promoted node {time.monotonic() - reported_at:.2f} s after the cluster reported it")
+    assert time.monotonic() - reported_at <= 2.5
+    wait_until(lambda: not subscribed(replica, old), timeout=5, what="the demoted node to be dropped")
+    keys = keys_on(cluster, new, "graceful")
+    expire_keys(cluster, keys)
+    wait_until(lambda: set(keys) <= set(replica.keys()), timeout=10, what="events from the new primary")
+    assert {e["node"] for e in replica.events()} == {new.address}
+
+
+def test_killed_primary_is_followed_to_its_promoted_replica(cluster, config_for, spawn):
+    replica = start_leader(cluster, config_for, spawn)
+    victim = cluster.primaries()[1]
+    promoted = cluster.replica_of(victim)
+    cluster.kill(victim)
+    cluster.wait_for_primary_change(victim)
+    reported_at = time.monotonic()
+
+    wait_until(lambda: subscribed(replica, promoted), timeout=5, what="a subscription to the promoted replica")
+    print(f"subscribed {time.monotonic() - reported_at:.2f} s after the cluster reported the promotion")
+    assert time.monotonic() - reported_at <= 2.5
+    cluster.wait_until_healthy()
+    keys = keys_on(cluster, promoted, "hard")
+    expire_keys(cluster, keys)
+    wait_until(lambda: set(keys) <= set(replica.keys()), timeout=10, what="events from the promoted replica")
+    assert replica.metric("expiryd_node_subscribed", node=victim.address) == 0
+
+
+@pytest.fixture
+def patient_cluster():
+    """A cluster slow to fail over, so a node restarted or frozen for seconds stays a primary."""
+    with LocalCluster(node_timeout_ms=60_000) as cluster:
+        yield cluster
+
+
+def test_restarted_primary_with_notifications_off_is_repaired(patient_cluster, config_for, spawn):
+    cluster = patient_cluster
+    replica = start_leader(cluster, config_for, spawn)
+    node = cluster.primaries()[0]
+    wait_until(lambda: b"E" in node.client().config_get("notify-keyspace-events")["notify-keyspace-events"].encode(),
+               timeout=5, what="expiryd to enable notifications at start")
+    cluster.kill(node)
+    cluster.restart(node)
+    assert node.client().config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
+
+    def repaired() -> bool:
+        classes = node.client().config_get("notify-keyspace-events")["notify-keyspace-events"]
+        return "E" in classes and "x" in classes
+    wait_until(repaired, timeout=10, what="expiryd to repair notify-keyspace-events")
+    wait_until(lambda: subscribed(replica, node), timeout=10, what="the subscription to return")
+    cluster.wait_until_healthy()
+    keys = keys_on(cluster, node, "restarted")
+    expire_keys(cluster, keys)
+    wait_until(lambda: set(keys) <= set(replica.keys()), timeout=10, what="events from the restarted primary")
+    assert replica.logged("enabled keyspace notifications")
+
+
+def test_frozen_node_is_detected_and_resubscribed_when_it_thaws(patient_cluster, config_for, spawn):
+    cluster = patient_cluster
+    replica = start_leader(cluster, config_for, spawn)
+    node = cluster.primaries()[2]
+    cluster.freeze(node)
+    frozen_at = time.monotonic()
+    try:
+        wait_until(lambda: not subscribed(replica, node), timeout=10, what="the frozen node to be detected")
+        detected_after = time.monotonic() - frozen_at
+        assert replica.metric("expiryd_node_disconnects_total", node=node.address, reason="hung") >= 1
+        assert replica.http("/readyz")[0] == 503
+    finally:
+        cluster.thaw(node)
+    print(f"frozen node detected after {detected_after:.2f} s")
+    assert detected_after <= 6.0
+
+    wait_until(lambda: subscribed(replica, node), timeout=10, what="the subscription to return after SIGCONT")
+    by_node = keys_on_every_primary(cluster, "thawed", per_node=3)
+    expire_keys(cluster, [k for keys in by_node.values() for k in keys])
+    wait_until(lambda: set(by_node[node.address]) <= set(replica.keys()), timeout=10,
+               what="events from the thawed node")
+    assert replica.http("/readyz")[0] == 200

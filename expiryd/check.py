@@ -15,10 +15,8 @@ import asyncio
 import sys
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from .config import Config
-from .connections import NodeAddress, RedisOptions
+from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .election import term_key
 from .notifications import NotificationStatus, ensure_notifications
 from .topology import ClusterView, Topology, TopologyUnavailable
@@ -68,7 +66,7 @@ async def _check_primary(primary: NodeAddress, view: ClusterView, options: Redis
     client = options.client(primary)
     try:
         status = await ensure_notifications(client, repair=False)
-    except (RedisError, OSError) as error:
+    except REDIS_FAILURES as error:
         status = None
         note = f"unreachable ({error.__class__.__name__})"
     finally:
@@ -99,7 +97,7 @@ async def _report_lease(config: Config, options: RedisOptions, seeds: list[NodeA
     try:
         holder_ttl = await client.pttl(f"redlock:{settings.lock_name}")
         term = await client.get(term_key(settings.lock_name))
-    except (RedisError, OSError) as error:
+    except REDIS_FAILURES as error:
         _line("lease", f"{settings.lock_name!r} on {where}: cannot read ({error.__class__.__name__})")
         return
     finally:

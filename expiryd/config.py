@@ -406,7 +406,7 @@ def _check_url(url: str, *, key: str, source: str) -> None:
         raise ConfigError(source, key,
                           "the URL holds a password; set EXPIRYD_REDIS_PASSWORD or redis.password_file instead")
     try:
-        parts.port
+        _ = parts.port  # parsing the port is what can fail
     except ValueError:
         raise ConfigError(source, key, f"invalid port in {url!r}") from None
 

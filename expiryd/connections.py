@@ -16,10 +16,15 @@ from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
 
 from .config import RedisConfig
 
-__all__ = ["NodeAddress", "RedisOptions"]
+__all__ = ["REDIS_FAILURES", "NodeAddress", "RedisOptions"]
+
+# What a call to Redis raises when the server is down, slow or refuses:
+# redis-py's cluster client raises RedisClusterException, which is not a RedisError.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 @dataclass(frozen=True, order=True)

@@ -31,9 +31,9 @@ from typing import Any
 
 from pottery import AIORedlock
 from pottery.exceptions import ExtendUnlockedLock, PrimitiveError
-from redis.exceptions import RedisError
 
 from .config import ElectionConfig
+from .connections import REDIS_FAILURES
 from .metrics import Metrics
 
 __all__ = ["Elector", "term_key"]
@@ -117,14 +117,14 @@ class Elector:
         started = time.monotonic()
         try:
             acquired = await asyncio.wait_for(self._lock.acquire(blocking=False), self._settings.renew_deadline)
-        except (RedisError, PrimitiveError, OSError, TimeoutError) as error:
+        except (*REDIS_FAILURES, PrimitiveError) as error:
             log.debug("lease attempt failed", extra={"reason": error.__class__.__name__})
             return
         if not acquired:
             return
         try:
             term = await asyncio.wait_for(self._next_term(), self._settings.renew_deadline)
-        except (RedisError, OSError, TimeoutError, _TermUnavailable) as error:
+        except (*REDIS_FAILURES, _TermUnavailable) as error:
             log.warning("took the lease but could not raise the term: letting it go",
                         extra={"reason": str(error) or error.__class__.__name__})
             await self._release()
@@ -153,7 +153,7 @@ class Elector:
             self._metrics.lock_renewals.labels(result="lost").inc()
             self._step_down("lease lost")
             return
-        except (RedisError, PrimitiveError, OSError, TimeoutError) as error:
+        except (*REDIS_FAILURES, PrimitiveError) as error:
             self._metrics.lock_renewals.labels(result="error").inc()
             log.warning("lease renewal failed", extra={"term": self._term, "reason": error.__class__.__name__})
             if time.monotonic() >= self._act_until:
@@ -183,7 +183,7 @@ class Elector:
     async def _release(self) -> None:
         try:
             await asyncio.wait_for(self._lock.release(), self._settings.renew_interval)
-        except (RedisError, PrimitiveError, OSError, TimeoutError):
+        except (*REDIS_FAILURES, PrimitiveError):
             pass  # the lease expires on its own
 
     async def _next_term(self) -> int:

@@ -13,6 +13,8 @@ Counters on the hot path are incremented once per batch, not once per event.
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 from . import __version__
@@ -80,7 +82,5 @@ class Metrics:
     def forget_node(self, node: str) -> None:
         """Drop a node's per-node series once it is no longer a primary."""
         for gauge in (self.node_subscribed, self.node_notifications_ok, self.node_config_refused):
-            try:
+            with contextlib.suppress(KeyError):
                 gauge.remove(node)
-            except KeyError:
-                pass

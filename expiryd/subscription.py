@@ -34,9 +34,8 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
-from .connections import NodeAddress, RedisOptions
+from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .eventqueue import EventQueue
 from .events import Expiration
 from .metrics import Metrics
@@ -100,7 +99,7 @@ class NodeSubscription:
         while True:
             try:
                 await self._session()
-            except (SubscriptionLost, RedisError, OSError, TimeoutError, hiredis.ProtocolError) as error:
+            except (SubscriptionLost, hiredis.ProtocolError, *REDIS_FAILURES) as error:
                 reason = _reason(error)
             except Exception as error:  # a bug must not end this node's subscription for good
                 log.exception("subscription failed unexpectedly", extra={"node": self._node})
@@ -182,7 +181,7 @@ class NodeSubscription:
             sent = time.monotonic()
             try:
                 await asyncio.wait_for(control.ping(), self._watchdog_timeout)
-            except (RedisError, OSError, TimeoutError) as error:
+            except REDIS_FAILURES as error:
                 if self._last_read >= sent:
                     continue  # events kept arriving, so the node is alive, only busy
                 raise SubscriptionLost(f"hung: no answer to PING ({error.__class__.__name__})") from None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from .connections import NodeAddress, RedisOptions
+from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 
 __all__ = ["ClusterView", "Topology", "TopologyUnavailable", "parse_cluster_nodes"]
 
@@ -102,7 +102,7 @@ class Topology:
         for address in self._candidates():
             try:
                 view = await self._read_from(address)
-            except (RedisError, OSError) as error:
+            except REDIS_FAILURES as error:
                 errors.append(f"{address}: {error.__class__.__name__}")
                 continue
             self._remember(view)

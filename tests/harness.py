@@ -83,7 +83,7 @@ class Replica:
         lines = self.stdout_path.read_bytes().splitlines()
         return [json.loads(line) for line in lines if line.strip()]
 
-    def keys(self) -> list[bytes]:
+    def handled_keys(self) -> list[bytes]:
         return [event_key(event) for event in self.events()]
 
     def logs(self) -> list[dict[str, Any]]:
@@ -194,6 +194,22 @@ def expire_keys(cluster: LocalCluster, keys: list[bytes], *, ttl_ms: int = 300) 
             pipe.set(key, b"v", px=ttl_ms)
         pipe.execute()
     finally:
+        client.close()
+
+
+def set_keys_due_at(cluster: LocalCluster, keys: list[bytes], due_ms: int) -> None:
+    """Write ``keys`` to expire together at ``due_ms`` (Unix milliseconds), one pipeline per primary."""
+    owners = cluster.slot_owners()
+    by_node: dict[str, list[bytes]] = {}
+    for key in keys:
+        by_node.setdefault(owners.owner(key).address, []).append(key)
+    for address, node_keys in by_node.items():
+        client = cluster.node(address).client(timeout=30)
+        for start in range(0, len(node_keys), 10_000):
+            pipe = client.pipeline(transaction=False)
+            for key in node_keys[start:start + 10_000]:
+                pipe.execute_command("SET", key, b"v", "PXAT", due_ms)
+            pipe.execute()
         client.close()
 
 

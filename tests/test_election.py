@@ -45,7 +45,7 @@ def test_sigkill_of_the_leader_hands_over_within_lease_and_retry(shared_cluster,
     # The lease must run out first; the retry interval (with jitter) and polling come on top.
     assert takeover <= LEASE + RETRY * 1.2 + 1.5
     expire_keys(shared_cluster, [b"after-kill:1"])
-    wait_until(lambda: b"after-kill:1" in successor.keys(), timeout=10, what="the successor to process")
+    wait_until(lambda: b"after-kill:1" in successor.handled_keys(), timeout=10, what="the successor to process")
 
 
 def test_sigterm_hands_over_at_once_and_exits_cleanly(shared_cluster, config_for, spawn):
@@ -108,8 +108,8 @@ def test_a_leader_paused_past_its_lease_does_not_act_when_it_wakes(shared_cluste
     keys = [f"after-pause:{i}".encode() for i in range(20)]
     expire_keys(shared_cluster, keys)
 
-    wait_until(lambda: set(keys) <= set(successor.keys()), timeout=10, what="the successor to process")
-    assert not set(keys) & set(old.keys())
+    wait_until(lambda: set(keys) <= set(successor.handled_keys()), timeout=10, what="the successor to process")
+    assert not set(keys) & set(old.handled_keys())
     assert all(e["term"] == old_term for e in old.events())
     assert wait_until(lambda: old.logged("stepped down"), timeout=5, what="the paused leader to step down")
 

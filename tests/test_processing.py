@@ -13,7 +13,7 @@ def test_events_from_all_three_primaries_are_processed(shared_cluster, config_fo
     expire_keys(shared_cluster, [key for keys in by_node.values() for key in keys])
 
     expected = {key for keys in by_node.values() for key in keys}
-    wait_until(lambda: expected <= set(replica.keys()), timeout=15, what="every key to be processed")
+    wait_until(lambda: expected <= set(replica.handled_keys()), timeout=15, what="every key to be processed")
     nodes_seen = {event["node"] for event in replica.events()}
     assert nodes_seen == set(by_node)
     for event in replica.events():
@@ -31,7 +31,7 @@ def test_only_the_leader_processes(shared_cluster, config_for, spawn):
     keys = [f"only-leader:{i}".encode() for i in range(30)]
     expire_keys(shared_cluster, keys)
 
-    wait_until(lambda: set(keys) <= set(leader.keys()), timeout=15, what="the leader to process every key")
+    wait_until(lambda: set(keys) <= set(leader.handled_keys()), timeout=15, what="the leader to process every key")
     followers = [r for r in replicas if r is not leader]
     wait_until(lambda: all(f.metric("expiryd_events_skipped_total") >= len(keys) for f in followers),
                timeout=10, what="followers to receive and skip the events")
@@ -65,7 +65,7 @@ def test_keys_that_are_not_utf8_survive_end_to_end(shared_cluster, config_for, s
     keys = [b"bin:\xff\xfe\x00end", b"bin:\xc3\x28", b"text:caf\xc3\xa9", b'quote:"\n\\']
     expire_keys(shared_cluster, keys)
 
-    wait_until(lambda: set(keys) <= set(replica.keys()), timeout=15, what="binary keys to arrive intact")
+    wait_until(lambda: set(keys) <= set(replica.handled_keys()), timeout=15, what="binary keys to arrive intact")
     by_key = {event_key(e): e for e in replica.events()}
     assert "key_b64" in by_key[b"bin:\xff\xfe\x00end"] and "key" not in by_key[b"bin:\xff\xfe\x00end"]
     assert by_key[b"text:caf\xc3\xa9"]["key"] == "text:café"

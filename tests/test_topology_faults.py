@@ -46,7 +46,7 @@ def test_graceful_failover_is_followed_and_the_new_primary_processed(cluster, co
     wait_until(lambda: not subscribed(replica, old), timeout=5, what="the demoted node to be dropped")
     keys = keys_on(cluster, new, "graceful")
     expire_keys(cluster, keys)
-    wait_until(lambda: set(keys) <= set(replica.keys()), timeout=10, what="events from the new primary")
+    wait_until(lambda: set(keys) <= set(replica.handled_keys()), timeout=10, what="events from the new primary")
     assert {e["node"] for e in replica.events()} == {new.address}
 
 
@@ -64,7 +64,7 @@ def test_killed_primary_is_followed_to_its_promoted_replica(cluster, config_for,
     cluster.wait_until_healthy()
     keys = keys_on(cluster, promoted, "hard")
     expire_keys(cluster, keys)
-    wait_until(lambda: set(keys) <= set(replica.keys()), timeout=10, what="events from the promoted replica")
+    wait_until(lambda: set(keys) <= set(replica.handled_keys()), timeout=10, what="events from the promoted replica")
     assert replica.metric("expiryd_node_subscribed", node=victim.address) == 0
 
 
@@ -93,7 +93,7 @@ def test_restarted_primary_with_notifications_off_is_repaired(patient_cluster, c
     cluster.wait_until_healthy()
     keys = keys_on(cluster, node, "restarted")
     expire_keys(cluster, keys)
-    wait_until(lambda: set(keys) <= set(replica.keys()), timeout=10, what="events from the restarted primary")
+    wait_until(lambda: set(keys) <= set(replica.handled_keys()), timeout=10, what="events from the restarted primary")
     assert replica.logged("enabled keyspace notifications")
 
 
@@ -116,6 +116,6 @@ def test_frozen_node_is_detected_and_resubscribed_when_it_thaws(patient_cluster,
     wait_until(lambda: subscribed(replica, node), timeout=10, what="the subscription to return after SIGCONT")
     by_node = keys_on_every_primary(cluster, "thawed", per_node=3)
     expire_keys(cluster, [k for keys in by_node.values() for k in keys])
-    wait_until(lambda: set(by_node[node.address]) <= set(replica.keys()), timeout=10,
+    wait_until(lambda: set(by_node[node.address]) <= set(replica.handled_keys()), timeout=10,
                what="events from the thawed node")
     assert replica.http("/readyz")[0] == 200

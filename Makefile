@@ -1,0 +1,32 @@
+# Two entry points: `make demo` and `make test`. Each sets up everything it needs:
+# Debian's redis-server (for the local clusters) and a virtualenv with expiryd installed.
+
+VENV ?= .venv
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test bench-smoke setup system-packages clean
+
+demo: setup
+	$(VENV)/bin/expiryd demo
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+setup: system-packages $(VENV)/.installed
+
+system-packages:
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
+	  echo "installing redis-server (Debian package)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server redis-tools; \
+	fi
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache *.egg-info

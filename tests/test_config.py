@@ -1,0 +1,163 @@
+"""Configuration: precedence, durations, secrets, and one-line errors with exit code 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from expiryd.config import ConfigError, load_config, parse_duration
+
+MINIMAL = """
+redis:
+  nodes: ["redis://127.0.0.1:7000"]
+routes:
+  - match: "order:*"
+    log: {}
+"""
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "expiryd.yaml"
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "expiryd", *args], capture_output=True, text=True, timeout=30,
+                          env=env)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("5s", 5.0), ("1m", 60.0), ("2", 2.0), ("1.5s", 1.5)])
+def test_durations_accept_milliseconds_seconds_and_minutes(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_minimal_config_gets_documented_defaults(tmp_path):
+    config = load_config(path=write(tmp_path, MINIMAL), environ={})
+    assert config.election.lease == 5.0
+    assert config.election.renew_interval == 1.0
+    assert config.election.renew_deadline == 3.0
+    assert config.election.retry_interval == 0.5
+    assert config.http.listen == "127.0.0.1:9101"
+    assert config.redis.ensure_notifications is True
+    assert config.routes[0].label == "order:*"
+
+
+def test_environment_overrides_file_and_flags_override_environment(tmp_path):
+    path = write(tmp_path, MINIMAL + "election:\n  lease: 8s\nhttp:\n  listen: 127.0.0.1:9000\n")
+    environ = {"EXPIRYD_ELECTION_LEASE": "10s", "EXPIRYD_LISTEN": "127.0.0.1:9001", "EXPIRYD_ID": "pod-a"}
+    config = load_config(path=path, environ=environ, overrides={"listen": "127.0.0.1:9002", "id": None})
+    assert config.election.lease == 10.0
+    assert config.http.listen == "127.0.0.1:9002"
+    assert config.id == "pod-a"
+
+
+def test_environment_lists_are_comma_separated(tmp_path):
+    environ = {"EXPIRYD_REDIS_NODES": "redis://10.0.0.1:6379, redis://10.0.0.2:6379"}
+    config = load_config(path=write(tmp_path, "routes: [{match: '*', log: {}}]"), environ=environ)
+    assert config.redis.nodes == ["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]
+
+
+def test_password_comes_from_environment_or_file_and_is_not_shown(tmp_path):
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n", encoding="utf-8")
+    config = load_config(path=write(tmp_path, MINIMAL),
+                         environ={"EXPIRYD_REDIS_PASSWORD_FILE": str(secret)})
+    assert config.redis.password == "s3cret"
+    assert "s3cret" not in repr(config)
+    assert load_config(path=write(tmp_path, MINIMAL), environ={"EXPIRYD_REDIS_PASSWORD": "x"}).redis.password == "x"
+
+
+@pytest.mark.parametrize(("text", "key", "problem"), [
+    (MINIMAL + "bogus: 1\n", "bogus", "unknown key"),
+    (MINIMAL.replace('["redis://127.0.0.1:7000"]', "[7000]"), "redis.nodes[0]", "expected a string"),
+    (MINIMAL + "election:\n  lease: soon\n", "election.lease", "expected a duration"),
+    (MINIMAL + "election:\n  renew_deadline: 6s\n", "election.renew_deadline", "shorter than election.lease"),
+    (MINIMAL + "redis_password: x\n", "redis_password", "unknown key"),
+    (MINIMAL.replace("nodes:", "password: x\n  nodes:"), "redis.password", "EXPIRYD_REDIS_PASSWORD"),
+    (MINIMAL.replace("redis://127.0.0.1", "redis://:pw@127.0.0.1"), "redis.nodes[0]", "holds a password"),
+    (MINIMAL.replace("    log: {}\n", ""), "routes[0]", "exactly one handler"),
+    (MINIMAL + "pipeline:\n  queue_size: many\n", "pipeline.queue_size", "whole number"),
+])
+def test_bad_config_names_file_key_and_problem(tmp_path, text, key, problem):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path=path, environ={})
+    assert caught.value.source == path
+    assert caught.value.key == key
+    assert problem in caught.value.problem
+
+
+def test_bad_environment_value_names_the_variable(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        load_config(path=write(tmp_path, MINIMAL), environ={"EXPIRYD_ELECTION_LEASE": "forever"})
+    assert str(caught.value).startswith("environment: EXPIRYD_ELECTION_LEASE: expected a duration")
+
+
+def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
+    path = write(tmp_path, MINIMAL + "election:\n  lease: soon\n")
+    result = run_cli("--config", path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"expiryd: config error: {path}: election.lease: expected a duration like 500ms, 5s or 1m, got 'soon'"]
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_reports_a_missing_file_the_same_way(tmp_path):
+    result = run_cli("check", "--config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert "absent.yaml: (file): cannot read" in result.stderr
+
+
+def test_check_exits_2_when_no_seed_is_reachable(tmp_path):
+    from .harness import free_port
+    path = write(tmp_path, MINIMAL.replace("7000", str(free_port())))
+    result = run_cli("check", "--config", path)
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert f"{path}: redis.nodes: cannot reach any seed node" in result.stderr
+
+
+def test_check_prints_topology_and_notification_status(shared_cluster, tmp_path):
+    text = MINIMAL.replace('["redis://127.0.0.1:7000"]', f'["{shared_cluster.seed_urls[0]}"]')
+    result = run_cli("check", "--config", write(tmp_path, text))
+    assert result.returncode == 0, result.stdout + result.stderr
+    primaries = [line for line in result.stdout.splitlines() if line.startswith("primary")]
+    assert len(primaries) == 3
+    assert "state ok, 3 primaries, 3 replicas" in result.stdout
+    assert result.stdout.splitlines()[-1] == "result   ok"
+
+
+def test_check_fails_when_notifications_are_off_and_may_not_be_repaired(cluster, tmp_path):
+    text = MINIMAL.replace('["redis://127.0.0.1:7000"]', f'["{cluster.seed_urls[0]}"]')
+    text = text.replace("redis:\n", "redis:\n  ensure_notifications: false\n")
+    result = run_cli("check", "--config", write(tmp_path, text))
+    assert result.returncode == 1
+    assert result.stdout.count("lacks Ex and redis.ensure_notifications is off") == 3
+    for node in cluster.primaries():
+        assert node.client().config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
+
+
+def test_example_config_shows_every_option_with_its_default():
+    import dataclasses
+
+    from expiryd.config import Config, RouteConfig
+
+    example = Path(__file__).parent.parent / "deploy" / "expiryd.example.yaml"
+    config = load_config(path=str(example), environ={})
+    defaults = Config()
+    for section in ("redis", "election", "pipeline", "http", "log"):
+        loaded, default = getattr(config, section), getattr(defaults, section)
+        for setting in dataclasses.fields(default):
+            if setting.metadata.get("secret") or (section, setting.name) == ("redis", "nodes"):
+                continue
+            assert getattr(loaded, setting.name) == getattr(default, setting.name), f"{section}.{setting.name}"
+    text = example.read_text()
+    for section_type in (type(defaults.redis), type(defaults.election), type(defaults.pipeline), RouteConfig):
+        for setting in dataclasses.fields(section_type):
+            if not setting.metadata.get("secret"):
+                assert f"{setting.name}:" in text, f"{setting.name} is missing from the example"

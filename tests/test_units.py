@@ -1,0 +1,91 @@
+"""Narrow unit tests of the pure parts: queue bound, routing, event encoding, topology parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+from expiryd.connections import NodeAddress
+from expiryd.eventqueue import EventQueue
+from expiryd.events import Event, Expiration
+from expiryd.handlers import LogHandler
+from expiryd.notifications import merged_classes
+from expiryd.routing import Route, Router
+from expiryd.topology import ClusterView, parse_cluster_nodes
+
+CLUSTER_NODES = """\
+07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@40002 master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@40003 master,fail - 0 1426238318243 3 connected 10923-16383
+6ec2 127.0.0.1:30005@40005 slave 292f 0 1426238316232 5 connected
+e7d1 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460 [5461->-67ed]
+a1b2 127.0.0.1:30006@40006 master - 0 0 6 connected
+"""
+
+
+def expiration(key: bytes) -> Expiration:
+    return Expiration(key=key, node="n:1", received_at=1.0)
+
+
+def test_queue_refuses_what_does_not_fit_and_keeps_order():
+    queue = EventQueue(capacity=3)
+    assert queue.put([expiration(b"a"), expiration(b"b")]) == 0
+    assert queue.put([expiration(b"c"), expiration(b"d"), expiration(b"e")]) == 2
+    batch = asyncio.run(queue.get())
+    assert [e.key for e in batch] == [b"a", b"b", b"c"]
+    assert len(queue) == 0
+
+
+def test_queue_get_waits_for_a_put():
+    async def scenario() -> list[bytes]:
+        queue = EventQueue(capacity=10)
+        waiter = asyncio.create_task(queue.get())
+        await asyncio.sleep(0.01)
+        assert not waiter.done()
+        queue.put([expiration(b"late")])
+        return [e.key for e in await waiter]
+    assert asyncio.run(scenario()) == [b"late"]
+
+
+def test_router_takes_the_first_matching_glob_on_raw_bytes():
+    router = Router([Route(name="a", pattern="order:*", handler=None),  # type: ignore[arg-type]
+                     Route(name="b", pattern="*", handler=None)])  # type: ignore[arg-type]
+    assert router.match(b"order:\xff").name == "a"
+    assert router.match(b"session:1").name == "b"
+    assert Router([]).match(b"x") is None
+
+
+def test_glob_classes_and_single_character_wildcards():
+    route = Route(name="r", pattern="job:[ab]?:*", handler=None)  # type: ignore[arg-type]
+    assert route.matches(b"job:a1:x")
+    assert not route.matches(b"job:c1:x")
+    assert not route.matches(b"job:a12")
+
+
+def test_event_json_uses_key_b64_only_for_non_utf8_keys():
+    text = Event(b"order:1", "n:1", 1.5, 3, "r").to_json()
+    binary = Event(b"\xff\x00", "n:1", 1.5, 3, "r").to_json()
+    assert text == {"key": "order:1", "node": "n:1", "term": 3, "replica": "r", "received_at": 1.5}
+    assert "key" not in binary and base64.b64decode(binary["key_b64"]) == b"\xff\x00"
+
+
+def test_log_handler_writes_one_json_line_per_event(tmp_path):
+    path = tmp_path / "events.jsonl"
+    handler = LogHandler(path=str(path))
+    asyncio.run(handler.handle([Event(b"a\nb", "n:1", 1.0, 1, "r"), Event(b"c", "n:1", 1.0, 1, "r")]))
+    asyncio.run(handler.close())
+    assert path.read_text().count("\n") == 2
+
+
+def test_notification_classes_are_added_and_existing_ones_kept():
+    assert merged_classes("") == "Ex"
+    assert merged_classes("Kg") == "KgEx"
+    assert merged_classes("KEA") == "KEA"
+    assert merged_classes("Ex") == "Ex"
+
+
+def test_primaries_exclude_failed_nodes_and_include_slotless_ones():
+    view = ClusterView(nodes=parse_cluster_nodes(CLUSTER_NODES), answered_by=NodeAddress("127.0.0.1", 30001))
+    assert view.primaries == {NodeAddress("127.0.0.1", p) for p in (30001, 30002, 30006)}
+    assert view.replicas_of(NodeAddress("127.0.0.1", 30001)) == [NodeAddress("127.0.0.1", 30004)]
+    assert view.slot_count(NodeAddress("127.0.0.1", 30001)) == 5461

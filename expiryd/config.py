@@ -38,6 +38,7 @@ __all__ = [
     "LogHandlerConfig",
     "PipelineConfig",
     "RedisConfig",
+    "ReplayConfig",
     "RouteConfig",
     "load_config",
     "parse_duration",
@@ -89,6 +90,15 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class ReplayConfig:
+    enabled: bool = True
+    window: Duration = 15.0
+    warmup: Duration = 8.0
+    max_events: int = 200_000
+    clock_tolerance: Duration = 2.0
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     listen: str = "127.0.0.1:9101"
 
@@ -125,6 +135,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     election: ElectionConfig = field(default_factory=ElectionConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     routes: list[RouteConfig] = field(default_factory=list)
@@ -384,6 +395,17 @@ def _validate(config: Config, source: str) -> None:
                           "must be shorter than election.lease, so a leader steps down before its lease expires")
     if config.pipeline.queue_size < 1:
         raise ConfigError(source, "pipeline.queue_size", "must be at least 1")
+    if config.replay.max_events < 1:
+        raise ConfigError(source, "replay.max_events", "must be at least 1")
+    takeover = election.lease + election.retry_interval + election.renew_interval
+    if config.replay.enabled and config.replay.warmup <= takeover:
+        raise ConfigError(source, "replay.warmup",
+                          f"must be longer than election.lease + retry_interval + renew_interval ({takeover:g}s), "
+                          "or a replica that joined after the last leader's final record could take over")
+    if config.replay.enabled and config.replay.window <= takeover:
+        raise ConfigError(source, "replay.window",
+                          f"must be longer than election.lease + retry_interval + renew_interval ({takeover:g}s), "
+                          "or events expiring while nobody leads fall out of the buffer before they are replayed")
     if config.log.format not in ("json", "text"):
         raise ConfigError(source, "log.format", f"expected json or text, got {config.log.format!r}")
     if config.log.level.lower() not in ("debug", "info", "warning", "error"):

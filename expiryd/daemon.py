@@ -22,14 +22,16 @@ import time
 from typing import Any
 
 from .config import Config
-from .connections import NodeAddress, RedisOptions
-from .dispatch import Dispatcher
-from .election import Elector
+from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
+from .dispatch import Dispatcher, Replay
+from .election import Elector, term_key
 from .eventqueue import EventQueue
 from .fanin import FanIn
 from .handlers import build_handler
 from .httpserver import HttpServer, Reply
 from .metrics import Metrics
+from .progress import ProgressStore, progress_key
+from .replay import ReplayBuffer
 from .routing import Route, Router
 from .topology import Topology
 
@@ -56,11 +58,20 @@ class Daemon:
             self._masters: list[Any] = [options.client_for_url(url) for url in config.election.masters]
         else:
             self._masters = [options.cluster_client(seeds)]
+        # A new leader must not wait for the next event to replay what the last one left.
+        self._progress = ProgressStore(masters=self._masters, lock_name=config.election.lock_name)
         self._elector = Elector(masters=self._masters, settings=config.election, replica=config.id,
-                                metrics=self.metrics)
+                                metrics=self.metrics, on_elected=self._queue.wake, may_lead=self._may_lead)
         self._routes = [Route(name=r.label, pattern=r.match, handler=build_handler(r)) for r in config.routes]
-        self._dispatcher = Dispatcher(queue=self._queue, leadership=self._elector, router=Router(self._routes),
-                                      replica=config.id, metrics=self.metrics)
+        self._dispatcher = Dispatcher(
+            queue=self._queue,
+            leadership=self._elector,
+            router=Router(self._routes),
+            replica=config.id,
+            metrics=self.metrics,
+            replay=self._replay_settings(),
+            internal_keys=_internal_keys(config.election.lock_name),
+        )
         self._http = HttpServer(listen=config.http.listen, endpoints={
             "/metrics": self._metrics_reply,
             "/healthz": self._health_reply,
@@ -100,6 +111,39 @@ class Daemon:
         await self._http.stop()
         log.info("stopped")
 
+    def _replay_settings(self) -> Replay | None:
+        settings = self.config.replay
+        if not settings.enabled:
+            return None
+        return Replay(
+            buffer=ReplayBuffer(window=settings.window, max_events=settings.max_events),
+            store=self._progress,
+            tolerance=settings.clock_tolerance,
+            record_interval=self.config.election.renew_interval,
+        )
+
+    async def _may_lead(self) -> bool:
+        """Whether this replica's replay buffer is complete enough for it to take over.
+
+        A replica that joined, or reconnected to a primary, after the last
+        leader's final progress record lacks the events in between. Such a
+        replica waits until its subscriptions have run unbroken for
+        ``replay.warmup``, longer than any takeover gap, so that a replica with
+        the whole history wins. When no leader has ever recorded progress there
+        is nothing to miss, and no reason to wait.
+        """
+        settings = self.config.replay
+        covered = self._fanin.covered_for()
+        self.metrics.subscriptions_unbroken_seconds.set(covered)
+        eligible = not settings.enabled or covered >= settings.warmup
+        if not eligible:
+            try:
+                eligible = not await asyncio.wait_for(self._progress.exists(), self.config.election.renew_deadline)
+            except REDIS_FAILURES:
+                eligible = False
+        self.metrics.leader_eligible.set(eligible)
+        return eligible
+
     def _metrics_reply(self) -> Reply:
         return Reply(200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
 
@@ -116,7 +160,7 @@ class Daemon:
     def _readiness_reply(self) -> Reply:
         if not self._fanin.cluster_reachable:
             return Reply(503, b"cluster unreachable\n")
-        states = self._fanin.subscription_states()
+        states = self._fanin.primary_states()
         down = [node for node, up in states.items() if not up]
         if not states or down:
             return Reply(503, ("not subscribed: " + ", ".join(down or ["no primaries yet"]) + "\n").encode())
@@ -127,3 +171,8 @@ class Daemon:
         if term is None:
             return Reply(503, b"follower\n")
         return Reply(200, f"leader term={term}\n".encode())
+
+
+def _internal_keys(lock_name: str) -> frozenset[bytes]:
+    """expiryd's own keys: the lease expires when a leader dies, and that is not an event for a handler."""
+    return frozenset(key.encode() for key in (f"redlock:{lock_name}", term_key(lock_name), progress_key(lock_name)))

@@ -26,7 +26,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from pottery import AIORedlock
@@ -52,6 +52,10 @@ return 0
 """
 
 
+async def _always() -> bool:
+    return True
+
+
 def term_key(lock_name: str) -> str:
     """The key holding the last term. With the default lock name it shares the lock's hash slot."""
     return f"{lock_name}:term"
@@ -65,7 +69,11 @@ class Elector:
         settings: ElectionConfig,
         replica: str,
         metrics: Metrics,
+        on_elected: Callable[[], None] = lambda: None,
+        may_lead: Callable[[], Awaitable[bool]] = _always,
     ) -> None:
+        self._on_elected = on_elected
+        self._may_lead = may_lead
         self._masters = list(masters)
         self._settings = settings
         self._replica = replica
@@ -100,7 +108,8 @@ class Elector:
         while True:
             self.heartbeat = time.monotonic()
             if self._term is None:
-                await self._try_to_lead()
+                if await self._may_lead():
+                    await self._try_to_lead()
                 await asyncio.sleep(self._settings.retry_interval * random.uniform(0.8, 1.2))
             else:
                 await self._renew_or_step_down()
@@ -136,6 +145,7 @@ class Elector:
         self._metrics.leader_term.set(term)
         self._metrics.leader_transitions.labels(to="leader").inc()
         log.warning("became leader", extra={"term": term, "reason": "lease acquired"})
+        self._on_elected()
 
     async def _renew_or_step_down(self) -> None:
         next_attempt = self._last_renewal_attempt + self._settings.renew_interval

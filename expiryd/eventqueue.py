@@ -26,6 +26,7 @@ class EventQueue:
         self.capacity = capacity
         self._items: deque[Expiration] = deque()
         self._ready = asyncio.Event()
+        self._woken = False
 
     def __len__(self) -> int:
         return len(self._items)
@@ -39,10 +40,16 @@ class EventQueue:
             self._ready.set()
         return len(expirations) - len(accepted)
 
+    def wake(self) -> None:
+        """Make a waiting :meth:`get` return, with an empty batch if nothing is queued."""
+        self._woken = True
+        self._ready.set()
+
     async def get(self, *, limit: int = 1024) -> list[Expiration]:
-        """Wait for at least one expiration; return up to ``limit`` of them, oldest first."""
-        while not self._items:
+        """Wait for at least one expiration, or for :meth:`wake`; return up to ``limit``, oldest first."""
+        while not self._items and not self._woken:
             self._ready.clear()
             await self._ready.wait()
+        self._woken = False
         count = min(limit, len(self._items))
         return [self._items.popleft() for _ in range(count)]

@@ -1,10 +1,13 @@
-"""Fan-in: one subscription per primary, all merged into one queue, following the topology.
+"""Fan-in: one subscription per node, all merged into one queue, following the topology.
 
 :class:`FanIn` re-reads the cluster topology every ``topology_interval`` and at
 once whenever a subscription reports trouble. It subscribes to every primary it
-finds and drops the subscriptions of nodes that are no longer primaries, so
-failovers, resharding and added or removed nodes are followed without a
-restart. Every replica runs the fan-in, leader or not, so that a follower that
+finds, and to every Redis replica as well, and drops the subscriptions of nodes
+that leave the cluster or fail. Only primaries publish ``expired``; a replica is
+subscribed (and has its notifications switched on) ahead of time, so that when
+a failover promotes it, its first expirations already have a listener. Waiting
+for the next topology read instead would lose what it expires in between.
+Every expiryd replica runs the fan-in, leader or not, so that a follower that
 takes over has no gap in its subscriptions::
 
     fanin = FanIn(topology=topology, queue=queue, metrics=metrics, options=options, settings=config.redis)
@@ -48,6 +51,7 @@ class FanIn:
         self._options = options
         self._settings = settings
         self._subscriptions: dict[NodeAddress, NodeSubscription] = {}
+        self._primaries: frozenset[NodeAddress] = frozenset()
         self._refresh_now = asyncio.Event()
         self._last_topology_ok = 0.0
 
@@ -56,12 +60,17 @@ class FanIn:
         """True when a topology read succeeded within the last three intervals."""
         return time.monotonic() - self._last_topology_ok < 3 * self._settings.topology_interval + 2.0
 
-    @property
-    def all_subscribed(self) -> bool:
-        return bool(self._subscriptions) and all(s.subscribed for s in self._subscriptions.values())
+    def covered_for(self) -> float:
+        """Seconds every current primary has been subscribed without a break (0 if one is not)."""
+        starts = [self._subscriptions[p].subscribed_since for p in self._primaries if p in self._subscriptions]
+        if not starts or None in starts:
+            return 0.0
+        return time.monotonic() - max(s for s in starts if s is not None)
 
-    def subscription_states(self) -> dict[str, bool]:
-        return {str(address): s.subscribed for address, s in sorted(self._subscriptions.items())}
+    def primary_states(self) -> dict[str, bool]:
+        """Whether each current primary is subscribed (what readiness needs)."""
+        return {str(p): p in self._subscriptions and self._subscriptions[p].subscribed
+                for p in sorted(self._primaries)}
 
     def request_refresh(self) -> None:
         self._refresh_now.set()
@@ -87,14 +96,22 @@ class FanIn:
         self._last_topology_ok = time.monotonic()
         self._metrics.topology_refreshes.labels(result="ok").inc()
         self._metrics.cluster_primaries.set(len(view.primaries))
-        await self._reconcile(view.primaries)
+        self._log_role_changes(view.primaries)
+        self._primaries = view.primaries
+        await self._reconcile(view.primaries | view.replicas)
 
-    async def _reconcile(self, primaries: frozenset[NodeAddress]) -> None:
-        for address in sorted(set(self._subscriptions) - primaries):
-            log.info("node is no longer a primary: unsubscribing", extra={"node": str(address)})
+    def _log_role_changes(self, primaries: frozenset[NodeAddress]) -> None:
+        for address in sorted(primaries - self._primaries):
+            log.info("node is a primary", extra={"node": str(address)})
+        for address in sorted(self._primaries - primaries):
+            log.info("node is no longer a primary", extra={"node": str(address)})
+
+    async def _reconcile(self, nodes: frozenset[NodeAddress]) -> None:
+        for address in sorted(set(self._subscriptions) - nodes):
+            log.info("node left or failed: unsubscribing", extra={"node": str(address)})
             await self._subscriptions.pop(address).stop()
-        for address in sorted(primaries - set(self._subscriptions)):
-            log.info("new primary: subscribing", extra={"node": str(address)})
+        for address in sorted(nodes - set(self._subscriptions)):
+            log.info("new node: subscribing", extra={"node": str(address)})
             subscription = NodeSubscription(
                 address=address,
                 options=self._options,

@@ -39,6 +39,14 @@ class Metrics:
                                           "Times this replica became leader or stopped leading.", ["to"], registry=r)
         self.leader_stepdowns = Counter("expiryd_leader_stepdowns",
                                         "Times this replica stopped leading, by reason.", ["reason"], registry=r)
+        self.leader_eligible = Gauge(
+            "expiryd_leader_eligible",
+            "1 when this replica may take the lease: its replay buffer has run long enough to cover a takeover.",
+            registry=r)
+        self.subscriptions_unbroken_seconds = Gauge(
+            "expiryd_subscriptions_unbroken_seconds",
+            "How long every current primary has been subscribed without a break (0 while one is not).",
+            registry=r)
         self.lock_renewals = Counter("expiryd_lock_renewals", "Lease renewals by result (ok, error, lost).",
                                      ["result"], registry=r)
 
@@ -75,6 +83,19 @@ class Metrics:
         self.event_handle_seconds = Histogram("expiryd_event_handle_seconds",
                                               "Time a handler spent on one batch of events.", ["route"],
                                               buckets=_HANDLE_BUCKETS, registry=r)
+
+        # Replay
+        self.replayed_events = Counter("expiryd_replayed_events",
+                                       "Events replayed from the buffer after taking over.", registry=r)
+        self.replay_buffer_events = Gauge("expiryd_replay_buffer_events",
+                                          "Recent events kept for replay, per node.", ["node"], registry=r)
+        self.replay_buffer_oldest_seconds = Gauge("expiryd_replay_buffer_oldest_seconds",
+                                                  "Age of the oldest event kept for replay.", registry=r)
+        self.replay_buffer_evicted = Counter(
+            "expiryd_replay_buffer_evicted",
+            "Events pushed out of the replay buffer by replay.max_events before the window ended.", registry=r)
+        self.progress_writes = Counter("expiryd_progress_writes", "Progress records written by the leader.",
+                                       ["result"], registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -82,6 +82,7 @@ class NodeSubscription:
         self._last_overflow_log = 0.0
         self._warned: set[str] = set()
         self.subscribed = False
+        self.subscribed_since: float | None = None  # monotonic; None while not subscribed
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name=f"subscription {self._node}")
@@ -209,6 +210,10 @@ class NodeSubscription:
             log.warning(message, extra={"node": self._node})
 
     def _set_subscribed(self, subscribed: bool) -> None:
+        if subscribed and not self.subscribed:
+            self.subscribed_since = time.monotonic()
+        if not subscribed:
+            self.subscribed_since = None
         self.subscribed = subscribed
         self._metrics.node_subscribed.labels(node=self._node).set(subscribed)
 

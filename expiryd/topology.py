@@ -40,6 +40,10 @@ class ClusterNodeInfo:
     def is_primary(self) -> bool:
         return "master" in self.flags and not self.flags & _UNUSABLE
 
+    @property
+    def is_replica(self) -> bool:
+        return "slave" in self.flags and not self.flags & _UNUSABLE
+
 
 @dataclass(frozen=True)
 class ClusterView:
@@ -54,6 +58,10 @@ class ClusterView:
         them, before the slots are wholly its own.
         """
         return frozenset(node.address for node in self.nodes if node.is_primary)
+
+    @property
+    def replicas(self) -> frozenset[NodeAddress]:
+        return frozenset(node.address for node in self.nodes if node.is_replica)
 
     def replicas_of(self, primary: NodeAddress) -> list[NodeAddress]:
         ids = {node.node_id for node in self.nodes if node.address == primary}

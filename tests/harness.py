@@ -27,6 +27,8 @@ import yaml
 
 from expiryd.localcluster import LocalCluster
 
+WARMUP = 8.0  # replay.warmup's default
+
 
 def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, interval: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
@@ -225,3 +227,62 @@ def keys_on_every_primary(cluster: LocalCluster, prefix: str, per_node: int) -> 
         if len(chosen[owner]) < per_node:
             chosen[owner].append(key)
     return chosen
+
+
+class SteadyStream:
+    """Writes keys that expire shortly after, at a steady rate, from a thread, until stopped.
+
+    Every key written is remembered, so a test can check that each was processed.
+    """
+
+    def __init__(self, cluster: LocalCluster, *, prefix: str, rate: int = 200, ttl_ms: int = 400) -> None:
+        import threading
+        self.keys: list[bytes] = []
+        self._cluster = cluster
+        self._prefix = prefix
+        self._rate = rate
+        self._ttl_ms = ttl_ms
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._write, daemon=True)
+
+    def __enter__(self) -> SteadyStream:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _write(self) -> None:
+        client = self._cluster.client()
+        tick = 0.05
+        per_tick = max(1, int(self._rate * tick))
+        next_at = time.monotonic()
+        while not self._stop.is_set():
+            pipe = client.pipeline(transaction=False)
+            for _ in range(per_tick):
+                key = f"{self._prefix}:{len(self.keys)}".encode()
+                pipe.set(key, b"v", px=self._ttl_ms)
+                self.keys.append(key)
+            try:
+                pipe.execute()
+            except Exception:  # a shard failing over: those keys were not written, so forget them
+                del self.keys[-per_tick:]
+            next_at += tick
+            time.sleep(max(0.0, next_at - time.monotonic()))
+        client.close()
+
+
+def all_handled(replicas: list[Replica]) -> list[dict[str, Any]]:
+    return [event for replica in replicas for event in replica.events()]
+
+
+def wait_until_eligible(replicas: list[Replica], timeout: float = 20.0) -> None:
+    """Wait until every running follower's replay buffer has warmed up, so any of them may take over."""
+    def eligible() -> bool:
+        followers = [r for r in replicas if r.running and not r.leads()]
+        return all(r.metric("expiryd_subscriptions_unbroken_seconds") >= WARMUP for r in followers)
+    wait_until(eligible, timeout=timeout, interval=0.2, what="followers to be eligible to lead")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from .harness import expire_keys, leaders, wait_for_single_leader, wait_until
+from .harness import expire_keys, leaders, wait_for_single_leader, wait_until, wait_until_eligible
 
 LEASE = 5.0
 RETRY = 0.5
@@ -35,6 +35,7 @@ def test_exactly_one_leader_among_three_replicas(shared_cluster, config_for, spa
 def test_sigkill_of_the_leader_hands_over_within_lease_and_retry(shared_cluster, config_for, spawn):
     replicas = start_three(shared_cluster, config_for, spawn)
     leader = wait_for_single_leader(replicas)
+    wait_until_eligible(replicas)
     killed_at = time.monotonic()
     leader.kill()
 
@@ -51,6 +52,7 @@ def test_sigkill_of_the_leader_hands_over_within_lease_and_retry(shared_cluster,
 def test_sigterm_hands_over_at_once_and_exits_cleanly(shared_cluster, config_for, spawn):
     replicas = start_three(shared_cluster, config_for, spawn)
     leader = wait_for_single_leader(replicas)
+    wait_until_eligible(replicas)
     stopped_at = time.monotonic()
     leader.process.send_signal(15)
 
@@ -67,6 +69,7 @@ def test_terms_strictly_increase_across_transitions(shared_cluster, config_for, 
     replicas = start_three(shared_cluster, config_for, spawn)
     for _ in range(2):
         leader = wait_for_single_leader([r for r in replicas if r.running])
+        wait_until_eligible(replicas)
         leader.terminate()
     last = wait_for_single_leader([r for r in replicas if r.running])
     expire_keys(shared_cluster, [b"term-check:1"])
@@ -99,6 +102,7 @@ def test_leader_steps_down_before_its_lease_expires_when_it_cannot_renew(cluster
 def test_a_leader_paused_past_its_lease_does_not_act_when_it_wakes(shared_cluster, config_for, spawn):
     replicas = start_three(shared_cluster, config_for, spawn)
     old = wait_for_single_leader(replicas)
+    wait_until_eligible(replicas)
     old_term = old.logged("became leader")[-1]["term"]
     old.freeze()
     try:

@@ -1,0 +1,84 @@
+"""Where the leader got to, kept in Redis beside the lease.
+
+The leader writes one :class:`~expiryd.replay.ProgressMark` per node to the
+hash ``<lock_name>:progress``, in the same hash slot as the lease and the term
+when the lock name has a hash tag (the default does). The write is a Lua
+script that first compares the stored term with the writer's, so a stale
+leader that wakes from a pause cannot move the marks::
+
+    store = ProgressStore(masters=[cluster_client], lock_name="{expiryd}:leader")
+    await store.write(term=7, marks={"10.0.0.7:6379": mark})
+    marks = await store.read()          # {node: ProgressMark}
+
+With several independent Redlock masters, the marks go to every master that
+still holds the writer's term, and a read takes each node's mark with the
+highest term (then the latest time) among the masters that answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+from .election import term_key
+from .replay import ProgressMark
+
+__all__ = ["ProgressStore", "progress_key"]
+
+# KEYS: term key, progress key. ARGV: term, then node/mark pairs.
+_WRITE_IF_CURRENT_TERM = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
+  return 0
+end
+for i = 2, #ARGV, 2 do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+redis.call('PEXPIRE', KEYS[2], 86400000)
+return 1
+"""
+
+
+def progress_key(lock_name: str) -> str:
+    return f"{lock_name}:progress"
+
+
+class ProgressStore:
+    def __init__(self, *, masters: Sequence[Any], lock_name: str) -> None:
+        self._masters = list(masters)
+        self._term_key = term_key(lock_name)
+        self._key = progress_key(lock_name)
+
+    async def write(self, *, term: int, marks: dict[str, ProgressMark]) -> bool:
+        """Store ``marks`` if ``term`` is still the current term on a majority; return whether it was."""
+        arguments: list[Any] = [term]
+        for node, mark in marks.items():
+            arguments += [node, mark.to_json()]
+        results = await asyncio.gather(
+            *(m.eval(_WRITE_IF_CURRENT_TERM, 2, self._term_key, self._key, *arguments) for m in self._masters),
+            return_exceptions=True,
+        )
+        return sum(1 for r in results if r == 1) > len(self._masters) // 2
+
+    async def exists(self) -> bool:
+        """Whether any leader has ever recorded progress under this lock name (within a day)."""
+        replies = await asyncio.gather(*(m.exists(self._key) for m in self._masters), return_exceptions=True)
+        answered = [r for r in replies if not isinstance(r, BaseException)]
+        if len(answered) <= len(self._masters) // 2:
+            raise next(r for r in replies if isinstance(r, BaseException))
+        return any(answered)
+
+    async def read(self) -> dict[str, ProgressMark]:
+        replies = await asyncio.gather(*(m.hgetall(self._key) for m in self._masters), return_exceptions=True)
+        answered = [r for r in replies if not isinstance(r, BaseException)]
+        if len(answered) <= len(self._masters) // 2:
+            raise next(r for r in replies if isinstance(r, BaseException))
+        marks: dict[str, ProgressMark] = {}
+        for reply in answered:
+            for node, text in reply.items():
+                name = node.decode() if isinstance(node, bytes) else str(node)
+                mark = ProgressMark.from_json(text)
+                current = marks.get(name)
+                if current is None or (mark.term, mark.received_at) > (current.term, current.received_at):
+                    marks[name] = mark
+        return marks

@@ -1,0 +1,132 @@
+"""No event lost when the leader dies: followers buffer, the leader records progress, the next one replays."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from .harness import (
+    SteadyStream,
+    all_handled,
+    event_key,
+    expire_keys,
+    wait_for_single_leader,
+    wait_until,
+    wait_until_eligible,
+)
+
+RATE = 200          # keys per second
+RENEW_INTERVAL = 1.0
+
+
+def handled_counts(replicas) -> Counter[bytes]:
+    return Counter(event_key(e) for e in all_handled(replicas))
+
+
+def wait_for_all(replicas, keys, timeout=30.0) -> Counter[bytes]:
+    def done():
+        counts = handled_counts(replicas)
+        return counts if all(counts[k] for k in keys) else None
+    try:
+        return wait_until(done, timeout=timeout, interval=0.25, what="every key to be handled")
+    except AssertionError:
+        counts = handled_counts(replicas)
+        missing = [k for k in keys if not counts[k]]
+        raise AssertionError(f"{len(missing)} of {len(keys)} keys never handled, e.g. {missing[:5]}") from None
+
+
+def start_replicas(cluster, config_for, spawn, count=3, **overrides):
+    config = config_for(cluster, **overrides)
+    replicas = [spawn(str(i), config) for i in range(1, count + 1)]
+    for replica in replicas:
+        replica.wait_ready()
+    return config, replicas
+
+
+def test_repeated_sigkill_of_the_leader_loses_nothing(shared_cluster, config_for, spawn):
+    config, replicas = start_replicas(shared_cluster, config_for, spawn)
+    kills = 3
+    with SteadyStream(shared_cluster, prefix="sigkill", rate=RATE) as stream:
+        for round_number in range(kills):
+            leader = wait_for_single_leader([r for r in replicas if r.running], timeout=15)
+            wait_until_eligible(replicas)
+            time.sleep(1.0)
+            leader.kill()
+            replacement = spawn(f"new{round_number}", config)  # as a Deployment would
+            replicas.append(replacement)
+            replacement.wait_ready()
+        wait_for_single_leader([r for r in replicas if r.running], timeout=15)
+        time.sleep(1.0)
+    counts = wait_for_all(replicas, stream.keys)
+
+    duplicates = sum(counts[k] - 1 for k in stream.keys)
+    print(f"{len(stream.keys)} keys, {kills} SIGKILLs, {duplicates} duplicates")
+    # Per kill, at most what the dead leader finished since its last progress record.
+    assert duplicates <= kills * RATE * (RENEW_INTERVAL + 0.5)
+    assert sum(r.metric("expiryd_replayed_events_total") for r in replicas if r.running) > 0
+
+
+def test_sigterm_hand_off_processes_every_event_exactly_once(shared_cluster, config_for, spawn):
+    _, replicas = start_replicas(shared_cluster, config_for, spawn)
+    with SteadyStream(shared_cluster, prefix="sigterm", rate=RATE) as stream:
+        for _ in range(2):
+            leader = wait_for_single_leader([r for r in replicas if r.running], timeout=15)
+            wait_until_eligible(replicas)
+            time.sleep(1.0)
+            assert leader.terminate() == 0
+        time.sleep(1.5)
+    counts = wait_for_all(replicas, stream.keys)
+
+    twice = [k for k in stream.keys if counts[k] > 1]
+    assert twice == [], f"{len(twice)} keys handled more than once, e.g. {twice[:5]}"
+
+
+def test_a_leader_paused_past_its_lease_loses_nothing_and_acts_only_with_its_old_term(
+        shared_cluster, config_for, spawn):
+    _, replicas = start_replicas(shared_cluster, config_for, spawn)
+    paused = wait_for_single_leader(replicas)
+    with SteadyStream(shared_cluster, prefix="sigstop", rate=RATE) as stream:
+        wait_until_eligible(replicas)
+        time.sleep(1.0)
+        old_term = paused.logged("became leader")[-1]["term"]
+        paused.freeze()
+        time.sleep(7.0)  # past the 5 s lease: another replica takes over meanwhile
+        thawed_at = time.time()
+        paused.thaw()
+        time.sleep(2.0)
+    counts = wait_for_all(replicas, stream.keys)
+
+    assert all(counts[k] >= 1 for k in stream.keys)
+    late = [e for e in paused.events() if e["term"] != old_term]
+    assert late == [], "the paused leader processed events under a newer term"
+    after_wake = [e for e in paused.events() if e["received_at"] > thawed_at + 0.5]
+    assert after_wake == [], f"the paused leader processed {len(after_wake)} events after waking"
+    terms = {e["term"] for e in all_handled(replicas)}
+    assert max(terms) > old_term
+
+
+def test_a_primary_failover_during_a_leader_failover_loses_nothing(cluster, config_for, spawn):
+    _, replicas = start_replicas(cluster, config_for, spawn)
+    leader = wait_for_single_leader(replicas)
+    primary = cluster.primaries()[0]
+    with SteadyStream(cluster, prefix="double", rate=RATE) as stream:
+        wait_until_eligible(replicas)
+        time.sleep(1.0)
+        leader.kill()
+        cluster.failover(cluster.replica_of(primary))
+        wait_for_single_leader([r for r in replicas if r.running], timeout=15)
+        time.sleep(2.0)
+    counts = wait_for_all(replicas, stream.keys)
+    assert all(counts[k] >= 1 for k in stream.keys)
+
+
+def test_expiryds_own_lease_key_never_reaches_a_handler(shared_cluster, config_for, spawn):
+    _, replicas = start_replicas(shared_cluster, config_for, spawn, count=2)
+    leader = wait_for_single_leader(replicas)
+    wait_until_eligible(replicas)
+    lock_key = f"redlock:{leader.config['election']['lock_name']}".encode()
+    leader.kill()  # its lease key now expires in Redis, which publishes an expired event
+    successor = wait_for_single_leader([r for r in replicas if r.running], timeout=15)
+    expire_keys(shared_cluster, [b"after-lease:1"])
+    wait_until(lambda: b"after-lease:1" in successor.handled_keys(), timeout=10, what="a later event")
+    assert lock_key not in successor.handled_keys()

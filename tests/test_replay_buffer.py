@@ -1,0 +1,65 @@
+"""The replay buffer's rules for what a new leader replays (pure unit tests)."""
+
+from __future__ import annotations
+
+import time
+
+from expiryd.events import Expiration
+from expiryd.replay import ProgressMark, ReplayBuffer
+
+NOW = time.time()
+
+
+def buffer_of(*events: tuple[str, str, float]) -> ReplayBuffer:
+    buffer = ReplayBuffer(window=60.0, max_events=1000)
+    buffer.append([Expiration(key.encode(), node, NOW + at) for key, node, at in events])
+    return buffer
+
+
+def keys(expirations: list[Expiration]) -> list[str]:
+    return [e.key.decode() for e in expirations]
+
+
+def test_replays_what_came_after_the_mark_on_each_node():
+    buffer = buffer_of(("a1", "A", 0.0), ("b1", "B", 0.1), ("a2", "A", 0.2), ("b2", "B", 0.3), ("a3", "A", 0.4))
+    marks = {"A": ProgressMark(b"a2", NOW + 0.25, 3), "B": ProgressMark(b"b1", NOW + 0.05, 3)}
+    assert keys(buffer.after(marks, tolerance=2.0)) == ["b2", "a3"]
+
+
+def test_a_node_without_a_mark_is_replayed_whole():
+    buffer = buffer_of(("a1", "A", 0.0), ("n1", "NEW", 0.1), ("n2", "NEW", 0.2))
+    marks = {"A": ProgressMark(b"a1", NOW, 3)}
+    assert keys(buffer.after(marks, tolerance=2.0)) == ["n1", "n2"]
+
+
+def test_a_repeated_key_is_matched_at_the_occurrence_nearest_the_mark():
+    buffer = buffer_of(("k", "A", 0.0), ("x", "A", 5.0), ("k", "A", 10.0), ("y", "A", 10.5))
+    assert keys(buffer.after({"A": ProgressMark(b"k", NOW + 0.1, 1)}, tolerance=2.0)) == ["x", "k", "y"]
+    assert keys(buffer.after({"A": ProgressMark(b"k", NOW + 9.9, 1)}, tolerance=2.0)) == ["y"]
+
+
+def test_a_mark_older_than_the_buffer_replays_the_whole_node():
+    buffer = buffer_of(("a5", "A", 10.0), ("a6", "A", 11.0))
+    assert keys(buffer.after({"A": ProgressMark(b"a1", NOW, 1)}, tolerance=2.0)) == ["a5", "a6"]
+
+
+def test_a_mark_missing_from_a_covering_buffer_falls_back_to_time_minus_tolerance():
+    buffer = buffer_of(("a1", "A", 0.0), ("a3", "A", 4.0), ("a4", "A", 6.0), ("a5", "A", 9.0))
+    assert keys(buffer.after({"A": ProgressMark(b"gone", NOW + 7.0, 1)}, tolerance=2.0)) == ["a4", "a5"]
+
+
+def test_unreadable_progress_replays_everything():
+    buffer = buffer_of(("a1", "A", 0.0), ("b1", "B", 0.1))
+    assert keys(buffer.after(None, tolerance=2.0)) == ["a1", "b1"]
+
+
+def test_the_buffer_forgets_by_age_and_by_count():
+    buffer = ReplayBuffer(window=10.0, max_events=2)
+    buffer.append([Expiration(b"old", "A", NOW - 20), Expiration(b"a", "A", NOW), Expiration(b"b", "B", NOW)])
+    buffer.trim(now=NOW)
+    assert keys(buffer.after(None, tolerance=1.0)) == ["a", "b"]
+    buffer.append([Expiration(b"c", "A", NOW + 0.1)])
+    buffer.trim(now=NOW)
+    assert keys(buffer.after(None, tolerance=1.0)) == ["b", "c"]
+    assert buffer.evicted == 1
+    assert dict(buffer.per_node) == {"A": 1, "B": 1}

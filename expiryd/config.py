@@ -42,6 +42,7 @@ __all__ = [
     "RouteConfig",
     "load_config",
     "parse_duration",
+    "takeover_gap",
 ]
 
 # Marks a float field as a duration in seconds, written as "500ms", "5s" or "1m".
@@ -92,8 +93,9 @@ class PipelineConfig:
 @dataclass(frozen=True)
 class ReplayConfig:
     enabled: bool = True
-    window: Duration = 15.0
-    warmup: Duration = 8.0
+    # None: derived from the election timings (see _with_derived_replay).
+    window: Duration | None = None
+    warmup: Duration | None = None
     max_events: int = 200_000
     clock_tolerance: Duration = 2.0
 
@@ -176,6 +178,7 @@ def load_config(
     config = _build(Config, merged, path="", source=source)
     config = dataclasses.replace(config, source=source)
     config = _with_password(config, environ, source)
+    config = _with_derived_replay(config)
     _validate(config, source)
     return config
 
@@ -330,11 +333,11 @@ def _convert_env(hint: Any, value: _EnvValue, *, path: str) -> Any:
     """Parse an environment string into the setting's type; errors name the variable."""
     source, text = "environment", value.text
     origin = typing.get_origin(hint)
-    if origin is Annotated:
-        return _to_duration(text, path=value.variable, source=source)
     if origin in (Union, types.UnionType):
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint)
+    if origin is Annotated:
+        return _to_duration(text, path=value.variable, source=source)
     if origin is list:
         return [item.strip() for item in text.split(",") if item.strip()]
     if hint is bool:
@@ -380,6 +383,23 @@ def _with_password(config: Config, environ: Mapping[str, str], source: str) -> C
     return dataclasses.replace(config, redis=dataclasses.replace(config.redis, password=password))
 
 
+def takeover_gap(election: ElectionConfig) -> float:
+    """The longest a dead leader's last progress record can precede its successor's takeover."""
+    return election.lease + election.retry_interval * 1.2 + election.renew_interval
+
+
+def _with_derived_replay(config: Config) -> Config:
+    """Fill in the replay timings left unset: both must outlast the worst takeover gap.
+
+    With the default election timings the warm-up is 8 s and the window 15 s.
+    """
+    gap = takeover_gap(config.election)
+    replay = config.replay
+    warmup = replay.warmup if replay.warmup is not None else round(gap + 1.4, 3)
+    window = replay.window if replay.window is not None else round(2 * gap + 1.8, 3)
+    return dataclasses.replace(config, replay=dataclasses.replace(replay, warmup=warmup, window=window))
+
+
 def _validate(config: Config, source: str) -> None:
     if not config.redis.nodes:
         raise ConfigError(source, "redis.nodes", "at least one seed node is required")
@@ -397,15 +417,17 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(source, "pipeline.queue_size", "must be at least 1")
     if config.replay.max_events < 1:
         raise ConfigError(source, "replay.max_events", "must be at least 1")
-    takeover = election.lease + election.retry_interval + election.renew_interval
-    if config.replay.enabled and config.replay.warmup <= takeover:
+    gap = takeover_gap(election)
+    replay = config.replay
+    assert replay.warmup is not None and replay.window is not None
+    if replay.enabled and replay.warmup <= gap:
         raise ConfigError(source, "replay.warmup",
-                          f"must be longer than election.lease + retry_interval + renew_interval ({takeover:g}s), "
-                          "or a replica that joined after the last leader's final record could take over")
-    if config.replay.enabled and config.replay.window <= takeover:
+                          f"must be longer than the takeover gap, lease + 1.2 x retry_interval + renew_interval "
+                          f"({gap:g}s), or a replica that joined after the last leader's final record could take over")
+    if replay.enabled and replay.window <= gap:
         raise ConfigError(source, "replay.window",
-                          f"must be longer than election.lease + retry_interval + renew_interval ({takeover:g}s), "
-                          "or events expiring while nobody leads fall out of the buffer before they are replayed")
+                          f"must be longer than the takeover gap, lease + 1.2 x retry_interval + renew_interval "
+                          f"({gap:g}s), or events expiring while nobody leads leave the buffer before they are replayed")
     if config.log.format not in ("json", "text"):
         raise ConfigError(source, "log.format", f"expected json or text, got {config.log.format!r}")
     if config.log.level.lower() not in ("debug", "info", "warning", "error"):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+import redis.cluster
 from redis.crc import key_slot
 
 __all__ = ["ClusterNode", "LocalCluster", "RedisNotInstalled", "SlotOwners"]
@@ -154,8 +155,9 @@ class LocalCluster:
         return SlotOwners(ranges)
 
     def client(self) -> redis.RedisCluster:
-        """A cluster-aware client, for writing keys across all shards."""
-        return redis.RedisCluster.from_url(self.seed_urls[0])
+        """A cluster-aware client, for writing keys across all shards, seeded with every live node."""
+        seeds = [redis.cluster.ClusterNode("127.0.0.1", node.port) for node in self._live_nodes()]
+        return redis.RedisCluster(startup_nodes=seeds)
 
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL the node, as a crashed machine would stop."""

@@ -37,6 +37,8 @@ def test_durations_accept_milliseconds_seconds_and_minutes(text, seconds):
 
 def test_minimal_config_gets_documented_defaults(tmp_path):
     config = load_config(path=write(tmp_path, MINIMAL), environ={})
+    assert config.replay.warmup == 8.0
+    assert config.replay.window == 15.0
     assert config.election.lease == 5.0
     assert config.election.renew_interval == 1.0
     assert config.election.renew_deadline == 3.0
@@ -51,6 +53,7 @@ def test_environment_overrides_file_and_flags_override_environment(tmp_path):
     environ = {"EXPIRYD_ELECTION_LEASE": "10s", "EXPIRYD_LISTEN": "127.0.0.1:9001", "EXPIRYD_ID": "pod-a"}
     config = load_config(path=path, environ=environ, overrides={"listen": "127.0.0.1:9002", "id": None})
     assert config.election.lease == 10.0
+    assert config.replay.warmup > 10.0  # derived from the longer lease
     assert config.http.listen == "127.0.0.1:9002"
     assert config.id == "pod-a"
 
@@ -142,22 +145,23 @@ def test_check_fails_when_notifications_are_off_and_may_not_be_repaired(cluster,
         assert node.client().config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
 
 
-def test_example_config_shows_every_option_with_its_default():
+def test_example_config_shows_every_option_with_its_default(tmp_path):
     import dataclasses
 
-    from expiryd.config import Config, RouteConfig
+    from expiryd.config import RouteConfig
 
     example = Path(__file__).parent.parent / "deploy" / "expiryd.example.yaml"
     config = load_config(path=str(example), environ={})
-    defaults = Config()
-    for section in ("redis", "election", "pipeline", "http", "log"):
+    defaults = load_config(path=write(tmp_path, MINIMAL), environ={})
+    for section in ("redis", "election", "pipeline", "replay", "http", "log"):
         loaded, default = getattr(config, section), getattr(defaults, section)
         for setting in dataclasses.fields(default):
             if setting.metadata.get("secret") or (section, setting.name) == ("redis", "nodes"):
                 continue
             assert getattr(loaded, setting.name) == getattr(default, setting.name), f"{section}.{setting.name}"
     text = example.read_text()
-    for section_type in (type(defaults.redis), type(defaults.election), type(defaults.pipeline), RouteConfig):
+    for section_type in (type(defaults.redis), type(defaults.election), type(defaults.pipeline),
+                         type(defaults.replay), RouteConfig):
         for setting in dataclasses.fields(section_type):
             if not setting.metadata.get("secret"):
                 assert f"{setting.name}:" in text, f"{setting.name} is missing from the example"

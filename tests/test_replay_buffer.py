@@ -7,11 +7,11 @@ import time
 from expiryd.events import Expiration
 from expiryd.replay import ProgressMark, ReplayBuffer
 
-NOW = time.time()
+NOW = time.time()  # the buffers here keep an hour, so a slow run does not age them out
 
 
 def buffer_of(*events: tuple[str, str, float]) -> ReplayBuffer:
-    buffer = ReplayBuffer(window=60.0, max_events=1000)
+    buffer = ReplayBuffer(window=3600.0, max_events=1000)
     buffer.append([Expiration(key.encode(), node, NOW + at) for key, node, at in events])
     return buffer
 
@@ -54,12 +54,13 @@ def test_unreadable_progress_replays_everything():
 
 
 def test_the_buffer_forgets_by_age_and_by_count():
+    now = time.time()
     buffer = ReplayBuffer(window=10.0, max_events=2)
-    buffer.append([Expiration(b"old", "A", NOW - 20), Expiration(b"a", "A", NOW), Expiration(b"b", "B", NOW)])
-    buffer.trim(now=NOW)
+    buffer.append([Expiration(b"old", "A", now - 20), Expiration(b"a", "A", now), Expiration(b"b", "B", now)])
+    buffer.trim(now=now)
     assert keys(buffer.after(None, tolerance=1.0)) == ["a", "b"]
-    buffer.append([Expiration(b"c", "A", NOW + 0.1)])
-    buffer.trim(now=NOW)
+    buffer.append([Expiration(b"c", "A", now + 0.1)])
+    buffer.trim(now=now)
     assert keys(buffer.after(None, tolerance=1.0)) == ["b", "c"]
     assert buffer.evicted == 1
     assert dict(buffer.per_node) == {"A": 1, "B": 1}

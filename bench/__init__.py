@@ -1,0 +1,1 @@
+"""Reproducible benchmarks of expiryd against a bare subscriber, on a throwaway local cluster."""

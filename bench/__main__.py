@@ -1,0 +1,74 @@
+"""``python -m bench SCENARIO``: run a benchmark, print a table, write the raw numbers as JSON.
+
+    python -m bench takeover              # SIGKILL and SIGTERM under load, replay on/off, seed design
+    python -m bench throughput            # a 200k-key burst: expiryd vs a bare subscriber vs redis-cli
+    python -m bench all
+    python -m bench all --smoke           # seconds, to prove the scripts still work
+
+Run from the repository root, with expiryd installed (``make setup``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import takeover, throughput
+
+SCENARIOS = ("takeover", "throughput")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("scenario", choices=(*SCENARIOS, "all"))
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the scripts work")
+    parser.add_argument("--json", type=Path, default=None, help="where to write raw numbers")
+    args = parser.parse_args()
+    scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
+    report: dict[str, Any] = {"machine": machine(), "smoke": args.smoke, "results": {}}
+    for scenario in scenarios:
+        rows = run_scenario(scenario, smoke=args.smoke)
+        report["results"][scenario] = rows
+        print_table(scenario, rows)
+    path = args.json or Path("bench/results") / f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(f"raw numbers: {path}")
+    return 0
+
+
+def run_scenario(scenario: str, *, smoke: bool) -> list[dict[str, Any]]:
+    if scenario == "takeover":
+        variants = ["replay on"] if smoke else list(takeover.VARIANTS)
+        results = takeover.run(kills=1 if smoke else 5, terms=1 if smoke else 5, rate=100 if smoke else 500,
+                               variants=variants)
+        return takeover.summarize(results)
+    return throughput.run(keys=5_000 if smoke else 200_000, runs=1 if smoke else 3)
+
+
+def machine() -> dict[str, Any]:
+    redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
+    return {"cores": os.cpu_count(), "python": platform.python_version(), "redis": redis_version,
+            "platform": platform.platform()}
+
+
+def print_table(title: str, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    print(f"\n{title}")
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

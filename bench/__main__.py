@@ -2,6 +2,7 @@
 
     python -m bench takeover              # SIGKILL and SIGTERM under load, replay on/off, seed design
     python -m bench throughput            # a 200k-key burst: expiryd vs a bare subscriber vs redis-cli
+    python -m bench latency               # added latency, CPU and memory at doubling rates
     python -m bench all
     python -m bench all --smoke           # seconds, to prove the scripts still work
 
@@ -20,9 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import takeover, throughput
+from . import latency, takeover, throughput
 
-SCENARIOS = ("takeover", "throughput")
+SCENARIOS = ("throughput", "latency", "takeover")
 
 
 def main() -> int:
@@ -50,6 +51,9 @@ def run_scenario(scenario: str, *, smoke: bool) -> list[dict[str, Any]]:
         results = takeover.run(kills=1 if smoke else 5, terms=1 if smoke else 5, rate=100 if smoke else 500,
                                variants=variants)
         return takeover.summarize(results)
+    if scenario == "latency":
+        rates = [500] if smoke else [2_500, 5_000, 10_000, 20_000, 40_000]
+        return latency.run(rates=rates, seconds=2.0 if smoke else 8.0)
     return throughput.run(keys=5_000 if smoke else 200_000, runs=1 if smoke else 3)
 
 
@@ -62,12 +66,12 @@ def machine() -> dict[str, Any]:
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
     print(f"\n{title}")
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:
-        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
     python -m bench.bare_subscriber --expect 200000 127.0.0.1:7000 127.0.0.1:7001 127.0.0.1:7002
 
 Prints ``ready`` once subscribed, then one JSON line when ``--expect`` messages have arrived.
+With ``--times FILE`` it also writes each key and the time it arrived, for paired latency figures.
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ import time
 import redis.asyncio as aioredis
 
 
-async def count(address: str, counter: list[int], expect: int, done: asyncio.Event) -> None:
+async def count(address: str, counter: list[int], expect: int, done: asyncio.Event,
+                times: list[tuple[bytes, float]] | None) -> None:
     host, port = address.rsplit(":", 1)
     pubsub = aioredis.Redis(host=host, port=int(port)).pubsub(ignore_subscribe_messages=True)
     await pubsub.psubscribe("__keyevent@0__:expired")
-    async for _ in pubsub.listen():
+    async for message in pubsub.listen():
+        if times is not None:
+            times.append((message["data"], time.time()))
         counter[0] += 1
         if counter[0] >= expect:
             done.set()
@@ -28,13 +32,18 @@ async def count(address: str, counter: list[int], expect: int, done: asyncio.Eve
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--expect", type=int, required=True)
+    parser.add_argument("--times", default=None, help="write 'key<TAB>arrival' lines here")
     parser.add_argument("nodes", nargs="+")
     args = parser.parse_args()
     counter, done = [0], asyncio.Event()
-    tasks = [asyncio.create_task(count(node, counter, args.expect, done)) for node in args.nodes]
+    times: list[tuple[bytes, float]] | None = [] if args.times else None
+    tasks = [asyncio.create_task(count(node, counter, args.expect, done, times)) for node in args.nodes]
     await asyncio.sleep(0.5)
     print("ready", flush=True)
     await done.wait()
+    if times is not None:
+        with open(args.times, "wb") as out:
+            out.writelines(b"%s\t%.6f\n" % (key, arrived) for key, arrived in times)
     print(json.dumps({"done_at": time.time(), "count": counter[0]}), flush=True)
     for task in tasks:
         task.cancel()

@@ -199,8 +199,9 @@ def expire_keys(cluster: LocalCluster, keys: list[bytes], *, ttl_ms: int = 300) 
         client.close()
 
 
-def set_keys_due_at(cluster: LocalCluster, keys: list[bytes], due_ms: int) -> None:
-    """Write ``keys`` to expire together at ``due_ms`` (Unix milliseconds), one pipeline per primary."""
+def set_keys_due_at(cluster: LocalCluster, keys: list[bytes], due_ms: int | Callable[[bytes], int]) -> None:
+    """Write ``keys`` to expire at ``due_ms`` (Unix milliseconds, or a function of the key), a pipeline per primary."""
+    due_of = due_ms if callable(due_ms) else (lambda _key: due_ms)
     owners = cluster.slot_owners()
     by_node: dict[str, list[bytes]] = {}
     for key in keys:
@@ -210,7 +211,7 @@ def set_keys_due_at(cluster: LocalCluster, keys: list[bytes], due_ms: int) -> No
         for start in range(0, len(node_keys), 10_000):
             pipe = client.pipeline(transaction=False)
             for key in node_keys[start:start + 10_000]:
-                pipe.execute_command("SET", key, b"v", "PXAT", due_ms)
+                pipe.execute_command("SET", key, b"v", "PXAT", due_of(key))
             pipe.execute()
         client.close()
 
@@ -284,5 +285,8 @@ def wait_until_eligible(replicas: list[Replica], timeout: float = 20.0) -> None:
     """Wait until every running follower's replay buffer has warmed up, so any of them may take over."""
     def eligible() -> bool:
         followers = [r for r in replicas if r.running and not r.leads()]
-        return all(r.metric("expiryd_subscriptions_unbroken_seconds") >= WARMUP for r in followers)
+        try:
+            return all(r.metric("expiryd_subscriptions_unbroken_seconds") >= WARMUP for r in followers)
+        except OSError:
+            return False  # a replica still starting: not listening yet
     wait_until(eligible, timeout=timeout, interval=0.2, what="followers to be eligible to lead")

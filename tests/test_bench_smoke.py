@@ -20,5 +20,8 @@ def test_benchmarks_run_in_smoke_mode(tmp_path):
     takeover = report["results"]["takeover"]
     assert {row["variant"] for row in takeover} == {"replay on, SIGKILL", "replay on, SIGTERM"}
     assert all(row["lost"] == 0 for row in takeover)
+    latency = report["results"]["latency"]
+    assert [row["phase"] for row in latency] == ["idle", "load"]
+    assert latency[1]["expiryd_missing"] == 0
     readers = {row["reader"] for row in report["results"]["throughput"]}
     assert readers == {"bare redis-py subscriber", "redis-cli (C)", "expiryd (log)"}

@@ -87,6 +87,7 @@ class ElectionConfig:
 @dataclass(frozen=True)
 class PipelineConfig:
     queue_size: int = 100_000
+    overflow_wait: Duration = 5.0
     shutdown_grace: Duration = 10.0
 
 
@@ -312,7 +313,7 @@ def _convert(hint: Any, value: Any, *, path: str, source: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(source, path, f"expected a list, got {_describe(value)}")
         return [_convert(item, v, path=f"{path}[{i}]", source=source) for i, v in enumerate(value)]
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, {} if value is None else value, path=path, source=source)
     if hint is bool:
         if not isinstance(value, bool):

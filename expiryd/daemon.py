@@ -53,6 +53,7 @@ class Daemon:
             metrics=self.metrics,
             options=options,
             settings=config.redis,
+            overflow_wait=config.pipeline.overflow_wait,
         )
         if config.election.masters:
             self._masters: list[Any] = [options.client_for_url(url) for url in config.election.masters]
@@ -115,6 +116,7 @@ class Daemon:
         settings = self.config.replay
         if not settings.enabled:
             return None
+        assert settings.window is not None  # load_config fills both in
         return Replay(
             buffer=ReplayBuffer(window=settings.window, max_events=settings.max_events),
             store=self._progress,
@@ -133,6 +135,7 @@ class Daemon:
         is nothing to miss, and no reason to wait.
         """
         settings = self.config.replay
+        assert settings.warmup is not None  # load_config fills it in
         covered = self._fanin.covered_for()
         self.metrics.subscriptions_unbroken_seconds.set(covered)
         eligible = not settings.enabled or covered >= settings.warmup

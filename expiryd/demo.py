@@ -35,6 +35,7 @@ class _Replica:
     name: str
     port: int
     process: asyncio.subprocess.Process
+    due_times: dict[str, float]  # key → when its TTL runs out, shared by every replica
     handled: list[dict[str, object]] = field(default_factory=list)
 
     def leads(self) -> bool:
@@ -68,9 +69,10 @@ async def _demo(cluster: LocalCluster, count: int) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="expiryd-demo-"))
     config = workdir / "expiryd.yaml"
     config.write_text(_config_text(cluster.seed_urls), encoding="utf-8")
-    replicas = [await _start_replica(str(i + 1), config) for i in range(count)]
+    due_times: dict[str, float] = {}
+    replicas = [await _start_replica(str(i + 1), config, due_times) for i in range(count)]
     try:
-        return await _story(cluster, replicas)
+        return await _story(cluster, replicas, due_times)
     finally:
         for replica in replicas:
             if replica.alive:
@@ -78,11 +80,11 @@ async def _demo(cluster: LocalCluster, count: int) -> int:
             await replica.process.wait()
 
 
-async def _story(cluster: LocalCluster, replicas: list[_Replica]) -> int:
+async def _story(cluster: LocalCluster, replicas: list[_Replica], due_times: dict[str, float]) -> int:
     leader = await _wait_for_leader(replicas, timeout=20)
     _say(f"replica {leader.name} leads; the others follow and keep their subscriptions live")
 
-    await _expire_round(cluster, replicas, "order", 1)
+    await _expire_round(cluster, replicas, due_times, "order", 1)
 
     _say(f"killing the leader, replica {leader.name}, with SIGKILL")
     killed_at = time.monotonic()
@@ -93,7 +95,7 @@ async def _story(cluster: LocalCluster, replicas: list[_Replica]) -> int:
     _say(f"replica {new_leader.name} took over {time.monotonic() - killed_at:.1f} s after the kill "
          "(the lease had to run out)")
 
-    await _expire_round(cluster, survivors, "order", 2)
+    await _expire_round(cluster, survivors, due_times, "order", 2)
 
     if len(survivors) > 1:
         _say(f"stopping replica {new_leader.name} with SIGTERM: it releases the lease on its way out")
@@ -103,17 +105,19 @@ async def _story(cluster: LocalCluster, replicas: list[_Replica]) -> int:
         third = await _wait_for_leader(remaining, timeout=10)
         _say(f"replica {third.name} took over {time.monotonic() - stopped_at:.2f} s after SIGTERM")
         await new_leader.process.wait()
-        await _expire_round(cluster, remaining, "session", 3)
+        await _expire_round(cluster, remaining, due_times, "session", 3)
 
     handled = sum(len(r.handled) for r in replicas)
     _say(f"done: {handled} expirations handled; cleaning up")
     return 0
 
 
-async def _expire_round(cluster: LocalCluster, replicas: list[_Replica], prefix: str, round_number: int) -> None:
+async def _expire_round(cluster: LocalCluster, replicas: list[_Replica], due_times: dict[str, float],
+                        prefix: str, round_number: int) -> None:
     client = cluster.client()
     keys = [f"{prefix}:{round_number}-{i}" for i in range(_KEYS_PER_ROUND)]
     for i, key in enumerate(keys):
+        due_times[key] = time.time() + (500 + 100 * i) / 1000
         client.set(key, "payload", px=500 + 100 * i)
     client.close()
     _say(f"set {len(keys)} keys {keys[0]} .. {keys[-1]} with TTLs of 0.5-1.6 s across all shards")
@@ -126,7 +130,7 @@ async def _expire_round(cluster: LocalCluster, replicas: list[_Replica], prefix:
     _say("some keys were not reported within 10 s (expired events can be late under load)")
 
 
-async def _start_replica(name: str, config: Path) -> _Replica:
+async def _start_replica(name: str, config: Path, due_times: dict[str, float]) -> _Replica:
     port = _free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "expiryd", "--id", name, "--config", str(config),
@@ -134,7 +138,7 @@ async def _start_replica(name: str, config: Path) -> _Replica:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    replica = _Replica(name=name, port=port, process=process)
+    replica = _Replica(name=name, port=port, process=process, due_times=due_times)
     asyncio.create_task(_follow_events(replica))
     asyncio.create_task(_follow_log(replica))
     return replica
@@ -145,9 +149,10 @@ async def _follow_events(replica: _Replica) -> None:
     async for line in replica.process.stdout:
         event = json.loads(line)
         replica.handled.append(event)
-        lateness = time.time() - float(event["received_at"])
-        _say(f"  replica {replica.name} handled {event.get('key', event.get('key_b64'))} "
-             f"from {event['node']} (term {event['term']}, {lateness * 1000:.0f} ms after receipt)")
+        key = str(event.get("key", event.get("key_b64")))
+        due = replica.due_times.get(key)
+        lateness = f", {(time.time() - due) * 1000:.0f} ms after its TTL ran out" if due else ""
+        _say(f"  replica {replica.name} handled {key} from {event['node']} (term {event['term']}{lateness})")
 
 
 async def _follow_log(replica: _Replica) -> None:

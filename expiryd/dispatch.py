@@ -118,6 +118,10 @@ class Dispatcher:
                 await self._dispatch(batch)
             finally:
                 self._busy = False
+            # A get() from a non-empty queue does not suspend, nor does a handler that
+            # never waits (log): without this, a backlog would hold the event loop until
+            # it is drained, starving lease renewals, the watchdogs and /metrics.
+            await asyncio.sleep(0)
 
     async def _dispatch(self, batch: list[Expiration]) -> None:
         term = self._leadership.term()
@@ -181,8 +185,9 @@ class Dispatcher:
                 return
             events = [Event(e.key, e.node, e.received_at, term, self._replica) for e in expirations]
             await self._handle(route, events)
-        for expiration in batch:
-            self._marks[expiration.node] = ProgressMark.of(expiration, term)
+        last_per_node = {expiration.node: expiration for expiration in batch}
+        for node, expiration in last_per_node.items():
+            self._marks[node] = ProgressMark.of(expiration, term)
             self._unrecorded = True
 
     async def _handle(self, route: Route, events: list[Event]) -> None:

@@ -1,14 +1,17 @@
 """The merged queue: every node subscription puts in, the leader gate takes out.
 
-It is bounded by a count of expirations, not of batches. A subscription must
-never wait on it: a reader that stops reading lets Redis's output buffer fill
-until the server cuts the subscriber off and everything in that buffer is lost.
-So :meth:`EventQueue.put` never blocks. When the queue is full it takes what
-fits and returns how many it had to refuse, for the caller to count and log.
+It is bounded by a count of expirations, not of batches. When it is full, a
+subscription may wait a little for room (:meth:`EventQueue.put_within`): while
+it waits it does not read, and the burst waits in the kernel's socket buffer
+and in Redis's output buffer for that client. That is safe only briefly: Redis
+cuts off a subscriber whose buffer stays above 8 MB for 60 s (or passes 32 MB),
+and then everything in that buffer is lost. So the wait is bounded, and what
+still does not fit is refused and returned as a count, for the caller to count
+and log.
 
     queue = EventQueue(capacity=100_000)
-    refused = queue.put(expirations)       # from a node subscription
-    batch = await queue.get()              # in the leader gate: all that is waiting
+    refused = await queue.put_within(expirations, timeout=5.0)   # from a node subscription
+    batch = await queue.get()                                    # in the leader gate
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ class EventQueue:
         self.capacity = capacity
         self._items: deque[Expiration] = deque()
         self._ready = asyncio.Event()
+        self._room = asyncio.Event()
         self._woken = False
 
     def __len__(self) -> int:
@@ -40,6 +44,22 @@ class EventQueue:
             self._ready.set()
         return len(expirations) - len(accepted)
 
+    async def put_within(self, expirations: list[Expiration], *, timeout: float) -> int:
+        """Append all, waiting up to ``timeout`` for room; return how many still did not fit."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        refused = self.put(expirations)
+        while refused:
+            remaining = expirations[len(expirations) - refused:]
+            self._room.clear()
+            try:
+                await asyncio.wait_for(self._room.wait(), deadline - loop.time())
+            except TimeoutError:
+                return self.put(remaining)
+            expirations = remaining
+            refused = self.put(remaining)
+        return 0
+
     def wake(self) -> None:
         """Make a waiting :meth:`get` return, with an empty batch if nothing is queued."""
         self._woken = True
@@ -52,4 +72,7 @@ class EventQueue:
             await self._ready.wait()
         self._woken = False
         count = min(limit, len(self._items))
-        return [self._items.popleft() for _ in range(count)]
+        batch = [self._items.popleft() for _ in range(count)]
+        if batch:
+            self._room.set()
+        return batch

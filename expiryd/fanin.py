@@ -44,12 +44,14 @@ class FanIn:
         metrics: Metrics,
         options: RedisOptions,
         settings: RedisConfig,
+        overflow_wait: float,
     ) -> None:
         self._topology = topology
         self._queue = queue
         self._metrics = metrics
         self._options = options
         self._settings = settings
+        self._overflow_wait = overflow_wait
         self._subscriptions: dict[NodeAddress, NodeSubscription] = {}
         self._primaries: frozenset[NodeAddress] = frozenset()
         self._refresh_now = asyncio.Event()
@@ -120,6 +122,7 @@ class FanIn:
                 repair_notifications=self._settings.ensure_notifications,
                 watchdog_interval=self._settings.watchdog_interval,
                 watchdog_timeout=self._settings.watchdog_timeout,
+                overflow_wait=self._overflow_wait,
                 on_trouble=self.request_refresh,
             )
             self._subscriptions[address] = subscription

@@ -72,6 +72,9 @@ class Metrics:
         self.events_dropped = Counter("expiryd_events_dropped",
                                       "Events dropped before routing, by reason (queue_full).", ["reason"],
                                       registry=r)
+        self.queue_full_seconds = Counter(
+            "expiryd_queue_full_seconds",
+            "Time a node subscription stopped reading because the merged queue was full.", ["node"], registry=r)
         self.queue_depth = Gauge("expiryd_queue_depth", "Events waiting in the merged queue.", registry=r)
 
         # Processing

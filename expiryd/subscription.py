@@ -66,6 +66,7 @@ class NodeSubscription:
         repair_notifications: bool,
         watchdog_interval: float,
         watchdog_timeout: float,
+        overflow_wait: float,
         on_trouble: Callable[[], None],
     ) -> None:
         self.address = address
@@ -76,6 +77,7 @@ class NodeSubscription:
         self._repair = repair_notifications
         self._watchdog_interval = watchdog_interval
         self._watchdog_timeout = watchdog_timeout
+        self._overflow_wait = overflow_wait
         self._on_trouble = on_trouble
         self._task: asyncio.Task[None] | None = None
         self._last_read = 0.0
@@ -139,9 +141,10 @@ class NodeSubscription:
                          parser: hiredis.Reader) -> None:
         if self._options.password is not None:
             credentials = [self._options.username] if self._options.username else []
-            writer.write(hiredis.pack_command(("AUTH", *credentials, self._options.password)))
+            command = ("AUTH", *credentials, self._options.password)
+            writer.write(hiredis.pack_command(command))  # type: ignore[arg-type]  # hiredis's stub allows one item
             await _reply(reader, parser, what="AUTH")
-        writer.write(hiredis.pack_command((b"SUBSCRIBE", CHANNEL)))
+        writer.write(hiredis.pack_command((b"SUBSCRIBE", CHANNEL)))  # type: ignore[arg-type]
         await _reply(reader, parser, what="SUBSCRIBE")
 
     async def _read(self, reader: asyncio.StreamReader, parser: hiredis.Reader) -> None:
@@ -160,11 +163,15 @@ class NodeSubscription:
                     batch.append(Expiration(reply[2], node, now))
             if batch:
                 received.inc(len(batch))
-                self._enqueue(batch)
+                await self._enqueue(batch)
 
-    def _enqueue(self, batch: list[Expiration]) -> None:
-        refused = self._queue.put(batch)
+    async def _enqueue(self, batch: list[Expiration]) -> None:
+        started = time.monotonic()
+        refused = await self._queue.put_within(batch, timeout=self._overflow_wait)
+        waited = time.monotonic() - started
         self._metrics.queue_depth.set(len(self._queue))
+        if waited > 0.001:
+            self._metrics.queue_full_seconds.labels(node=self._node).inc(waited)
         if not refused:
             return
         self._metrics.events_dropped.labels(reason="queue_full").inc(refused)

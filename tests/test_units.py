@@ -89,3 +89,22 @@ def test_primaries_exclude_failed_nodes_and_include_slotless_ones():
     assert view.primaries == {NodeAddress("127.0.0.1", p) for p in (30001, 30002, 30006)}
     assert view.replicas_of(NodeAddress("127.0.0.1", 30001)) == [NodeAddress("127.0.0.1", 30004)]
     assert view.slot_count(NodeAddress("127.0.0.1", 30001)) == 5461
+
+
+def test_put_within_waits_for_room_then_takes_the_rest_in_order():
+    async def scenario() -> list[bytes]:
+        queue = EventQueue(capacity=2)
+        putting = asyncio.create_task(queue.put_within([expiration(k) for k in (b"a", b"b", b"c")], timeout=5))
+        await asyncio.sleep(0.01)
+        assert not putting.done()
+        first = await queue.get()
+        assert await putting == 0
+        return [e.key for e in first + await queue.get()]
+    assert asyncio.run(scenario()) == [b"a", b"b", b"c"]
+
+
+def test_put_within_gives_up_after_its_timeout_and_reports_what_did_not_fit():
+    async def scenario() -> int:
+        queue = EventQueue(capacity=1)
+        return await queue.put_within([expiration(b"a"), expiration(b"b"), expiration(b"c")], timeout=0.05)
+    assert asyncio.run(scenario()) == 2

@@ -15,11 +15,14 @@ test: setup
 
 setup: system-packages $(VENV)/.installed
 
+# redis-server for the local clusters; prometheus (with promtool) for the deployment tests.
 system-packages:
-	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null; then \
-	  echo "installing redis-server (Debian package)"; \
+	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
+	    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
+	  echo "installing Debian packages: redis-server redis-tools prometheus"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server redis-tools; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    redis-server redis-tools prometheus; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

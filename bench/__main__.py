@@ -31,11 +31,12 @@ def main() -> int:
     parser.add_argument("scenario", choices=(*SCENARIOS, "all"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the scripts work")
     parser.add_argument("--json", type=Path, default=None, help="where to write raw numbers")
+    parser.add_argument("--rounds", type=int, default=5, help="takeover: SIGKILLs and SIGTERMs per variant")
     args = parser.parse_args()
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     report: dict[str, Any] = {"machine": machine(), "smoke": args.smoke, "results": {}}
     for scenario in scenarios:
-        rows = run_scenario(scenario, smoke=args.smoke)
+        rows = run_scenario(scenario, smoke=args.smoke, rounds=args.rounds)
         report["results"][scenario] = rows
         print_table(scenario, rows)
     path = args.json or Path("bench/results") / f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -45,11 +46,11 @@ def main() -> int:
     return 0
 
 
-def run_scenario(scenario: str, *, smoke: bool) -> list[dict[str, Any]]:
+def run_scenario(scenario: str, *, smoke: bool, rounds: int) -> list[dict[str, Any]]:
     if scenario == "takeover":
         variants = ["replay on"] if smoke else list(takeover.VARIANTS)
-        results = takeover.run(kills=1 if smoke else 5, terms=1 if smoke else 5, rate=100 if smoke else 500,
-                               variants=variants)
+        rounds = 1 if smoke else rounds
+        results = takeover.run(kills=rounds, terms=rounds, rate=100 if smoke else 500, variants=variants)
         return takeover.summarize(results)
     if scenario == "latency":
         rates = [500] if smoke else [2_500, 5_000, 10_000, 20_000, 40_000]

@@ -44,8 +44,7 @@ def run(*, rates: list[int], seconds: float) -> list[dict[str, Any]]:
         follower = _PipedReplica("follower", config)
         try:
             _wait_for_first_to_lead(leader, follower)
-            idle = {name: _usage(r.process.pid, seconds=3.0) for name, r in
-                    (("leader", leader), ("follower", follower))}
+            idle = _usage({"leader": leader.process.pid, "follower": follower.process.pid}, seconds=3.0)
             rows.append({"rate": 0, "phase": "idle", **_usage_columns(idle)})
             for rate in rates:
                 row = _one_rate(cluster, directory, leader, follower, rate, seconds)
@@ -76,7 +75,7 @@ def _one_rate(cluster: LocalCluster, directory: Path, leader: _PipedReplica, fol
     leader.handled.clear()
     set_keys_due_at(cluster, keys, lambda key: int(_due(key) * 1000))
     time.sleep(max(0.0, start_ms / 1000 - time.time()))
-    load = {name: _usage(r.process.pid, seconds=seconds) for name, r in (("leader", leader), ("follower", follower))}
+    load = _usage({"leader": leader.process.pid, "follower": follower.process.pid}, seconds=seconds)
     deadline = time.time() + 5.0
     while time.time() < deadline and len(leader.handled) < count:
         time.sleep(0.1)
@@ -134,10 +133,12 @@ def _leads(port: int) -> bool:
         return False
 
 
-def _usage(pid: int, *, seconds: float) -> dict[str, float]:
-    before = _cpu_seconds(pid)
+def _usage(pids: dict[str, int], *, seconds: float) -> dict[str, dict[str, float]]:
+    """CPU (percent of one core) and resident memory of each process, over the same ``seconds``."""
+    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     time.sleep(seconds)
-    return {"cpu_percent": round((_cpu_seconds(pid) - before) / seconds * 100, 1), "rss_mb": _rss_mb(pid)}
+    return {name: {"cpu_percent": round((_cpu_seconds(pid) - before[name]) / seconds * 100, 1),
+                   "rss_mb": _rss_mb(pid)} for name, pid in pids.items()}
 
 
 def _cpu_seconds(pid: int) -> float:

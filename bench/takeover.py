@@ -123,9 +123,12 @@ def _handled_under_newer_term(replicas: list[Replica], old_term: int) -> bool:
 def _count_outcomes(result: VariantResult, replicas: list[Replica], keys: list[bytes]) -> None:
     def counts() -> Counter[bytes]:
         return Counter(event_key(e) for e in all_handled(replicas))
+    def all_handled_once() -> bool:
+        handled = counts()
+        return all(handled[k] for k in keys)
     # Without replay some keys are never handled: that is what is being measured.
     with contextlib.suppress(AssertionError):
-        wait_until(lambda: all(counts()[k] for k in keys), timeout=20, interval=0.5, what="every key")
+        wait_until(all_handled_once, timeout=20, interval=0.5, what="every key")
     handled = counts()
     result.keys = len(keys)
     result.lost = sum(1 for k in keys if not handled[k])

@@ -45,6 +45,14 @@ class _Replica:
         except (urllib.error.URLError, OSError):
             return False
 
+    def may_lead(self) -> bool:
+        """Whether this replica's replay buffer has warmed up (``expiryd_leader_eligible``)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=1) as reply:
+                return b"\nexpiryd_leader_eligible 1.0" in reply.read()
+        except (urllib.error.URLError, OSError):
+            return False
+
     @property
     def alive(self) -> bool:
         return self.process.returncode is None
@@ -86,6 +94,10 @@ async def _story(cluster: LocalCluster, replicas: list[_Replica], due_times: dic
 
     await _expire_round(cluster, replicas, due_times, "order", 1)
 
+    _say("waiting until the followers' replay buffers have warmed up (8 s of unbroken subscriptions)")
+    followers = [r for r in replicas if r is not leader]
+    while not all(await asyncio.gather(*(asyncio.to_thread(r.may_lead) for r in followers))):
+        await asyncio.sleep(0.2)
     _say(f"killing the leader, replica {leader.name}, with SIGKILL")
     killed_at = time.monotonic()
     leader.process.send_signal(signal.SIGKILL)
@@ -107,8 +119,11 @@ async def _story(cluster: LocalCluster, replicas: list[_Replica], due_times: dic
         await new_leader.process.wait()
         await _expire_round(cluster, remaining, due_times, "session", 3)
 
-    handled = sum(len(r.handled) for r in replicas)
-    _say(f"done: {handled} expirations handled; cleaning up")
+    calls = sum(len(r.handled) for r in replicas)
+    keys = {str(e.get("key")) for r in replicas for e in r.handled}
+    _say(f"done: {len(due_times)} keys set, {len(keys & due_times.keys())} handled, in {calls} handler calls "
+         "(after a SIGKILL the new leader replays what the dead one may not have finished: "
+         "duplicates, never losses); cleaning up")
     return 0
 
 

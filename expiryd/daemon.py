@@ -59,8 +59,9 @@ class Daemon:
             self._masters: list[Any] = [options.client_for_url(url) for url in config.election.masters]
         else:
             self._masters = [options.cluster_client(seeds)]
-        # A new leader must not wait for the next event to replay what the last one left.
         self._progress = ProgressStore(masters=self._masters, lock_name=config.election.lock_name)
+        # on_elected wakes the leader gate: a new leader must not wait for the next event
+        # to replay what the last one left.
         self._elector = Elector(masters=self._masters, settings=config.election, replica=config.id,
                                 metrics=self.metrics, on_elected=self._queue.wake, may_lead=self._may_lead)
         self._routes = [Route(name=r.label, pattern=r.match, handler=build_handler(r)) for r in config.routes]
@@ -86,9 +87,9 @@ class Daemon:
         log.info("started", extra={"listen": self.config.http.listen, "routes": len(self._routes)})
         fanin = asyncio.create_task(self._fanin.run(), name="fan-in")
         election = asyncio.create_task(self._elector.run(), name="election")
-        self._dispatcher.start()
+        dispatching = self._dispatcher.start()
         stopping = asyncio.create_task(stop.wait(), name="stop signal")
-        done, _ = await asyncio.wait({fanin, election, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({fanin, election, dispatching, stopping}, return_when=asyncio.FIRST_COMPLETED)
         failed = [task for task in done if task is not stopping]
         for task in failed:
             log.error("core task ended unexpectedly: shutting down",

@@ -84,10 +84,12 @@ class Dispatcher:
         self._busy = False
         self._stopping = False
 
-    def start(self) -> None:
+    def start(self) -> asyncio.Task[None]:
+        """Start the gate (and the progress recorder); return the gate's task, which ends only on failure."""
         self._tasks = [asyncio.create_task(self._run(), name="dispatcher")]
         if self._replay is not None:
             self._tasks.append(asyncio.create_task(self._record_progress(), name="progress recorder"))
+        return self._tasks[0]
 
     async def stop(self, *, grace: float) -> None:
         """Take no new batch; give the batch in hand up to ``grace`` seconds; record the final progress."""

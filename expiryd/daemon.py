@@ -62,8 +62,8 @@ class Daemon:
         self._progress = ProgressStore(masters=self._masters, lock_name=config.election.lock_name)
         # on_elected wakes the leader gate: a new leader must not wait for the next event
         # to replay what the last one left.
-        self._elector = Elector(masters=self._masters, settings=config.election, replica=config.id,
-                                metrics=self.metrics, on_elected=self._queue.wake, may_lead=self._may_lead)
+        self._elector = Elector(masters=self._masters, settings=config.election, metrics=self.metrics,
+                                on_elected=self._queue.wake, may_lead=self._may_lead)
         self._routes = [Route(name=r.label, pattern=r.match, handler=build_handler(r)) for r in config.routes]
         self._dispatcher = Dispatcher(
             queue=self._queue,

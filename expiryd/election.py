@@ -9,7 +9,7 @@ valid, so two replicas never act at once unless a clock or a pause betrays
 them. Each new term gets a fencing token greater than any earlier term's; it
 is stamped on every event so that a receiver can refuse a stale leader::
 
-    elector = Elector(masters=[cluster_client], settings=config.election, replica="1", metrics=metrics)
+    elector = Elector(masters=[cluster_client], settings=config.election, metrics=metrics)
     task = asyncio.create_task(elector.run())
     term = elector.term()      # the fencing token while leading safely, else None
     await elector.resign()     # on shutdown: release the lock for the next replica
@@ -67,7 +67,6 @@ class Elector:
         *,
         masters: Sequence[Any],
         settings: ElectionConfig,
-        replica: str,
         metrics: Metrics,
         on_elected: Callable[[], None] = lambda: None,
         may_lead: Callable[[], Awaitable[bool]] = _always,
@@ -76,7 +75,6 @@ class Elector:
         self._may_lead = may_lead
         self._masters = list(masters)
         self._settings = settings
-        self._replica = replica
         self._metrics = metrics
         self._lock = AIORedlock(
             key=settings.lock_name,
@@ -99,10 +97,6 @@ class Elector:
         if self._term is not None and time.monotonic() < self._act_until:
             return self._term
         return None
-
-    @property
-    def leading(self) -> bool:
-        return self.term() is not None
 
     async def run(self) -> None:
         while True:

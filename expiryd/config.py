@@ -445,7 +445,9 @@ def _validate(config: Config, source: str) -> None:
 
 def _check_url(url: str, *, key: str, source: str) -> None:
     parts = urlsplit(url)
-    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+    if parts.scheme == "rediss":
+        raise ConfigError(source, key, "TLS (rediss://) is not supported yet; use redis://")
+    if parts.scheme != "redis" or not parts.hostname:
         raise ConfigError(source, key, f"expected a URL like redis://host:6379, got {url!r}")
     if parts.password:
         raise ConfigError(source, key,

@@ -82,6 +82,7 @@ def test_password_comes_from_environment_or_file_and_is_not_shown(tmp_path):
     (MINIMAL + "redis_password: x\n", "redis_password", "unknown key"),
     (MINIMAL.replace("nodes:", "password: x\n  nodes:"), "redis.password", "EXPIRYD_REDIS_PASSWORD"),
     (MINIMAL.replace("redis://127.0.0.1", "redis://:pw@127.0.0.1"), "redis.nodes[0]", "holds a password"),
+    (MINIMAL.replace("redis://127.0.0.1", "rediss://127.0.0.1"), "redis.nodes[0]", "TLS (rediss://) is not supported"),
     (MINIMAL.replace("    log: {}\n", ""), "routes[0]", "exactly one handler"),
     (MINIMAL + "pipeline:\n  queue_size: many\n", "pipeline.queue_size", "whole number"),
 ])

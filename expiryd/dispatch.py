@@ -96,7 +96,7 @@ class Dispatcher:
         self._stopping = True
         if not self._tasks:
             return
-        run, *others = self._tasks
+        run = self._tasks[0]
         if not self._busy:
             run.cancel()
         try:

@@ -18,7 +18,7 @@ highest term (then the latest time) among the masters that answer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .election import term_key
@@ -62,17 +62,10 @@ class ProgressStore:
 
     async def exists(self) -> bool:
         """Whether any leader has ever recorded progress under this lock name (within a day)."""
-        replies = await asyncio.gather(*(m.exists(self._key) for m in self._masters), return_exceptions=True)
-        answered = [r for r in replies if not isinstance(r, BaseException)]
-        if len(answered) <= len(self._masters) // 2:
-            raise next(r for r in replies if isinstance(r, BaseException))
-        return any(answered)
+        return any(await self._from_majority(lambda master: master.exists(self._key)))
 
     async def read(self) -> dict[str, ProgressMark]:
-        replies = await asyncio.gather(*(m.hgetall(self._key) for m in self._masters), return_exceptions=True)
-        answered = [r for r in replies if not isinstance(r, BaseException)]
-        if len(answered) <= len(self._masters) // 2:
-            raise next(r for r in replies if isinstance(r, BaseException))
+        answered = await self._from_majority(lambda master: master.hgetall(self._key))
         marks: dict[str, ProgressMark] = {}
         for reply in answered:
             for node, text in reply.items():
@@ -82,3 +75,11 @@ class ProgressStore:
                 if current is None or (mark.term, mark.received_at) > (current.term, current.received_at):
                     marks[name] = mark
         return marks
+
+    async def _from_majority(self, call: Callable[[Any], Awaitable[Any]]) -> list[Any]:
+        """``call`` on every master; the answers, or the first error when fewer than a majority answered."""
+        replies = await asyncio.gather(*(call(master) for master in self._masters), return_exceptions=True)
+        answered = [r for r in replies if not isinstance(r, BaseException)]
+        if len(answered) <= len(self._masters) // 2:
+            raise next(r for r in replies if isinstance(r, BaseException))
+        return answered

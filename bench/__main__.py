@@ -3,6 +3,7 @@
     python -m bench takeover              # SIGKILL and SIGTERM under load, replay on/off, seed design
     python -m bench throughput            # a 200k-key burst: expiryd vs a bare subscriber vs redis-cli
     python -m bench latency               # added latency, CPU and memory at doubling rates
+    python -m bench handlers              # webhook and stream against log: throughput and added latency
     python -m bench all
     python -m bench all --smoke           # seconds, to prove the scripts still work
 
@@ -21,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import latency, takeover, throughput
+from . import handlers, latency, takeover, throughput
 
-SCENARIOS = ("throughput", "latency", "takeover")
+SCENARIOS = ("throughput", "latency", "takeover", "handlers")
 
 
 def main() -> int:
@@ -55,6 +56,9 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int) -> list[dict[str, A
     if scenario == "latency":
         rates = [500] if smoke else [2_500, 5_000, 10_000, 20_000, 40_000]
         return latency.run(rates=rates, seconds=2.0 if smoke else 8.0)
+    if scenario == "handlers":
+        return handlers.run(keys=2_000 if smoke else 100_000, runs=1 if smoke else 3, rate=300 if smoke else 2_000,
+                            seconds=1.5 if smoke else 8.0)
     return throughput.run(keys=5_000 if smoke else 200_000, runs=1 if smoke else 3)
 
 

@@ -39,9 +39,9 @@ def run(*, rates: list[int], seconds: float) -> list[dict[str, Any]]:
     with LocalCluster() as cluster, tempfile.TemporaryDirectory(prefix="expiryd-bench-") as workdir:
         directory = Path(workdir)
         config = write_config(directory, cluster, routes=[{"match": "lat:*", "name": "lat", "log": {}}])
-        leader = _PipedReplica("leader", config)
+        leader = PipedReplica("leader", config)
         time.sleep(1.0)
-        follower = _PipedReplica("follower", config)
+        follower = PipedReplica("follower", config)
         try:
             _wait_for_first_to_lead(leader, follower)
             idle = _usage({"leader": leader.process.pid, "follower": follower.process.pid}, seconds=3.0)
@@ -57,12 +57,12 @@ def run(*, rates: list[int], seconds: float) -> list[dict[str, Any]]:
     return rows
 
 
-def _wait_for_first_to_lead(leader: _PipedReplica, follower: _PipedReplica) -> None:
-    wait_until(lambda: _leads(leader.port), timeout=30, what="the first replica to lead")
-    assert not _leads(follower.port)
+def _wait_for_first_to_lead(leader: PipedReplica, follower: PipedReplica) -> None:
+    wait_until(lambda: leads(leader.port), timeout=30, what="the first replica to lead")
+    assert not leads(follower.port)
 
 
-def _one_rate(cluster: LocalCluster, directory: Path, leader: _PipedReplica, follower: _PipedReplica,
+def _one_rate(cluster: LocalCluster, directory: Path, leader: PipedReplica, follower: PipedReplica,
               rate: int, seconds: float) -> dict[str, Any]:
     count = int(rate * seconds)
     start_ms = int(time.time() * 1000) + 4000 + count // 25
@@ -73,7 +73,7 @@ def _one_rate(cluster: LocalCluster, directory: Path, leader: _PipedReplica, fol
                              "--times", str(times_file), *primaries], stdout=subprocess.PIPE, text=True)
     assert bare.stdout is not None and bare.stdout.readline().strip() == "ready"
     leader.handled.clear()
-    set_keys_due_at(cluster, keys, lambda key: int(_due(key) * 1000))
+    set_keys_due_at(cluster, keys, lambda key: int(due_time(key) * 1000))
     time.sleep(max(0.0, start_ms / 1000 - time.time()))
     load = _usage({"leader": leader.process.pid, "follower": follower.process.pid}, seconds=seconds)
     deadline = time.time() + 5.0
@@ -82,23 +82,23 @@ def _one_rate(cluster: LocalCluster, directory: Path, leader: _PipedReplica, fol
     _stop_after(bare, seconds=10)
     bare_times = _read_times(times_file)
     handled = dict(leader.handled)
-    expiryd_late = [(t - _due(k)) * 1000 for k, t in handled.items()]
-    bare_late = [(t - _due(k)) * 1000 for k, t in bare_times.items()]
+    expiryd_late = [(t - due_time(k)) * 1000 for k, t in handled.items()]
+    bare_late = [(t - due_time(k)) * 1000 for k, t in bare_times.items()]
     added = [(handled[k] - bare_times[k]) * 1000 for k in handled.keys() & bare_times.keys()]
     return {
         "rate": rate,
         "phase": "load",
         "keys": count,
-        "bare_p50_ms": _pct(bare_late, 50), "bare_p99_ms": _pct(bare_late, 99), "bare_max_ms": _pct(bare_late, 100),
-        "expiryd_p50_ms": _pct(expiryd_late, 50), "expiryd_p99_ms": _pct(expiryd_late, 99),
-        "expiryd_max_ms": _pct(expiryd_late, 100),
-        "added_p50_ms": _pct(added, 50), "added_p99_ms": _pct(added, 99), "added_max_ms": _pct(added, 100),
+        "bare_p50_ms": percentile(bare_late, 50), "bare_p99_ms": percentile(bare_late, 99), "bare_max_ms": percentile(bare_late, 100),
+        "expiryd_p50_ms": percentile(expiryd_late, 50), "expiryd_p99_ms": percentile(expiryd_late, 99),
+        "expiryd_max_ms": percentile(expiryd_late, 100),
+        "added_p50_ms": percentile(added, 50), "added_p99_ms": percentile(added, 99), "added_max_ms": percentile(added, 100),
         "expiryd_missing": count - len(handled),
         **_usage_columns(load),
     }
 
 
-class _PipedReplica:
+class PipedReplica:
     """An expiryd replica whose event lines are read here, as they are written, and timed."""
 
     def __init__(self, name: str, config: Path) -> None:
@@ -123,7 +123,7 @@ class _PipedReplica:
         self.process.wait()
 
 
-def _leads(port: int) -> bool:
+def leads(port: int) -> bool:
     import urllib.error
     import urllib.request
     try:
@@ -157,7 +157,7 @@ def _usage_columns(usage: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{name}_{metric}": value for name, values in usage.items() for metric, value in values.items()}
 
 
-def _due(key: bytes) -> float:
+def due_time(key: bytes) -> float:
     return int(key.split(b":")[1]) / 1000
 
 
@@ -180,10 +180,10 @@ def _stop_after(process: subprocess.Popen[str], *, seconds: float) -> None:
         process.wait()
 
 
-def _pct(values: list[float], percentile: int) -> float:
+def percentile(values: list[float], rank: int) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(percentile / 100 * len(ordered)) - 1))
+    index = min(len(ordered) - 1, max(0, round(rank / 100 * len(ordered)) - 1))
     return round(ordered[index], 2)
 

@@ -16,6 +16,7 @@ from the file or from flags: the Redis password is read from
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import socket
@@ -29,9 +30,13 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from .callables import load_callable
+
 __all__ = [
     "Config",
+    "BatchConfig",
     "ConfigError",
+    "DeadLetterConfig",
     "ElectionConfig",
     "HttpConfig",
     "LogConfig",
@@ -39,7 +44,10 @@ __all__ = [
     "PipelineConfig",
     "RedisConfig",
     "ReplayConfig",
+    "RetryConfig",
     "RouteConfig",
+    "StreamConfig",
+    "WebhookConfig",
     "load_config",
     "parse_duration",
     "takeover_gap",
@@ -48,6 +56,9 @@ __all__ = [
 # Marks a float field as a duration in seconds, written as "500ms", "5s" or "1m".
 DURATION = "duration"
 Duration = Annotated[float, DURATION]
+# A duration that may also be zero ("do not wait").
+ZERO_OK = "zero_ok"
+Wait = Annotated[float, DURATION, ZERO_OK]
 
 
 class ConfigError(Exception):
@@ -118,10 +129,58 @@ class LogHandlerConfig:
 
 
 @dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    timeout: Duration = 10.0
+    headers: dict[str, str] = field(default_factory=dict)
+    # The signing secret: from the environment variable named here, or from a file.
+    secret_env: str | None = None
+    secret_file: str | None = None
+    # Allows sending a signed request over plain http to a host other than loopback.
+    allow_insecure: bool = False
+    secret: str | None = field(default=None, repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    name: str
+    maxlen: int = 1_000_000
+    # Another Redis server (redis://host:port/db); by default the stream lives on the cluster.
+    url: str | None = None
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    password: str | None = field(default=None, repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    size: int = 100
+    max_wait: Wait = 0.0
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_attempts: int = 5
+    backoff: Duration = 0.5
+    max_backoff: Duration = 30.0
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     match: str
     name: str | None = None
+    concurrency: int = 1
+    queue_size: int = 10_000
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    # A template naming the key that holds the event's data, e.g. "{key}:payload".
+    payload: str | None = None
     log: LogHandlerConfig | None = None
+    webhook: WebhookConfig | None = None
+    stream: StreamConfig | None = None
+    # "package.module:function", called with a list of events; sync functions run in a thread.
+    python: str | None = None
 
     @property
     def label(self) -> str:
@@ -129,7 +188,13 @@ class RouteConfig:
         return self.name or self.match
 
 
-HANDLER_KINDS = ("log",)
+HANDLER_KINDS = ("log", "webhook", "stream", "python")
+
+
+@dataclass(frozen=True)
+class DeadLetterConfig:
+    stream: str = "{expiryd}:dead-letter"
+    maxlen: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -141,6 +206,7 @@ class Config:
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    dead_letter: DeadLetterConfig = field(default_factory=DeadLetterConfig)
     routes: list[RouteConfig] = field(default_factory=list)
     source: str = field(default="defaults", compare=False, metadata={"internal": True})
 
@@ -179,6 +245,7 @@ def load_config(
     config = _build(Config, merged, path="", source=source)
     config = dataclasses.replace(config, source=source)
     config = _with_password(config, environ, source)
+    config = _with_route_secrets(config, environ, source)
     config = _with_derived_replay(config)
     _validate(config, source)
     return config
@@ -301,7 +368,7 @@ def _convert(hint: Any, value: Any, *, path: str, source: str) -> Any:
     if origin is Annotated:
         base, *marks = typing.get_args(hint)
         if DURATION in marks:
-            return _to_duration(value, path=path, source=source)
+            return _to_duration(value, path=path, source=source, zero_ok=ZERO_OK in marks)
         return _convert(base, value, path=path, source=source)
     if origin in (Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -313,6 +380,11 @@ def _convert(hint: Any, value: Any, *, path: str, source: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(source, path, f"expected a list, got {_describe(value)}")
         return [_convert(item, v, path=f"{path}[{i}]", source=source) for i, v in enumerate(value)]
+    if origin is dict:
+        _, item = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(source, path, f"expected a mapping, got {_describe(value)}")
+        return {str(k): _convert(item, v, path=f"{path}.{k}", source=source) for k, v in value.items()}
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, {} if value is None else value, path=path, source=source)
     if hint is bool:
@@ -338,7 +410,7 @@ def _convert_env(hint: Any, value: _EnvValue, *, path: str) -> Any:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint)
     if origin is Annotated:
-        return _to_duration(text, path=value.variable, source=source)
+        return _to_duration(text, path=value.variable, source=source, zero_ok=ZERO_OK in typing.get_args(hint))
     if origin is list:
         return [item.strip() for item in text.split(",") if item.strip()]
     if hint is bool:
@@ -356,7 +428,7 @@ def _convert_env(hint: Any, value: _EnvValue, *, path: str) -> Any:
     return text
 
 
-def _to_duration(value: Any, *, path: str, source: str) -> float:
+def _to_duration(value: Any, *, path: str, source: str, zero_ok: bool = False) -> float:
     if isinstance(value, bool):
         raise ConfigError(source, path, f"expected a duration like 500ms, 5s or 1m, got {value!r}")
     if isinstance(value, (int, float)):
@@ -368,7 +440,7 @@ def _to_duration(value: Any, *, path: str, source: str) -> float:
             raise ConfigError(source, path, str(error)) from None
     else:
         raise ConfigError(source, path, f"expected a duration like 500ms, 5s or 1m, got {_describe(value)}")
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not zero_ok):
         raise ConfigError(source, path, "must be greater than zero")
     return seconds
 
@@ -382,6 +454,36 @@ def _with_password(config: Config, environ: Mapping[str, str], source: str) -> C
         except OSError as error:
             raise ConfigError(source, "redis.password_file", f"cannot read: {error.strerror or error}") from None
     return dataclasses.replace(config, redis=dataclasses.replace(config.redis, password=password))
+
+
+def _with_route_secrets(config: Config, environ: Mapping[str, str], source: str) -> Config:
+    """Read each webhook's signing secret and each stream target's password from env or file."""
+    routes = []
+    for i, route in enumerate(config.routes):
+        if route.webhook is not None:
+            secret = _read_secret(environ, env=route.webhook.secret_env, file=route.webhook.secret_file,
+                                  key=f"routes[{i}].webhook", source=source, what="secret")
+            route = dataclasses.replace(route, webhook=dataclasses.replace(route.webhook, secret=secret))
+        if route.stream is not None:
+            password = _read_secret(environ, env=route.stream.password_env, file=route.stream.password_file,
+                                    key=f"routes[{i}].stream", source=source, what="password")
+            route = dataclasses.replace(route, stream=dataclasses.replace(route.stream, password=password))
+        routes.append(route)
+    return dataclasses.replace(config, routes=routes)
+
+
+def _read_secret(environ: Mapping[str, str], *, env: str | None, file: str | None, key: str, source: str,
+                 what: str) -> str | None:
+    if env is not None:
+        if env not in environ:
+            raise ConfigError(source, f"{key}.{what}_env", f"environment variable {env} is not set")
+        return environ[env]
+    if file is None:
+        return None
+    try:
+        return Path(file).read_text(encoding="utf-8").rstrip("\r\n")
+    except OSError as error:
+        raise ConfigError(source, f"{key}.{what}_file", f"cannot read: {error.strerror or error}") from None
 
 
 def takeover_gap(election: ElectionConfig) -> float:
@@ -437,10 +539,55 @@ def _validate(config: Config, source: str) -> None:
     if not config.routes:
         raise ConfigError(source, "routes", "at least one route is required")
     for i, route in enumerate(config.routes):
-        kinds = [kind for kind in HANDLER_KINDS if getattr(route, kind) is not None]
-        if len(kinds) != 1:
-            raise ConfigError(source, f"routes[{i}]",
-                              f"needs exactly one handler ({', '.join(HANDLER_KINDS)}), got {len(kinds)}")
+        _check_route(route, key=f"routes[{i}]", source=source)
+    if config.dead_letter.maxlen < 1:
+        raise ConfigError(source, "dead_letter.maxlen", "must be at least 1")
+
+
+def _check_route(route: RouteConfig, *, key: str, source: str) -> None:
+    kinds = [kind for kind in HANDLER_KINDS if getattr(route, kind) is not None]
+    if len(kinds) != 1:
+        raise ConfigError(source, key, f"needs exactly one handler ({', '.join(HANDLER_KINDS)}), got {len(kinds)}")
+    for setting, value in (("concurrency", route.concurrency), ("queue_size", route.queue_size),
+                           ("batch.size", route.batch.size), ("retry.max_attempts", route.retry.max_attempts)):
+        if value < 1:
+            raise ConfigError(source, f"{key}.{setting}", "must be at least 1")
+    if route.payload is not None and "{key}" not in route.payload:
+        raise ConfigError(source, f"{key}.payload", f"must contain {{key}}, got {route.payload!r}")
+    if route.webhook is not None:
+        _check_webhook(route.webhook, key=f"{key}.webhook", source=source)
+    if route.stream is not None:
+        if route.stream.url is not None:
+            _check_url(route.stream.url, key=f"{key}.stream.url", source=source)
+        if route.stream.maxlen < 1:
+            raise ConfigError(source, f"{key}.stream.maxlen", "must be at least 1")
+    if route.python is not None:
+        try:
+            load_callable(route.python)
+        except ValueError as error:
+            raise ConfigError(source, f"{key}.python", str(error)) from None
+
+
+def _check_webhook(webhook: WebhookConfig, *, key: str, source: str) -> None:
+    parts = urlsplit(webhook.url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(source, f"{key}.url", f"expected an http:// or https:// URL, got {webhook.url!r}")
+    if webhook.secret_env is not None and webhook.secret_file is not None:
+        raise ConfigError(source, f"{key}.secret_file", "set secret_env or secret_file, not both")
+    plain_text_off_host = parts.scheme == "http" and not _is_loopback(parts.hostname)
+    if webhook.secret is not None and plain_text_off_host and not webhook.allow_insecure:
+        raise ConfigError(source, f"{key}.url",
+                          "a signed webhook over plain http to a host other than loopback exposes the "
+                          "signatures; use https, or set allow_insecure: true")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_url(url: str, *, key: str, source: str) -> None:

@@ -2,7 +2,7 @@
 
 The path an expired key takes, module by module::
 
-    subscription (one per primary) → eventqueue → dispatch (leader gate) → routing → handlers
+    subscription (one per node) → eventqueue → dispatch (leader gate) → routing → delivery → handlers
 
 :class:`Daemon` builds each part from the configuration, owns every
 long-running task, serves the HTTP endpoints and, when asked to stop, shuts
@@ -21,8 +21,9 @@ import logging
 import time
 from typing import Any
 
-from .config import Config
+from .config import Config, RouteConfig
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
+from .deadletter import DeadLetters
 from .dispatch import Dispatcher, Replay
 from .election import Elector, term_key
 from .eventqueue import EventQueue
@@ -30,6 +31,7 @@ from .fanin import FanIn
 from .handlers import build_handler
 from .httpserver import HttpServer, Reply
 from .metrics import Metrics
+from .payload import PayloadKeys
 from .progress import ProgressStore, progress_key
 from .replay import ReplayBuffer
 from .routing import Route, Router
@@ -59,12 +61,14 @@ class Daemon:
             self._masters: list[Any] = [options.client_for_url(url) for url in config.election.masters]
         else:
             self._masters = [options.cluster_client(seeds)]
+        # Payload keys, streams on the cluster and the dead-letter stream share one client.
+        self._data = options.cluster_client(seeds)
         self._progress = ProgressStore(masters=self._masters, lock_name=config.election.lock_name)
         # on_elected wakes the leader gate: a new leader must not wait for the next event
         # to replay what the last one left.
         self._elector = Elector(masters=self._masters, settings=config.election, metrics=self.metrics,
                                 on_elected=self._queue.wake, may_lead=self._may_lead)
-        self._routes = [Route(name=r.label, pattern=r.match, handler=build_handler(r)) for r in config.routes]
+        self._routes = [self._route(r) for r in config.routes]
         self._dispatcher = Dispatcher(
             queue=self._queue,
             leadership=self._elector,
@@ -72,6 +76,10 @@ class Daemon:
             replica=config.id,
             metrics=self.metrics,
             replay=self._replay_settings(),
+            dead_letters=DeadLetters(client=self._data, stream=config.dead_letter.stream,
+                                     maxlen=config.dead_letter.maxlen),
+            overflow_wait=config.pipeline.overflow_wait,
+            grace=config.pipeline.shutdown_grace,
             internal_keys=_internal_keys(config.election.lock_name),
         )
         self._http = HttpServer(listen=config.http.listen, endpoints={
@@ -100,7 +108,7 @@ class Daemon:
 
     async def _shut_down(self, *, fanin: asyncio.Task[None], election: asyncio.Task[None]) -> None:
         log.info("shutting down", extra={"grace": self.config.pipeline.shutdown_grace})
-        await self._dispatcher.stop(grace=self.config.pipeline.shutdown_grace)
+        await self._dispatcher.stop()
         election.cancel()
         await asyncio.gather(election, return_exceptions=True)
         await self._elector.resign()
@@ -110,8 +118,15 @@ class Daemon:
             await route.handler.close()
         for master in self._masters:
             await master.aclose()
+        await self._data.aclose()
         await self._http.stop()
         log.info("stopped")
+
+    def _route(self, config: RouteConfig) -> Route:
+        payload = None if config.payload is None else PayloadKeys(template=config.payload, client=self._data)
+        return Route(name=config.label, pattern=config.match, handler=build_handler(config, cluster=self._data),
+                     concurrency=config.concurrency, queue_size=config.queue_size, batch=config.batch,
+                     retry=config.retry, payload=payload)
 
     def _replay_settings(self) -> Replay | None:
         settings = self.config.replay

@@ -2,51 +2,49 @@
 
 The :class:`Dispatcher` takes batches from the merged queue. While this
 replica follows, it keeps each batch in the replay buffer and lets it go.
-While it leads, it stamps each expiration with the current term (the fencing
-token), routes it and hands it to the route's handler, then moves its progress
-mark for the expiration's node. Every ``record_interval`` it writes the marks
-to Redis, so that the next leader knows where this one stopped.
+While it leads, it routes each expiration and submits it to the route's
+delivery (see :mod:`expiryd.delivery`), which batches, retries and
+dead-letters. :class:`~expiryd.completion.Completion` follows which
+expirations are finished, and every ``record_interval`` the gate writes the
+resulting per-node marks to Redis, so that the next leader knows where this
+one stopped.
 
-When this replica becomes leader, it first replays what its buffer holds
-beyond the last recorded marks (see :mod:`expiryd.replay`), then goes on with
-the queue, so per-node order is kept across the change::
+When this replica becomes leader, it starts a delivery per route for the new
+term, replays what its buffer holds beyond the last recorded marks (see
+:mod:`expiryd.replay`), then goes on with the queue, so per-node order is kept
+across the change. When it stops leading, the term's deliveries are abandoned
+in the background: their queued events stay unfinished, for the next leader::
 
     dispatcher = Dispatcher(queue=queue, leadership=elector, router=router, replica="1", metrics=metrics,
+                            dead_letters=dead_letters, overflow_wait=5.0, grace=10.0,
                             replay=Replay(buffer=..., store=..., tolerance=2.0, record_interval=1.0))
     dispatcher.start()
     ...
-    await dispatcher.stop(grace=10.0)    # finish the batch in hand, record progress, stop
-
-The term is read again before every handler call, so a leader that loses its
-lease mid-batch stops at the next route, and a paused leader that wakes up
-stops at its first look.
+    await dispatcher.stop()    # finish what the routes hold within the grace period, record progress
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import dataclass
-from typing import Protocol
 
+from .completion import Completion, Pending
 from .connections import REDIS_FAILURES
+from .deadletter import DeadLetters
+from .delivery import Leadership, RouteDelivery
 from .eventqueue import EventQueue
-from .events import Event, Expiration
+from .events import Expiration
 from .metrics import Metrics
 from .progress import ProgressStore
 from .replay import ProgressMark, ReplayBuffer
 from .routing import Route, Router
 
-__all__ = ["Dispatcher", "Leadership", "Replay"]
+__all__ = ["Dispatcher", "Replay"]
 
 log = logging.getLogger("expiryd.dispatch")
 
 _REPLAY_CHUNK = 1024
-
-
-class Leadership(Protocol):
-    def term(self) -> int | None: ...
 
 
 @dataclass
@@ -67,6 +65,9 @@ class Dispatcher:
         replica: str,
         metrics: Metrics,
         replay: Replay | None,
+        dead_letters: DeadLetters,
+        overflow_wait: float,
+        grace: float,
         internal_keys: frozenset[bytes] = frozenset(),
     ) -> None:
         self._queue = queue
@@ -75,14 +76,16 @@ class Dispatcher:
         self._replica = replica
         self._metrics = metrics
         self._replay = replay
+        self._dead_letters = dead_letters
+        self._overflow_wait = overflow_wait
+        self._grace = grace
         self._internal_keys = internal_keys
         self._active_term: int | None = None
+        self._shift: _Shift | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self._marks: dict[str, ProgressMark] = {}
-        self._unrecorded = False
         self._buffer_nodes: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._busy = False
-        self._stopping = False
 
     def start(self) -> asyncio.Task[None]:
         """Start the gate (and the progress recorder); return the gate's task, which ends only on failure."""
@@ -91,52 +94,64 @@ class Dispatcher:
             self._tasks.append(asyncio.create_task(self._record_progress(), name="progress recorder"))
         return self._tasks[0]
 
-    async def stop(self, *, grace: float) -> None:
-        """Take no new batch; give the batch in hand up to ``grace`` seconds; record the final progress."""
-        self._stopping = True
-        if not self._tasks:
-            return
-        run = self._tasks[0]
-        if not self._busy:
-            run.cancel()
-        try:
-            await asyncio.wait_for(asyncio.shield(run), grace)
-        except TimeoutError:
-            log.warning("shutdown grace period over: abandoning the batch in hand", extra={"grace": grace})
-        except asyncio.CancelledError:
-            pass
+    async def stop(self) -> None:
+        """Take no new batch; let the routes finish what they hold within the grace period; record progress."""
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._shift is not None:
+            await asyncio.gather(*(delivery.drain(grace=self._grace) for delivery in self._shift.deliveries.values()))
         await self._write_progress()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
 
     async def _run(self) -> None:
-        while not self._stopping:
+        while True:
             batch = await self._queue.get()
             self._metrics.queue_depth.set(len(self._queue))
-            self._busy = True
-            try:
-                await self._dispatch(batch)
-            finally:
-                self._busy = False
-            # A get() from a non-empty queue does not suspend, nor does a handler that
-            # never waits (log): without this, a backlog would hold the event loop until
-            # it is drained, starving lease renewals, the watchdogs and /metrics.
+            await self._dispatch(batch)
+            # A get() from a non-empty queue does not suspend: without this, a backlog
+            # would hold the event loop until it is drained, starving lease renewals,
+            # the watchdogs, the route lanes and /metrics.
             await asyncio.sleep(0)
 
     async def _dispatch(self, batch: list[Expiration]) -> None:
         term = self._leadership.term()
+        if term != self._active_term:
+            self._end_shift()
+            self._active_term = term
+            if term is not None:
+                self._begin_shift(term)
+                await self._take_over(term)
+        self._remember(batch)
         if term is None:
-            self._active_term = None
-            self._remember(batch)
             self._metrics.events_skipped.inc(len(batch))
             return
-        if term != self._active_term:
-            self._active_term = term
-            await self._take_over(term)
-        self._remember(batch)
-        await self._process(batch, term)
+        await self._process(batch)
+
+    def _begin_shift(self, term: int) -> None:
+        completion = Completion(term=term, marks=self._marks)
+        deliveries = {
+            route: RouteDelivery(route=route, term=term, replica=self._replica, leadership=self._leadership,
+                                 completion=completion, dead_letters=self._dead_letters, metrics=self._metrics,
+                                 overflow_wait=self._overflow_wait)
+            for route in self._router.routes
+        }
+        for delivery in deliveries.values():
+            delivery.start()
+        self._shift = _Shift(term=term, completion=completion, deliveries=deliveries)
+
+    def _end_shift(self) -> None:
+        shift, self._shift = self._shift, None
+        if shift is None:
+            return
+        shift.completion.close()
+        task = asyncio.create_task(self._abandon(shift), name=f"term {shift.term} step-down")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _abandon(self, shift: _Shift) -> None:
+        await asyncio.gather(*(delivery.abandon(grace=self._grace) for delivery in shift.deliveries.values()))
 
     def _remember(self, batch: list[Expiration]) -> None:
         if self._replay is not None and batch:
@@ -151,7 +166,7 @@ class Dispatcher:
             "term": term, "events": len(pending), "progress": "unreadable" if marks is None else "read"})
         self._metrics.replayed_events.inc(len(pending))
         for start in range(0, len(pending), _REPLAY_CHUNK):
-            await self._process(pending[start:start + _REPLAY_CHUNK], term)
+            await self._process(pending[start:start + _REPLAY_CHUNK])
 
     async def _read_marks(self) -> dict[str, ProgressMark] | None:
         """The recorded marks, each replaced by this replica's own where that is newer; None if unreadable."""
@@ -167,42 +182,24 @@ class Dispatcher:
                 marks[node] = own
         return marks
 
-    async def _process(self, batch: list[Expiration], term: int) -> None:
-        by_route: dict[Route, list[Expiration]] = {}
-        unrouted = 0
+    async def _process(self, batch: list[Expiration]) -> None:
+        assert self._shift is not None
+        completion = self._shift.completion
+        by_route: dict[Route, list[Pending]] = {}
+        settled: list[Pending] = []
         for expiration in batch:
-            if expiration.key in self._internal_keys:
-                continue
-            route = self._router.match(expiration.key)
+            pending = completion.add(expiration)
+            route = None if expiration.key in self._internal_keys else self._router.match(expiration.key)
             if route is None:
-                unrouted += 1
+                settled.append(pending)
             else:
-                by_route.setdefault(route, []).append(expiration)
-        if unrouted:
+                by_route.setdefault(route, []).append(pending)
+        if settled:
+            unrouted = sum(1 for pending in settled if pending.expiration.key not in self._internal_keys)
             self._metrics.events_unrouted.inc(unrouted)
-        for route, expirations in by_route.items():
-            if self._leadership.term() != term:
-                # Lost the lease mid-batch: the rest stays in the buffer for the next leader.
-                self._metrics.events_skipped.inc(len(expirations))
-                return
-            events = [Event(e.key, e.node, e.received_at, term, self._replica) for e in expirations]
-            await self._handle(route, events)
-        last_per_node = {expiration.node: expiration for expiration in batch}
-        for node, expiration in last_per_node.items():
-            self._marks[node] = ProgressMark.of(expiration, term)
-            self._unrecorded = True
-
-    async def _handle(self, route: Route, events: list[Event]) -> None:
-        started = time.perf_counter()
-        try:
-            await route.handler.handle(events)
-        except Exception:
-            log.exception("handler failed", extra={"route": route.name, "events": len(events)})
-            self._metrics.events_processed.labels(route=route.name, outcome="error").inc(len(events))
-            return
-        finally:
-            self._metrics.event_handle_seconds.labels(route=route.name).observe(time.perf_counter() - started)
-        self._metrics.events_processed.labels(route=route.name, outcome="ok").inc(len(events))
+            completion.finish(settled)
+        for route, pendings in by_route.items():
+            await self._shift.deliveries[route].submit(pendings)
 
     async def _record_progress(self) -> None:
         assert self._replay is not None
@@ -214,15 +211,16 @@ class Dispatcher:
                 await self._write_progress()
 
     async def _write_progress(self) -> None:
-        term = self._active_term
-        if self._replay is None or term is None or not self._unrecorded:
+        shift = self._shift
+        if self._replay is None or shift is None or not shift.completion.changed:
             return
-        self._unrecorded = False
+        shift.completion.changed = False
+        term = shift.term
         try:
             written = await asyncio.wait_for(self._replay.store.write(term=term, marks=dict(self._marks)),
                                              self._replay.record_interval)
         except REDIS_FAILURES as error:
-            self._unrecorded = True
+            shift.completion.changed = True
             self._metrics.progress_writes.labels(result="error").inc()
             log.warning("cannot record progress", extra={"term": term, "reason": error.__class__.__name__})
             return
@@ -242,3 +240,12 @@ class Dispatcher:
             self._metrics.replay_buffer_evicted.inc(evicted)
             log.warning("replay buffer full: oldest events evicted before the window ended",
                         extra={"evicted": evicted, "max_events": buffer.max_events})
+
+
+@dataclass
+class _Shift:
+    """One leadership term's work: what is finished, and a delivery per route."""
+
+    term: int
+    completion: Completion
+    deliveries: dict[Route, RouteDelivery]

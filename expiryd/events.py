@@ -1,9 +1,10 @@
-"""The two shapes an expired key takes on its way through expiryd.
+"""The shapes an expired key takes on its way through expiryd.
 
 An :class:`Expiration` is what a node subscription hears: a key name, the node
 that expired it and when it arrived. An :class:`Event` is what a handler gets:
-the same facts stamped by the leader gate with the leadership term (the
-fencing token) and the replica that handled it.
+the same facts stamped by the leader with the leadership term (the fencing
+token) and the replica that handled it, and, on a route that fetches one, the
+payload read from the key's companion key.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Event", "Expiration"]
+__all__ = ["Event", "Expiration", "binary_field"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,20 +30,48 @@ class Event:
     received_at: float
     term: int
     replica: str
+    # Only on routes with a payload template; None there means the payload key was missing.
+    payload: bytes | None = None
+    has_payload: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The event as a JSON object.
 
         A key that is valid UTF-8 is sent as ``key``; any other key is sent as
         ``key_b64`` (standard base64), so binary keys survive any JSON consumer.
+        The payload follows the same rule (``payload`` or ``payload_b64``), and
+        is ``null`` when the payload key did not exist.
         """
         document: dict[str, Any] = {}
-        try:
-            document["key"] = self.key.decode("utf-8")
-        except UnicodeDecodeError:
-            document["key_b64"] = base64.b64encode(self.key).decode("ascii")
+        binary_field(document, "key", self.key)
         document["node"] = self.node
         document["term"] = self.term
         document["replica"] = self.replica
         document["received_at"] = self.received_at
+        if self.has_payload:
+            if self.payload is None:
+                document["payload"] = None
+            else:
+                binary_field(document, "payload", self.payload)
         return document
+
+    def to_fields(self) -> dict[str, bytes | str]:
+        """The event as Redis stream entry fields: the key and payload as raw bytes, the rest as text."""
+        fields: dict[str, bytes | str] = {
+            "key": self.key,
+            "node": self.node,
+            "term": str(self.term),
+            "replica": self.replica,
+            "received_at": repr(self.received_at),
+        }
+        if self.payload is not None:
+            fields["payload"] = self.payload
+        return fields
+
+
+def binary_field(document: dict[str, Any], name: str, value: bytes) -> None:
+    """Set ``document[name]`` to ``value`` as text, or ``document[name + "_b64"]`` when it is not UTF-8."""
+    try:
+        document[name] = value.decode("utf-8")
+    except UnicodeDecodeError:
+        document[f"{name}_b64"] = base64.b64encode(value).decode("ascii")

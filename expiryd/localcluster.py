@@ -321,10 +321,12 @@ def _free_cluster_ports(count: int) -> list[int]:
     """``count`` consecutive free ports whose cluster bus ports (+10000) are free too.
 
     Several clusters may start at once (parallel test runs), so the search
-    starts at a random point and checks every port it hands out.
+    starts at a random point and checks every port it hands out. Both ranges
+    stay below Linux's ephemeral ports (32768 and up), which outgoing
+    connections could take between this check and the server's bind.
     """
     for _ in range(200):
-        base = 20000 + int.from_bytes(os.urandom(2), "big") % 30000
+        base = 10000 + int.from_bytes(os.urandom(2), "big") % 12000
         ports = list(range(base, base + count))
         if all(_port_free(p) and _port_free(p + 10000) for p in ports):
             return ports

@@ -21,6 +21,7 @@ from . import __version__
 
 __all__ = ["Metrics"]
 
+_LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 _HANDLE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -81,11 +82,21 @@ class Metrics:
         self.events_skipped = Counter("expiryd_events_skipped",
                                       "Events read while following, left for the leader.", registry=r)
         self.events_unrouted = Counter("expiryd_events_unrouted", "Events that matched no route.", registry=r)
-        self.events_processed = Counter("expiryd_events_processed", "Events handled, by route and outcome.",
-                                        ["route", "outcome"], registry=r)
+        self.events_processed = Counter(
+            "expiryd_events_processed",
+            "Events by route and outcome: ok, dead_lettered and dropped are final; retried counts each retry.",
+            ["route", "outcome"], registry=r)
+        self.handler_attempts = Counter("expiryd_handler_attempts",
+                                        "Handler calls (one per batch attempt), by route and result (ok, error).",
+                                        ["route", "result"], registry=r)
         self.event_handle_seconds = Histogram("expiryd_event_handle_seconds",
-                                              "Time a handler spent on one batch of events.", ["route"],
+                                              "Time a handler spent on one batch attempt.", ["route"],
                                               buckets=_HANDLE_BUCKETS, registry=r)
+        self.event_lag_seconds = Histogram("expiryd_event_lag_seconds",
+                                           "Time from receiving an event to finishing it (ok or dead-lettered).",
+                                           ["route"], buckets=_LAG_BUCKETS, registry=r)
+        self.route_queue_depth = Gauge("expiryd_route_queue_depth",
+                                       "Events waiting for a route's handler.", ["route"], registry=r)
 
         # Replay
         self.replayed_events = Counter("expiryd_replayed_events",

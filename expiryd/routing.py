@@ -3,7 +3,7 @@
 Globs are shell-style (``*``, ``?``, ``[abc]``), matched against the raw key
 bytes, so keys that are not valid UTF-8 route like any other::
 
-    router = Router([Route(name="orders", pattern="order:*", handler=handler)])
+    router = Router([Route(name="orders", pattern="order:*", handler=handler, concurrency=4)])
     router.match(b"order:42")     # the "orders" route
     router.match(b"session:9")    # None: counted as unrouted, not processed
 """
@@ -14,16 +14,25 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 
+from .config import BatchConfig, RetryConfig
 from .handlers import Handler
+from .payload import PayloadKeys
 
 __all__ = ["Route", "Router"]
 
 
 @dataclass(eq=False)
 class Route:
+    """A glob, the handler its events go to, and how they are delivered (see :mod:`expiryd.delivery`)."""
+
     name: str
     pattern: str
     handler: Handler
+    concurrency: int = 1
+    queue_size: int = 10_000
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    payload: PayloadKeys | None = None
     _regex: re.Pattern[bytes] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -25,3 +25,7 @@ def test_benchmarks_run_in_smoke_mode(tmp_path):
     assert latency[1]["expiryd_missing"] == 0
     readers = {row["reader"] for row in report["results"]["throughput"]}
     assert readers == {"bare redis-py subscriber", "redis-cli (C)", "expiryd (log)"}
+    by_measure = {(row["measure"], row["handler"]): row for row in report["results"]["handlers"]}
+    assert set(by_measure) == {(measure, handler) for measure in ("throughput", "latency")
+                               for handler in ("log", "webhook", "stream")}
+    assert all(row["missing"] == 0 for (measure, _), row in by_measure.items() if measure == "latency")

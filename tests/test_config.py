@@ -85,6 +85,17 @@ def test_password_comes_from_environment_or_file_and_is_not_shown(tmp_path):
     (MINIMAL.replace("redis://127.0.0.1", "rediss://127.0.0.1"), "redis.nodes[0]", "TLS (rediss://) is not supported"),
     (MINIMAL.replace("    log: {}\n", ""), "routes[0]", "exactly one handler"),
     (MINIMAL + "pipeline:\n  queue_size: many\n", "pipeline.queue_size", "whole number"),
+    (MINIMAL.replace("log: {}", "log: {}\n    payload: '{id}:data'"), "routes[0].payload", "must contain {key}"),
+    (MINIMAL.replace("log: {}", "python: 'no_such_module:handle'"), "routes[0].python", "cannot import"),
+    (MINIMAL.replace("log: {}", "python: 'expiryd.config'"), "routes[0].python", "package.module:function"),
+    (MINIMAL.replace("log: {}", "webhook: {url: 'ftp://host/x'}"), "routes[0].webhook.url", "http:// or https://"),
+    (MINIMAL.replace("log: {}", "webhook: {url: 'http://h/x', secret_env: NOPE}"), "routes[0].webhook.secret_env",
+     "NOPE is not set"),
+    (MINIMAL.replace("log: {}", "log: {}\n    batch: {size: 0}"), "routes[0].batch.size", "at least 1"),
+    (MINIMAL.replace("log: {}", "log: {}\n    batch: {max_wait: -1s}"), "routes[0].batch.max_wait",
+     "expected a duration"),
+    (MINIMAL.replace("log: {}", "stream: {name: s, url: 'redis://:pw@h:1'}"), "routes[0].stream.url",
+     "holds a password"),
 ])
 def test_bad_config_names_file_key_and_problem(tmp_path, text, key, problem):
     path = write(tmp_path, text)
@@ -93,6 +104,30 @@ def test_bad_config_names_file_key_and_problem(tmp_path, text, key, problem):
     assert caught.value.source == path
     assert caught.value.key == key
     assert problem in caught.value.problem
+
+
+def test_a_signed_webhook_over_plain_http_off_this_host_is_refused_unless_allowed(tmp_path):
+    (tmp_path / "secret").write_text("s3cret")
+    webhook = f"webhook: {{url: 'http://hooks.example.com/x', secret_file: '{tmp_path / 'secret'}'}}"
+    with pytest.raises(ConfigError) as caught:
+        load_config(path=write(tmp_path, MINIMAL.replace("log: {}", webhook)), environ={})
+    assert caught.value.key == "routes[0].webhook.url"
+    assert "use https, or set allow_insecure" in caught.value.problem
+    allowed = webhook.replace("secret_file", "allow_insecure: true, secret_file")
+    assert load_config(path=write(tmp_path, MINIMAL.replace("log: {}", allowed)), environ={}).routes[0].webhook
+    loopback = webhook.replace("hooks.example.com", "127.0.0.1")
+    assert load_config(path=write(tmp_path, MINIMAL.replace("log: {}", loopback)), environ={}).routes[0].webhook
+
+
+def test_webhook_secret_and_stream_password_come_from_environment_or_file(tmp_path):
+    (tmp_path / "password").write_text("p4ss\n")
+    routes = MINIMAL.replace("log: {}", "webhook: {url: 'https://h/x', secret_env: HOOK_SECRET}") + (
+        f"  - match: 'x'\n    stream: {{name: s, url: 'redis://h:1', password_file: '{tmp_path / 'password'}'}}\n")
+    config = load_config(path=write(tmp_path, routes), environ={"HOOK_SECRET": "s3cret"})
+    webhook, stream = config.routes[0].webhook, config.routes[1].stream
+    assert webhook is not None and stream is not None
+    assert (webhook.secret, stream.password) == ("s3cret", "p4ss")
+    assert "s3cret" not in repr(config) and "p4ss" not in repr(config)
 
 
 def test_bad_environment_value_names_the_variable(tmp_path):
@@ -149,7 +184,7 @@ def test_check_fails_when_notifications_are_off_and_may_not_be_repaired(cluster,
 def test_example_config_shows_every_option_with_its_default(tmp_path):
     import dataclasses
 
-    from expiryd.config import RouteConfig
+    from expiryd.config import BatchConfig, RetryConfig, RouteConfig, StreamConfig, WebhookConfig
 
     example = Path(__file__).parent.parent / "deploy" / "expiryd.example.yaml"
     config = load_config(path=str(example), environ={})
@@ -161,8 +196,11 @@ def test_example_config_shows_every_option_with_its_default(tmp_path):
                 continue
             assert getattr(loaded, setting.name) == getattr(default, setting.name), f"{section}.{setting.name}"
     text = example.read_text()
+    first_route = config.routes[0]
+    assert dataclasses.replace(first_route, name=None, log=None) == RouteConfig(match=first_route.match)
     for section_type in (type(defaults.redis), type(defaults.election), type(defaults.pipeline),
-                         type(defaults.replay), RouteConfig):
+                         type(defaults.replay), type(defaults.dead_letter), RouteConfig, BatchConfig, RetryConfig,
+                         WebhookConfig, StreamConfig):
         for setting in dataclasses.fields(section_type):
             if not setting.metadata.get("secret"):
                 assert f"{setting.name}:" in text, f"{setting.name} is missing from the example"

@@ -138,7 +138,8 @@ def test_prometheus_rules_pass_promtool_and_name_real_metrics(tmp_path):
     alerts = {r["alert"]: r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
     assert alerts["ExpirydNoLeader"] == "sum(expiryd_is_leader) == 0"
     assert {"ExpirydSeveralLeaders", "ExpirydNodeNotSubscribed", "ExpirydNotificationsDisabled",
-            "ExpirydEventsDropped", "ExpirydQueueSaturated"} <= alerts.keys()
+            "ExpirydEventsDropped", "ExpirydQueueSaturated", "ExpirydEventsDeadLettered", "ExpirydRouteDropping",
+            "ExpirydRouteLagging"} <= alerts.keys()
     known = metric_names()
     for expr in alerts.values():
         for name in re.findall(r"expiryd_[a-z_]+", expr):

@@ -1,15 +1,17 @@
-"""Narrow unit tests of the pure parts: queue bound, routing, event encoding, topology parsing."""
+"""Narrow unit tests of the pure parts: queue bound, routing, event encoding, completion, topology parsing."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 
+from expiryd.completion import Completion
 from expiryd.connections import NodeAddress
 from expiryd.eventqueue import EventQueue
 from expiryd.events import Event, Expiration
 from expiryd.handlers import LogHandler
 from expiryd.notifications import merged_classes
+from expiryd.replay import ProgressMark
 from expiryd.routing import Route, Router
 from expiryd.topology import ClusterView, parse_cluster_nodes
 
@@ -108,3 +110,26 @@ def test_put_within_gives_up_after_its_timeout_and_reports_what_did_not_fit():
         queue = EventQueue(capacity=1)
         return await queue.put_within([expiration(b"a"), expiration(b"b"), expiration(b"c")], timeout=0.05)
     assert asyncio.run(scenario()) == 2
+
+
+def test_marks_move_only_past_events_finished_in_arrival_order():
+    marks: dict[str, ProgressMark] = {}
+    completion = Completion(term=4, marks=marks)
+    first, second, third = (completion.add(Expiration(key, "n:1", 1.0)) for key in (b"a", b"b", b"c"))
+    other = completion.add(Expiration(b"x", "n:2", 1.0))
+    completion.finish([second, other])
+    assert set(marks) == {"n:2"}
+    completion.finish([first])
+    assert marks["n:1"] == ProgressMark(b"b", 1.0, 4)
+    completion.finish([third])
+    assert marks["n:1"].key == b"c"
+    assert completion.unfinished() == 0
+
+
+def test_a_closed_completion_moves_no_marks():
+    marks: dict[str, ProgressMark] = {}
+    completion = Completion(term=4, marks=marks)
+    pending = completion.add(Expiration(b"a", "n:1", 1.0))
+    completion.close()
+    completion.finish([pending])
+    assert marks == {} and not completion.changed

@@ -1,0 +1,35 @@
+"""Finding a user's Python function from its ``"package.module:function"`` name.
+
+    handle = load_callable("myapp.expiry:on_expired")     # the function object
+    load_callable("myapp.expiry")                          # ValueError: expected "package.module:function"
+
+Both the configuration check and the ``python`` handler use it, so a name
+that cannot be imported is a configuration error before anything starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["load_callable"]
+
+
+def load_callable(name: str) -> Callable[..., Any]:
+    """Import ``module`` and return its attribute ``function``; ValueError says what is wrong."""
+    module_name, _, attribute = name.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f'expected "package.module:function", got {name!r}')
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # a user's module can fail to import in any way
+        raise ValueError(f"cannot import {module_name!r}: {error.__class__.__name__}: {error}") from None
+    target: Any = module
+    for part in attribute.split("."):
+        target = getattr(target, part, None)
+        if target is None:
+            raise ValueError(f"{module_name!r} has no attribute {attribute!r}")
+    if not callable(target):
+        raise ValueError(f"{name!r} is not callable")
+    return target

@@ -1,0 +1,80 @@
+"""Which expirations are finished, per node, in the order they arrived.
+
+Routes work concurrently and retry, so events finish out of order. A progress
+mark (see :mod:`expiryd.replay`) may only name an event when everything before
+it on the same node is finished too, or a new leader would skip the unfinished
+ones. :class:`Completion` keeps each node's unfinished expirations in arrival
+order and moves the node's mark past every finished one at the front::
+
+    completion = Completion(term=7, marks=marks)
+    first, second = completion.add(e1), completion.add(e2)     # same node
+    completion.finish([second])     # marks unchanged: e1 is not finished
+    completion.finish([first])      # marks[node] now names e2
+
+"Finished" means the event needs no more work from any leader: handled,
+dead-lettered, shed and counted, or matched by no route.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from .events import Expiration
+from .replay import ProgressMark
+
+__all__ = ["Completion", "Pending"]
+
+
+class Pending:
+    """One expiration on its way through the routes, and whether it is finished."""
+
+    __slots__ = ("done", "expiration")
+
+    def __init__(self, expiration: Expiration) -> None:
+        self.expiration = expiration
+        self.done = False
+
+
+class Completion:
+    def __init__(self, *, term: int, marks: dict[str, ProgressMark]) -> None:
+        self.term = term
+        self.marks = marks
+        # Set whenever a mark moves; whoever records the marks clears it.
+        self.changed = False
+        self._closed = False
+        self._unfinished: dict[str, deque[Pending]] = {}
+
+    def add(self, expiration: Expiration) -> Pending:
+        pending = Pending(expiration)
+        queue = self._unfinished.get(expiration.node)
+        if queue is None:
+            queue = self._unfinished[expiration.node] = deque()
+        queue.append(pending)
+        return pending
+
+    def finish(self, pendings: Iterable[Pending]) -> None:
+        nodes = set()
+        for pending in pendings:
+            pending.done = True
+            nodes.add(pending.expiration.node)
+        if self._closed:
+            return
+        for node in nodes:
+            self._advance(node)
+
+    def close(self) -> None:
+        """Stop moving marks: this term is over, and its late finishes are not recorded."""
+        self._closed = True
+
+    def unfinished(self) -> int:
+        return sum(len(queue) for queue in self._unfinished.values())
+
+    def _advance(self, node: str) -> None:
+        queue = self._unfinished[node]
+        last = None
+        while queue and queue[0].done:
+            last = queue.popleft()
+        if last is not None:
+            self.marks[node] = ProgressMark.of(last.expiration, self.term)
+            self.changed = True

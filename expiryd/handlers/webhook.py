@@ -1,0 +1,67 @@
+"""The ``webhook`` handler: POST a batch of events as JSON.
+
+The body is always ``{"events": [event, ...]}``, each event as
+:meth:`expiryd.events.Event.to_json` writes it. With a secret, the request
+carries ``X-Expiryd-Signature: sha256=<hex HMAC-SHA256 of the body>``, so the
+receiver can check that expiryd sent it; ``X-Expiryd-Term`` carries the
+leadership term, so the receiver can refuse a stale leader::
+
+    handler = WebhookHandler(url="https://orders.internal/expired", timeout=10.0, headers={}, secret=b"s3cret")
+    await handler.handle(events)
+
+A 2xx response means done. 408, 429 and 5xx responses and connection errors
+raise :class:`RetryLater` (honouring ``Retry-After`` in seconds); any other
+status raises :class:`PermanentFailure`, which sends the batch straight to the
+dead-letter stream. One connection pool per route is reused for every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+import httpx
+
+from ..events import Event
+from .base import PermanentFailure, RetryLater, encode_json
+
+__all__ = ["WebhookHandler", "signature"]
+
+_RETRYABLE = frozenset({408, 429})
+
+
+def signature(secret: bytes, body: bytes) -> str:
+    """The ``X-Expiryd-Signature`` value for ``body``; a receiver computes the same and compares."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+class WebhookHandler:
+    def __init__(self, *, url: str, timeout: float, headers: dict[str, str], secret: bytes | None) -> None:
+        self._url = url
+        self._secret = secret
+        self._client = httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False)
+
+    async def handle(self, events: list[Event]) -> None:
+        body = encode_json({"events": [event.to_json() for event in events]}).encode("utf-8")
+        headers = {"Content-Type": "application/json", "X-Expiryd-Term": str(events[0].term)}
+        if self._secret is not None:
+            headers["X-Expiryd-Signature"] = signature(self._secret, body)
+        try:
+            response = await self._client.post(self._url, content=body, headers=headers)
+        except httpx.HTTPError as error:
+            # The message names the failure, never the URL: it may carry credentials.
+            raise RetryLater(f"{error.__class__.__name__}: {error}") from None
+        status = response.status_code
+        if 200 <= status < 300:
+            return
+        if status in _RETRYABLE or status >= 500:
+            raise RetryLater(f"HTTP {status}", after=_retry_after(response))
+        raise PermanentFailure(f"HTTP {status}")
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else None

@@ -1,0 +1,52 @@
+"""Payload after expiry: read an expired key's data from its companion key.
+
+An expired key's value is gone by the time Redis announces it. The "shadow
+key" pattern keeps the data in a second key without a TTL (or a much longer
+one), named from the first by a template. The leader reads it before calling
+the handler and deletes it only after the handler succeeded::
+
+    payloads = PayloadKeys(template="{key}:payload", client=cluster)
+    payloads.key_for(b"order:{42}")              # b"order:{42}:payload", same hash slot
+    values = await payloads.fetch([b"order:{42}"])   # [b'{"amount": 12}'] or [None]
+    await payloads.delete([b"order:{42}"])
+
+The key is substituted as raw bytes, once: a key that itself contains
+``{key}``, glob characters or invalid UTF-8 names exactly one companion key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from redis.exceptions import ResponseError
+
+from .handlers import PermanentFailure
+
+__all__ = ["PayloadKeys"]
+
+
+class PayloadKeys:
+    def __init__(self, *, template: str, client: Any) -> None:
+        self._parts = template.encode("utf-8").split(b"{key}")
+        self._client = client
+
+    def key_for(self, key: bytes) -> bytes:
+        return key.join(self._parts)
+
+    async def fetch(self, keys: list[bytes]) -> list[bytes | None]:
+        """Each key's payload, or None where its companion key does not exist."""
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(self.key_for(key))
+        try:
+            return list(await pipe.execute())
+        except ResponseError as error:
+            # A companion key of another type, or no permission: retrying cannot help.
+            raise PermanentFailure(f"payload: {error.__class__.__name__}: {error}") from None
+
+    async def delete(self, keys: list[bytes]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            # The cluster pipeline's own unlink() is a coroutine (for keys across slots): queue the command.
+            pipe.execute_command("UNLINK", self.key_for(key))
+        await pipe.execute()

@@ -17,7 +17,7 @@ from typing import Any
 
 from expiryd.localcluster import LocalCluster
 
-from .harness import event_key, expire_keys, wait_for_single_leader, wait_until
+from .harness import event_key, expire_keys, wait_for_single_leader, wait_until, wait_until_eligible
 from .receiver import Request, WebhookReceiver
 
 FAST_RETRY = {"max_attempts": 3, "backoff": "20ms", "max_backoff": "100ms"}
@@ -247,3 +247,29 @@ def test_keys_that_are_not_utf8_come_through_every_handler(shared_cluster, confi
     assert [event_key(e) for e in replica.events()] == [key("log")]
     assert [entry[b"key"] for entry in stream_entries(shared_cluster, stream)] == [key("stream")]
     assert [event_key(json.loads(line)) for line in out.read_text().splitlines()] == [key("py")]
+
+
+def test_events_still_being_retried_when_the_leader_dies_are_delivered_by_the_next_leader(
+        shared_cluster, config_for, spawn):
+    prefix = unique("retrying")
+    keys = [f"{prefix}:{i}".encode() for i in range(20)]
+    receiver_down = True
+    with WebhookReceiver(respond=lambda request: 503 if receiver_down else 200) as receiver:
+        route = {"match": f"{prefix}:*", "name": "retrying", "webhook": {"url": receiver.url},
+                 "retry": {"max_attempts": 1000, "backoff": "100ms", "max_backoff": "200ms"}}
+        config = config_for(shared_cluster, routes=[route])
+        first = spawn("1", config)
+        first.wait_ready()
+        wait_for_single_leader([first])
+        second = spawn("2", config)
+        second.wait_ready()
+        wait_until_eligible([first, second])
+        expire_keys(shared_cluster, keys)
+        wait_until(lambda: len(receiver.requests) >= 3, timeout=15, what="the leader to be retrying")
+        time.sleep(2.0)  # progress is recorded every second: it must not pass events still being retried
+        first.kill()
+        receiver_down = False
+        wait_until(lambda: second.leads(), timeout=15, what="the second replica to take over")
+        wait_until(lambda: {event_key(e) for e in receiver.events()} == set(keys), timeout=15,
+                   what="every key delivered by the new leader")
+        assert {e["term"] for e in receiver.events()} == {int(second.metric("expiryd_leader_term"))}

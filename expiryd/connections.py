@@ -20,11 +20,25 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from .config import RedisConfig
 
-__all__ = ["REDIS_FAILURES", "NodeAddress", "RedisOptions"]
+__all__ = ["REDIS_FAILURES", "NodeAddress", "RedisOptions", "describe_redis_error"]
 
 # What a call to Redis raises when the server is down, slow or refuses:
 # redis-py's cluster client raises RedisClusterException, which is not a RedisError.
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+
+
+def describe_redis_error(error: BaseException) -> str:
+    """``"NoPermissionError: this user has no permissions to run the 'eval' command"``, for a log line.
+
+    pottery wraps what each master raised in one error of its own; the first
+    of those says more than the wrapper. Redis's messages name the command or
+    key refused, never a credential.
+    """
+    inner = list(getattr(error, "redis_errors", None) or [])
+    if inner:
+        error = inner[0]
+    text = str(error)
+    return f"{error.__class__.__name__}: {text}" if text else error.__class__.__name__
 
 
 @dataclass(frozen=True, order=True)

@@ -33,7 +33,7 @@ from pottery import AIORedlock
 from pottery.exceptions import ExtendUnlockedLock, PrimitiveError
 
 from .config import ElectionConfig
-from .connections import REDIS_FAILURES
+from .connections import REDIS_FAILURES, describe_redis_error
 from .metrics import Metrics
 
 __all__ = ["Elector", "term_key"]
@@ -90,6 +90,7 @@ class Elector:
         self._act_until = 0.0
         self._last_renewal_attempt = 0.0
         self._release_task: asyncio.Task[None] | None = None
+        self._last_attempt_error = ""
         self.heartbeat = time.monotonic()
 
     def term(self) -> int | None:
@@ -121,18 +122,18 @@ class Elector:
         try:
             acquired = await asyncio.wait_for(self._lock.acquire(blocking=False), self._settings.renew_deadline)
         except (*REDIS_FAILURES, PrimitiveError) as error:
-            log.debug("lease attempt failed", extra={"reason": error.__class__.__name__})
+            self._report_failed_attempt(describe_redis_error(error))
             return
         if not acquired:
             return
         try:
             term = await asyncio.wait_for(self._next_term(), self._settings.renew_deadline)
         except (*REDIS_FAILURES, _TermUnavailable) as error:
-            log.warning("took the lease but could not raise the term: letting it go",
-                        extra={"reason": str(error) or error.__class__.__name__})
+            self._report_failed_attempt(f"took the lease but could not raise the term: {describe_redis_error(error)}")
             await self._release()
             return
         self._term = term
+        self._last_attempt_error = ""
         self._act_until = started + self._settings.renew_deadline
         self._last_renewal_attempt = started
         self._metrics.is_leader.set(1)
@@ -159,12 +160,19 @@ class Elector:
             return
         except (*REDIS_FAILURES, PrimitiveError) as error:
             self._metrics.lock_renewals.labels(result="error").inc()
-            log.warning("lease renewal failed", extra={"term": self._term, "reason": error.__class__.__name__})
+            log.warning("lease renewal failed", extra={"term": self._term, "reason": describe_redis_error(error)})
             if time.monotonic() >= self._act_until:
                 self._step_down("renew deadline passed")
             return
         self._act_until = started + self._settings.renew_deadline
         self._metrics.lock_renewals.labels(result="ok").inc()
+
+    def _report_failed_attempt(self, reason: str) -> None:
+        """Log a failed lease attempt once per distinct reason: a missing permission never heals by itself."""
+        if reason == self._last_attempt_error:
+            return
+        self._last_attempt_error = reason
+        log.warning("lease attempt failed", extra={"reason": reason})
 
     def _step_down(self, reason: str) -> None:
         term = self._term
@@ -203,14 +211,21 @@ class Elector:
         readings = await asyncio.gather(*(m.get(key) for m in self._masters), return_exceptions=True)
         values = [int(v or 0) for v in readings if not isinstance(v, BaseException)]
         if len(values) < quorum:
-            raise _TermUnavailable(f"read the term from {len(values)} of {len(self._masters)} masters")
+            raise _TermUnavailable(f"read the term from {len(values)} of {len(self._masters)} masters"
+                                   + _first_failure(readings))
         proposed = max(values) + 1
         writes = await asyncio.gather(*(m.eval(_RAISE_TERM, 1, key, proposed) for m in self._masters),
                                       return_exceptions=True)
         raised = sum(1 for w in writes if w == 1)
         if raised < quorum:
-            raise _TermUnavailable(f"raised the term on {raised} of {len(self._masters)} masters")
+            raise _TermUnavailable(f"raised the term on {raised} of {len(self._masters)} masters"
+                                   + _first_failure(writes))
         return proposed
+
+
+def _first_failure(results: list[Any]) -> str:
+    errors = [result for result in results if isinstance(result, BaseException)]
+    return f" ({describe_redis_error(errors[0])})" if errors else ""
 
 
 class _TermUnavailable(Exception):

@@ -15,14 +15,16 @@ test: setup
 
 setup: system-packages $(VENV)/.installed
 
-# redis-server for the local clusters; prometheus (with promtool) for the deployment tests.
+# redis-server for the local clusters; prometheus (with promtool) for the deployment tests;
+# openssl for the TLS tests' certificates.
 system-packages:
 	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
-	    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then \
-	  echo "installing Debian packages: redis-server redis-tools prometheus"; \
+	    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
+	    || ! command -v openssl >/dev/null; then \
+	  echo "installing Debian packages: redis-server redis-tools prometheus openssl"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    redis-server redis-tools prometheus; \
+	    redis-server redis-tools prometheus openssl; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

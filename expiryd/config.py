@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 import types
 import typing
 from collections.abc import Mapping
@@ -47,6 +48,7 @@ __all__ = [
     "RetryConfig",
     "RouteConfig",
     "StreamConfig",
+    "TlsConfig",
     "WebhookConfig",
     "load_config",
     "parse_duration",
@@ -72,8 +74,19 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class TlsConfig:
+    # Used when the URLs say rediss://. No ca_file: the system's trusted CAs.
+    ca_file: str | None = None
+    # A client certificate and its key, for servers that require one (mutual TLS).
+    cert_file: str | None = None
+    key_file: str | None = None
+    check_hostname: bool = True
+
+
+@dataclass(frozen=True)
 class RedisConfig:
     nodes: list[str] = field(default_factory=list)
+    tls: TlsConfig = field(default_factory=TlsConfig)
     username: str | None = None
     password_file: str | None = None
     ensure_notifications: bool = True
@@ -115,6 +128,8 @@ class ReplayConfig:
 @dataclass(frozen=True)
 class HttpConfig:
     listen: str = "127.0.0.1:9101"
+    # When set, /metrics is served here only, and no longer on listen.
+    metrics_listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -292,15 +307,25 @@ def _environment_layer(environ: Mapping[str, str]) -> dict[str, Any]:
             _set_path(layer, key_path, _EnvValue(f"EXPIRYD_{short.upper()}", value))
     for section in dataclasses.fields(Config):
         section_type = _hints(Config)[section.name]
-        if not dataclasses.is_dataclass(section_type):
+        if not isinstance(section_type, type) or not dataclasses.is_dataclass(section_type):
             continue
-        for setting in dataclasses.fields(section_type):
-            if setting.metadata.get("secret"):
-                continue
-            name = f"EXPIRYD_{section.name}_{setting.name}".upper()
-            if name in environ:
-                _set_path(layer, (section.name, setting.name), _EnvValue(name, environ[name]))
+        _add_environment_settings(layer, environ, section_type, (section.name,))
     return layer
+
+
+def _add_environment_settings(layer: dict[str, Any], environ: Mapping[str, str], cls: type,
+                              key_path: tuple[str, ...]) -> None:
+    hints = _hints(cls)
+    for setting in dataclasses.fields(cls):
+        if setting.metadata.get("secret"):
+            continue
+        setting_path = (*key_path, setting.name)
+        if dataclasses.is_dataclass(hints[setting.name]):
+            _add_environment_settings(layer, environ, hints[setting.name], setting_path)
+            continue
+        name = "EXPIRYD_" + "_".join(setting_path).upper()
+        if name in environ:
+            _set_path(layer, setting_path, _EnvValue(name, environ[name]))
 
 
 @dataclass(frozen=True)
@@ -510,6 +535,7 @@ def _validate(config: Config, source: str) -> None:
         _check_url(url, key=f"redis.nodes[{i}]", source=source)
     for i, url in enumerate(config.election.masters):
         _check_url(url, key=f"election.masters[{i}]", source=source)
+    _check_tls(config, source)
     election = config.election
     if election.renew_interval >= election.renew_deadline:
         raise ConfigError(source, "election.renew_interval", "must be shorter than election.renew_deadline")
@@ -535,7 +561,11 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(source, "log.format", f"expected json or text, got {config.log.format!r}")
     if config.log.level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(source, "log.level", f"expected debug, info, warning or error, got {config.log.level!r}")
-    _check_listen(config.http.listen, source)
+    _check_listen(config.http.listen, key="http.listen", source=source)
+    if config.http.metrics_listen is not None:
+        _check_listen(config.http.metrics_listen, key="http.metrics_listen", source=source)
+        if config.http.metrics_listen == config.http.listen:
+            raise ConfigError(source, "http.metrics_listen", "must differ from http.listen")
     if not config.routes:
         raise ConfigError(source, "routes", "at least one route is required")
     for i, route in enumerate(config.routes):
@@ -590,12 +620,32 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _check_tls(config: Config, source: str) -> None:
+    schemes = {urlsplit(url).scheme for url in [*config.redis.nodes, *config.election.masters]}
+    if len(schemes) > 1:
+        raise ConfigError(source, "redis.nodes", "mixes redis:// and rediss://; use one for the cluster and masters")
+    tls = config.redis.tls
+    if (tls.cert_file is None) != (tls.key_file is None):
+        raise ConfigError(source, "redis.tls.cert_file", "a client certificate needs both cert_file and key_file")
+    for name in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, name)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(source, f"redis.tls.{name}", f"no such file: {path}")
+    try:
+        context = ssl.create_default_context(cafile=tls.ca_file)
+    except (ssl.SSLError, OSError) as error:
+        raise ConfigError(source, "redis.tls.ca_file", f"not a usable CA certificate: {error}") from None
+    if tls.cert_file is not None:
+        try:
+            context.load_cert_chain(tls.cert_file, tls.key_file)
+        except (ssl.SSLError, OSError) as error:
+            raise ConfigError(source, "redis.tls.cert_file", f"certificate and key do not load: {error}") from None
+
+
 def _check_url(url: str, *, key: str, source: str) -> None:
     parts = urlsplit(url)
-    if parts.scheme == "rediss":
-        raise ConfigError(source, key, "TLS (rediss://) is not supported yet; use redis://")
-    if parts.scheme != "redis" or not parts.hostname:
-        raise ConfigError(source, key, f"expected a URL like redis://host:6379, got {url!r}")
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ConfigError(source, key, f"expected a URL like redis://host:6379 or rediss://host:6379, got {url!r}")
     if parts.password:
         raise ConfigError(source, key,
                           "the URL holds a password; set EXPIRYD_REDIS_PASSWORD or redis.password_file instead")
@@ -605,10 +655,10 @@ def _check_url(url: str, *, key: str, source: str) -> None:
         raise ConfigError(source, key, f"invalid port in {url!r}") from None
 
 
-def _check_listen(listen: str, source: str) -> None:
+def _check_listen(listen: str, *, key: str, source: str) -> None:
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ConfigError(source, "http.listen", f"expected host:port, got {listen!r}")
+        raise ConfigError(source, key, f"expected host:port, got {listen!r}")
 
 
 def _join(path: str, key: str) -> str:

@@ -11,19 +11,22 @@ timeouts are applied the same way everywhere::
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from .config import RedisConfig
+from .config import RedisConfig, TlsConfig
 
-__all__ = ["REDIS_FAILURES", "NodeAddress", "RedisOptions", "describe_redis_error"]
+__all__ = ["REDIS_FAILURES", "NodeAddress", "RedisOptions", "describe_redis_error", "tls_context"]
 
 # What a call to Redis raises when the server is down, slow or refuses:
 # redis-py's cluster client raises RedisClusterException, which is not a RedisError.
+# (ssl.SSLError, a failed handshake, is an OSError.)
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
@@ -61,20 +64,42 @@ class NodeAddress:
         return cls(host, int(port))
 
 
+def tls_context(tls: TlsConfig) -> ssl.SSLContext:
+    """An SSL context for connections opened by hand (the node subscriptions)."""
+    context = ssl.create_default_context(cafile=tls.ca_file)
+    context.check_hostname = tls.check_hostname
+    if tls.cert_file is not None:
+        context.load_cert_chain(tls.cert_file, tls.key_file)
+    return context
+
+
+def _tls_client_arguments(tls: TlsConfig | None) -> dict[str, Any]:
+    """The same settings as redis-py's connection arguments."""
+    if tls is None:
+        return {}
+    return {"ssl": True, "ssl_ca_certs": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
+            "ssl_check_hostname": tls.check_hostname, "ssl_cert_reqs": "required"}
+
+
 @dataclass(frozen=True)
 class RedisOptions:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     connect_timeout: float = 2.0
     command_timeout: float = 2.0
+    # None: plain connections (the URLs say redis://).
+    tls: TlsConfig | None = None
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> RedisOptions:
+        uses_tls = any(urlsplit(url).scheme == "rediss" for url in config.nodes)
+        tls = config.tls if uses_tls else None
         return cls(
             username=config.username,
             password=config.password,
             connect_timeout=config.connect_timeout,
             command_timeout=config.watchdog_timeout,
+            tls=tls,
         )
 
     def client(self, address: NodeAddress, *, timeout: float | None = None) -> aioredis.Redis:
@@ -88,6 +113,7 @@ class RedisOptions:
             socket_timeout=timeout or self.command_timeout,
             retry_on_timeout=False,
             single_connection_client=True,
+            **_tls_client_arguments(self.tls),
         )
 
     def client_for_url(self, url: str) -> aioredis.Redis:
@@ -100,4 +126,5 @@ class RedisOptions:
             password=self.password,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=self.command_timeout,
+            **_tls_client_arguments(self.tls),
         )

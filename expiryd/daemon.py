@@ -82,17 +82,25 @@ class Daemon:
             grace=config.pipeline.shutdown_grace,
             internal_keys=_internal_keys(config.election.lock_name),
         )
-        self._http = HttpServer(listen=config.http.listen, endpoints={
-            "/metrics": self._metrics_reply,
+        status = {
             "/healthz": self._health_reply,
             "/readyz": self._readiness_reply,
             "/leader": self._leader_reply,
-        })
+        }
+        metrics_listen = config.http.metrics_listen
+        if metrics_listen is None:
+            self._listeners = [HttpServer(listen=config.http.listen, endpoints={"/metrics": self._metrics_reply,
+                                                                               **status})]
+        else:
+            self._listeners = [HttpServer(listen=config.http.listen, endpoints=status),
+                               HttpServer(listen=metrics_listen, endpoints={"/metrics": self._metrics_reply})]
 
     async def run(self, *, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set or a core task fails; return the exit code."""
-        await self._http.start()
-        log.info("started", extra={"listen": self.config.http.listen, "routes": len(self._routes)})
+        for listener in self._listeners:
+            await listener.start()
+        log.info("started", extra={"listen": self.config.http.listen, "metrics_listen": self.config.http.metrics_listen,
+                                   "routes": len(self._routes)})
         fanin = asyncio.create_task(self._fanin.run(), name="fan-in")
         election = asyncio.create_task(self._elector.run(), name="election")
         dispatching = self._dispatcher.start()
@@ -119,7 +127,8 @@ class Daemon:
         for master in self._masters:
             await master.aclose()
         await self._data.aclose()
-        await self._http.stop()
+        for listener in self._listeners:
+            await listener.stop()
         log.info("stopped")
 
     def _route(self, config: RouteConfig) -> Route:

@@ -7,9 +7,10 @@ arrived. Each lane takes up to ``batch.size`` events, waiting up to
 ``batch.max_wait`` for the batch to fill, and calls the handler::
 
     delivery = RouteDelivery(route=route, term=7, leadership=elector, completion=completion,
-                             dead_letters=dead_letters, metrics=metrics, overflow_wait=5.0)
+                             dead_letters=dead_letters, metrics=metrics, upstream_blocked=queue.blocked_for,
+                             shed_after=2.5)
     delivery.start()
-    await delivery.submit(pendings)      # waits for room; sheds only after overflow_wait
+    await delivery.submit(pendings)      # waits for room; sheds only when the subscriptions are stuck
     ...
     await delivery.drain(grace=10.0)     # shutting down: finish what is queued
     await delivery.abandon(grace=10.0)   # stepped down: leave the queue to the next leader
@@ -22,10 +23,13 @@ once. If even the dead-letter stream cannot be written, each event is logged
 at error level as JSON and counted as ``dropped``: never lost silently.
 
 **Backpressure.** A lane holds at most its share of ``queue_size``. When it is
-full, :meth:`submit` waits, which holds back the leader gate and, behind it,
-the merged queue. A lane that stays full for ``overflow_wait`` sheds what
-does not fit (counted as ``dropped`` for the route, and logged) until it is
-half empty again, so one slow route cannot stop the others for long.
+full, :meth:`submit` waits, which holds back the leader gate, and the merged
+queue behind it absorbs the burst. Only when a node subscription has waited
+for room in the merged queue for ``shed_after`` (half the time it may wait
+before it drops for every route), so that the gate is truly stuck behind this
+route, does the lane shed what does not fit: counted as ``dropped`` for the
+route, and logged. So a burst that the handlers work through, however slowly,
+is absorbed whole, and one stuck route cannot make the others lose events.
 
 **Leadership.** The term is read before every attempt: a lane whose leader
 stepped down stops, and what it had not finished stays unfinished, for the
@@ -41,6 +45,7 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from .completion import Completion, Pending
@@ -57,6 +62,7 @@ log = logging.getLogger("expiryd.delivery")
 
 _DEAD_LETTER_ATTEMPTS = 3
 _SHED_LOG_INTERVAL = 1.0
+_UPSTREAM_CHECK_INTERVAL = 0.1
 
 
 class Leadership(Protocol):
@@ -64,15 +70,13 @@ class Leadership(Protocol):
 
 
 class _Lane:
-    """A queue of events for one lane, and the state of its overflow."""
+    """A queue of events for one lane."""
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.items: deque[Pending] = deque()
         self.ready = asyncio.Event()
         self.room = asyncio.Event()
-        # When the gate first found this lane full; None once it has drained to half.
-        self.full_since: float | None = None
 
 
 class RouteDelivery:
@@ -86,7 +90,8 @@ class RouteDelivery:
         completion: Completion,
         dead_letters: DeadLetters,
         metrics: Metrics,
-        overflow_wait: float,
+        upstream_blocked: Callable[[], float],
+        shed_after: float,
     ) -> None:
         self.route = route
         self._term = term
@@ -94,7 +99,8 @@ class RouteDelivery:
         self._leadership = leadership
         self._completion = completion
         self._dead_letters = dead_letters
-        self._overflow_wait = overflow_wait
+        self._upstream_blocked = upstream_blocked
+        self._shed_after = shed_after
         share = -(-route.queue_size // route.concurrency)
         self._lanes = [_Lane(share) for _ in range(route.concurrency)]
         self._tasks: list[asyncio.Task[None]] = []
@@ -160,7 +166,6 @@ class RouteDelivery:
         self._tasks = []
 
     async def _admit(self, lane: _Lane, group: list[Pending]) -> None:
-        loop = asyncio.get_running_loop()
         start = 0
         while start < len(group):
             room = lane.capacity - len(lane.items)
@@ -171,15 +176,13 @@ class RouteDelivery:
                 start += len(accepted)
                 self._count_queued(len(accepted))
                 continue
-            if lane.full_since is None:
-                lane.full_since = loop.time()
-            wait = lane.full_since + self._overflow_wait - loop.time()
-            if wait <= 0:
+            if self._upstream_blocked() >= self._shed_after:
                 self._shed(group[start:])
                 return
             lane.room.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lane.room.wait(), wait)
+                # Wake now and then to look at the merged queue again.
+                await asyncio.wait_for(lane.room.wait(), _UPSTREAM_CHECK_INTERVAL)
 
     def _shed(self, pendings: list[Pending]) -> None:
         self._dropped.inc(len(pendings))
@@ -187,7 +190,7 @@ class RouteDelivery:
         self._shed_unlogged += len(pendings)
         now = time.monotonic()
         if now - self._shed_logged_at >= _SHED_LOG_INTERVAL:
-            log.warning("route queue full for longer than pipeline.overflow_wait: dropping events", extra={
+            log.warning("route queue full and the subscriptions stuck behind it: dropping events", extra={
                 "route": self.route.name, "dropped": self._shed_unlogged, "queue_size": self.route.queue_size})
             self._shed_unlogged = 0
             self._shed_logged_at = now
@@ -226,8 +229,6 @@ class RouteDelivery:
         batch = [lane.items.popleft() for _ in range(min(size, len(lane.items)))]
         self._count_queued(-len(batch))
         lane.room.set()
-        if len(lane.items) <= lane.capacity // 2:
-            lane.full_since = None
         return batch
 
     async def _deliver(self, batch: list[Pending]) -> None:

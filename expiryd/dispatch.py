@@ -134,7 +134,7 @@ class Dispatcher:
         deliveries = {
             route: RouteDelivery(route=route, term=term, replica=self._replica, leadership=self._leadership,
                                  completion=completion, dead_letters=self._dead_letters, metrics=self._metrics,
-                                 overflow_wait=self._overflow_wait)
+                                 upstream_blocked=self._queue.blocked_for, shed_after=self._overflow_wait / 2)
             for route in self._router.routes
         }
         for delivery in deliveries.values():

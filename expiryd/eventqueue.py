@@ -31,9 +31,16 @@ class EventQueue:
         self._ready = asyncio.Event()
         self._room = asyncio.Event()
         self._woken = False
+        self._waiting_since: list[float] = []
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def blocked_for(self) -> float:
+        """How long the longest-waiting :meth:`put_within` has waited for room (0 when none waits)."""
+        if not self._waiting_since:
+            return 0.0
+        return asyncio.get_running_loop().time() - min(self._waiting_since)
 
     def put(self, expirations: list[Expiration]) -> int:
         """Append what fits; return how many expirations did not fit."""
@@ -47,18 +54,24 @@ class EventQueue:
     async def put_within(self, expirations: list[Expiration], *, timeout: float) -> int:
         """Append all, waiting up to ``timeout`` for room; return how many still did not fit."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        started = loop.time()
         refused = self.put(expirations)
-        while refused:
-            remaining = expirations[len(expirations) - refused:]
-            self._room.clear()
-            try:
-                await asyncio.wait_for(self._room.wait(), deadline - loop.time())
-            except TimeoutError:
-                return self.put(remaining)
-            expirations = remaining
-            refused = self.put(remaining)
-        return 0
+        if not refused:
+            return 0
+        self._waiting_since.append(started)
+        try:
+            while refused:
+                remaining = expirations[len(expirations) - refused:]
+                self._room.clear()
+                try:
+                    await asyncio.wait_for(self._room.wait(), started + timeout - loop.time())
+                except TimeoutError:
+                    return self.put(remaining)
+                expirations = remaining
+                refused = self.put(remaining)
+            return 0
+        finally:
+            self._waiting_since.remove(started)
 
     def wake(self) -> None:
         """Make a waiting :meth:`get` return, with an empty batch if nothing is queued."""

@@ -27,16 +27,38 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
 import redis.cluster
 from redis.crc import key_slot
 
-__all__ = ["ClusterNode", "LocalCluster", "RedisNotInstalled", "SlotOwners"]
+__all__ = ["ClusterNode", "LocalCluster", "RedisNotInstalled", "SlotOwners", "TlsFiles"]
 
 
 class RedisNotInstalled(RuntimeError):
     """``redis-server`` or ``redis-cli`` is not on PATH."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for a TLS-only cluster: the CA, and one certificate and key every node (and client) uses."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def client_arguments(self) -> dict[str, Any]:
+        return {"ssl": True, "ssl_ca_certs": str(self.ca), "ssl_certfile": str(self.cert),
+                "ssl_keyfile": str(self.key)}
+
+    def server_arguments(self, port: int) -> list[str]:
+        return ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes", "--tls-replication", "yes",
+                "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+                "--tls-ca-cert-file", str(self.ca)]
+
+    def cli_arguments(self) -> list[str]:
+        return ["--tls", "--cacert", str(self.ca), "--cert", str(self.cert), "--key", str(self.key)]
 
 
 @dataclass
@@ -47,6 +69,7 @@ class ClusterNode:
     directory: Path
     node_id: str = ""
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    tls: TlsFiles | None = None
 
     @property
     def address(self) -> str:
@@ -54,7 +77,8 @@ class ClusterNode:
 
     def client(self, *, timeout: float = 2.0) -> redis.Redis:
         return redis.Redis(
-            host="127.0.0.1", port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout
+            host="127.0.0.1", port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout,
+            **(self.tls.client_arguments() if self.tls else {}),
         )
 
 
@@ -75,6 +99,7 @@ class LocalCluster:
         notify_keyspace_events: str = "",
         extra_args: tuple[str, ...] = (),
         base_dir: str | None = None,
+        tls: TlsFiles | None = None,
     ) -> None:
         for binary in ("redis-server", "redis-cli"):
             if shutil.which(binary) is None:
@@ -84,6 +109,7 @@ class LocalCluster:
         self.node_timeout_ms = node_timeout_ms
         self.notify_keyspace_events = notify_keyspace_events
         self.extra_args = extra_args
+        self.tls = tls
         self._tmp = tempfile.mkdtemp(prefix="expiryd-cluster-", dir=base_dir)
         self.nodes: list[ClusterNode] = []
 
@@ -100,21 +126,22 @@ class LocalCluster:
 
     @property
     def seed_urls(self) -> list[str]:
-        return [f"redis://{node.address}" for node in self.nodes]
+        scheme = "rediss" if self.tls else "redis"
+        return [f"{scheme}://{node.address}" for node in self.nodes]
 
     def start(self, *, timeout: float = 30.0) -> None:
         count = self.primary_count * (1 + self.replicas_per_primary)
         for port in _free_cluster_ports(count):
             directory = Path(self._tmp) / str(port)
             directory.mkdir()
-            node = ClusterNode(port=port, directory=directory)
+            node = ClusterNode(port=port, directory=directory, tls=self.tls)
             self._spawn(node)
             self.nodes.append(node)
         for node in self.nodes:
             _wait_until(lambda n=node: _pings(n), timeout, f"redis-server on port {node.port} did not start")
         addresses = [node.address for node in self.nodes]
         subprocess.run(
-            ["redis-cli", "--cluster", "create", *addresses,
+            ["redis-cli", *(self.tls.cli_arguments() if self.tls else []), "--cluster", "create", *addresses,
              "--cluster-replicas", str(self.replicas_per_primary), "--cluster-yes"],
             check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
         )
@@ -157,7 +184,7 @@ class LocalCluster:
     def client(self) -> redis.RedisCluster:
         """A cluster-aware client, for writing keys across all shards, seeded with every live node."""
         seeds = [redis.cluster.ClusterNode("127.0.0.1", node.port) for node in self._live_nodes()]
-        return redis.RedisCluster(startup_nodes=seeds)
+        return redis.RedisCluster(startup_nodes=seeds, **(self.tls.client_arguments() if self.tls else {}))
 
     def kill(self, node: ClusterNode) -> None:
         """SIGKILL the node, as a crashed machine would stop."""
@@ -227,7 +254,7 @@ class LocalCluster:
     def _spawn(self, node: ClusterNode) -> None:
         arguments = [
             "redis-server",
-            "--port", str(node.port),
+            *(self.tls.server_arguments(node.port) if self.tls else ["--port", str(node.port)]),
             "--bind", "127.0.0.1",
             "--cluster-enabled", "yes",
             "--cluster-config-file", "nodes.conf",

@@ -75,3 +75,7 @@ def configure_logging(*, replica: str, fmt: str, level: str) -> None:
     # pottery logs a full traceback for every Redis error it meets while
     # acquiring or renewing; the election logs those outcomes in one line itself.
     logging.getLogger("pottery").setLevel(logging.CRITICAL)
+    # httpx logs every request, URL included, at info: a line per webhook call, and the
+    # URL may carry a token. The webhook handler reports failures itself.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -35,7 +35,7 @@ from typing import Any
 import hiredis
 import redis.asyncio as aioredis
 
-from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
+from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, tls_context
 from .eventqueue import EventQueue
 from .events import Expiration
 from .metrics import Metrics
@@ -72,6 +72,7 @@ class NodeSubscription:
         self.address = address
         self._node = str(address)
         self._options = options
+        self._tls = tls_context(options.tls) if options.tls is not None else None
         self._queue = queue
         self._metrics = metrics
         self._repair = repair_notifications
@@ -120,7 +121,7 @@ class NodeSubscription:
         control = self._options.client(self.address, timeout=self._watchdog_timeout)
         try:
             reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.address.host, self.address.port),
+                asyncio.open_connection(self.address.host, self.address.port, ssl=self._tls),
                 self._options.connect_timeout,
             )
             try:

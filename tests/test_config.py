@@ -82,7 +82,9 @@ def test_password_comes_from_environment_or_file_and_is_not_shown(tmp_path):
     (MINIMAL + "redis_password: x\n", "redis_password", "unknown key"),
     (MINIMAL.replace("nodes:", "password: x\n  nodes:"), "redis.password", "EXPIRYD_REDIS_PASSWORD"),
     (MINIMAL.replace("redis://127.0.0.1", "redis://:pw@127.0.0.1"), "redis.nodes[0]", "holds a password"),
-    (MINIMAL.replace("redis://127.0.0.1", "rediss://127.0.0.1"), "redis.nodes[0]", "TLS (rediss://) is not supported"),
+    (MINIMAL.replace("redis://127.0.0.1", "rediss://127.0.0.1").replace(
+        "redis:\n", "redis:\n  tls: {ca_file: /nonexistent/ca.pem}\n"), "redis.tls.ca_file", "no such file"),
+    (MINIMAL + "election:\n  masters: ['rediss://10.0.0.1:6379']\n", "redis.nodes", "mixes redis:// and rediss://"),
     (MINIMAL.replace("    log: {}\n", ""), "routes[0]", "exactly one handler"),
     (MINIMAL + "pipeline:\n  queue_size: many\n", "pipeline.queue_size", "whole number"),
     (MINIMAL.replace("log: {}", "log: {}\n    payload: '{id}:data'"), "routes[0].payload", "must contain {key}"),
@@ -184,7 +186,7 @@ def test_check_fails_when_notifications_are_off_and_may_not_be_repaired(cluster,
 def test_example_config_shows_every_option_with_its_default(tmp_path):
     import dataclasses
 
-    from expiryd.config import BatchConfig, RetryConfig, RouteConfig, StreamConfig, WebhookConfig
+    from expiryd.config import BatchConfig, RetryConfig, RouteConfig, StreamConfig, TlsConfig, WebhookConfig
 
     example = Path(__file__).parent.parent / "deploy" / "expiryd.example.yaml"
     config = load_config(path=str(example), environ={})
@@ -200,7 +202,7 @@ def test_example_config_shows_every_option_with_its_default(tmp_path):
     assert dataclasses.replace(first_route, name=None, log=None) == RouteConfig(match=first_route.match)
     for section_type in (type(defaults.redis), type(defaults.election), type(defaults.pipeline),
                          type(defaults.replay), type(defaults.dead_letter), RouteConfig, BatchConfig, RetryConfig,
-                         WebhookConfig, StreamConfig):
+                         WebhookConfig, StreamConfig, TlsConfig, type(defaults.http)):
         for setting in dataclasses.fields(section_type):
             if not setting.metadata.get("secret"):
                 assert f"{setting.name}:" in text, f"{setting.name} is missing from the example"

@@ -98,18 +98,24 @@ def test_a_receiver_that_fails_then_recovers_gets_the_event_retried(shared_clust
     assert replica.metric("expiryd_events_processed_total", route="flaky", outcome="dead_lettered") == 0
 
 
-def test_a_receiver_that_always_fails_sends_the_event_to_the_dead_letter_stream(shared_cluster, config_for, spawn):
-    key = unique("down").encode()
+def dead_letter_one_key(spawn, config_for, cluster: LocalCluster, *, status: int, route_name: str):
+    """Expire one key whose webhook always answers ``status``; return its dead-letter entry, the calls, the replica."""
+    key = unique(route_name).encode()
     dead_letter = dead_letter_config()
-    with WebhookReceiver(respond=lambda request: 500) as receiver:
-        route = {"match": key.decode(), "name": "down", "retry": FAST_RETRY, "webhook": {"url": receiver.url}}
-        replica = start_leader(spawn, config_for, shared_cluster, [route], dead_letter=dead_letter)
-        expire_keys(shared_cluster, [key])
-        wait_until(lambda: stream_entries(shared_cluster, dead_letter["stream"]), timeout=15,
-                   what="a dead-letter entry")
-        assert len(receiver.requests) == 3
-    (entry,) = stream_entries(shared_cluster, dead_letter["stream"])
+    with WebhookReceiver(respond=lambda request: status) as receiver:
+        route = {"match": key.decode(), "name": route_name, "retry": FAST_RETRY, "webhook": {"url": receiver.url}}
+        replica = start_leader(spawn, config_for, cluster, [route], dead_letter=dead_letter)
+        expire_keys(cluster, [key])
+        wait_until(lambda: stream_entries(cluster, dead_letter["stream"]), timeout=15, what="a dead-letter entry")
+        calls = len(receiver.requests)
+    (entry,) = stream_entries(cluster, dead_letter["stream"])
     assert entry[b"key"] == key
+    return entry, calls, replica
+
+
+def test_a_receiver_that_always_fails_sends_the_event_to_the_dead_letter_stream(shared_cluster, config_for, spawn):
+    entry, calls, replica = dead_letter_one_key(spawn, config_for, shared_cluster, status=500, route_name="down")
+    assert calls == 3
     assert entry[b"route"] == b"down"
     assert entry[b"error"] == b"RetryLater: HTTP 500"
     assert entry[b"attempts"] == b"3"
@@ -119,16 +125,8 @@ def test_a_receiver_that_always_fails_sends_the_event_to_the_dead_letter_stream(
 
 
 def test_a_400_response_goes_straight_to_the_dead_letter_stream(shared_cluster, config_for, spawn):
-    key = unique("refused").encode()
-    dead_letter = dead_letter_config()
-    with WebhookReceiver(respond=lambda request: 400) as receiver:
-        route = {"match": key.decode(), "name": "refused", "retry": FAST_RETRY, "webhook": {"url": receiver.url}}
-        replica = start_leader(spawn, config_for, shared_cluster, [route], dead_letter=dead_letter)
-        expire_keys(shared_cluster, [key])
-        wait_until(lambda: stream_entries(shared_cluster, dead_letter["stream"]), timeout=15,
-                   what="a dead-letter entry")
-        assert len(receiver.requests) == 1
-    (entry,) = stream_entries(shared_cluster, dead_letter["stream"])
+    entry, calls, replica = dead_letter_one_key(spawn, config_for, shared_cluster, status=400, route_name="refused")
+    assert calls == 1
     assert (entry[b"error"], entry[b"attempts"]) == (b"PermanentFailure: HTTP 400", b"1")
     assert replica.metric("expiryd_events_processed_total", route="refused", outcome="retried") == 0
 
@@ -205,14 +203,17 @@ def test_a_slow_handler_keeps_its_queue_bounded_and_counts_what_it_sheds(shared_
     prefix = unique("slow")
     keys = [f"{prefix}:{i}".encode() for i in range(1000)]
     depths: list[float] = []
+    merged_depths: list[float] = []
     with WebhookReceiver(delay=0.1) as receiver:
         route = {"match": f"{prefix}:*", "name": "slow", "queue_size": 50, "batch": {"size": 10},
                  "webhook": {"url": receiver.url}}
-        replica = start_leader(spawn, config_for, shared_cluster, [route], pipeline={"overflow_wait": "1s"})
+        replica = start_leader(spawn, config_for, shared_cluster, [route],
+                               pipeline={"overflow_wait": "1s", "queue_size": 100})
         expire_keys(shared_cluster, keys, ttl_ms=100)
 
         def settled() -> bool:
             depths.append(replica.metric("expiryd_route_queue_depth", route="slow"))
+            merged_depths.append(replica.metric("expiryd_queue_depth"))
             ok = replica.metric("expiryd_events_processed_total", route="slow", outcome="ok")
             dropped = replica.metric("expiryd_events_processed_total", route="slow", outcome="dropped")
             return ok + dropped == len(keys)
@@ -221,8 +222,9 @@ def test_a_slow_handler_keeps_its_queue_bounded_and_counts_what_it_sheds(shared_
     dropped = replica.metric("expiryd_events_processed_total", route="slow", outcome="dropped")
     assert dropped > 0
     assert delivered == len(keys) - dropped
-    assert max(depths) <= 50
-    assert replica.logged("route queue full for longer than pipeline.overflow_wait: dropping events")
+    assert max(depths) <= 50 and max(merged_depths) <= 100
+    assert replica.metric("expiryd_events_dropped_total", reason="queue_full") == 0  # shed by the route alone
+    assert replica.logged("route queue full and the subscriptions stuck behind it: dropping events")
 
 
 def test_keys_that_are_not_utf8_come_through_every_handler(shared_cluster, config_for, spawn, tmp_path: Path):

@@ -86,6 +86,21 @@ def test_unknown_paths_and_methods_are_refused(shared_cluster, config_for, spawn
         assert error.code == 405
 
 
+def test_metrics_can_be_served_on_an_address_of_their_own_and_only_there(shared_cluster, config_for, spawn):
+    metrics_port = free_port()
+    replica = spawn("1", config_for(shared_cluster, http={"metrics_listen": f"127.0.0.1:{metrics_port}"}))
+    replica.wait_ready()
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as reply:
+        assert "expiryd_is_leader" in reply.read().decode()
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/leader", timeout=2)
+        raise AssertionError("the metrics listener served /leader")
+    except urllib.error.HTTPError as error:
+        assert error.code == 404
+    assert replica.http("/metrics")[0] == 404
+    assert replica.http("/readyz")[0] == 200
+
+
 def _answers(replica) -> bool:
     replica.assert_running()
     try:

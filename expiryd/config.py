@@ -474,10 +474,7 @@ def _with_password(config: Config, environ: Mapping[str, str], source: str) -> C
     password = environ.get("EXPIRYD_REDIS_PASSWORD")
     password_file = environ.get("EXPIRYD_REDIS_PASSWORD_FILE") or config.redis.password_file
     if password is None and password_file:
-        try:
-            password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
-        except OSError as error:
-            raise ConfigError(source, "redis.password_file", f"cannot read: {error.strerror or error}") from None
+        password = _read_secret_file(password_file, key="redis.password_file", source=source)
     return dataclasses.replace(config, redis=dataclasses.replace(config.redis, password=password))
 
 
@@ -505,10 +502,15 @@ def _read_secret(environ: Mapping[str, str], *, env: str | None, file: str | Non
         return environ[env]
     if file is None:
         return None
+    return _read_secret_file(file, key=f"{key}.{what}_file", source=source)
+
+
+def _read_secret_file(path: str, *, key: str, source: str) -> str:
+    """A secret from a file (a mounted Secret), without its trailing newline."""
     try:
-        return Path(file).read_text(encoding="utf-8").rstrip("\r\n")
+        return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
     except OSError as error:
-        raise ConfigError(source, f"{key}.{what}_file", f"cannot read: {error.strerror or error}") from None
+        raise ConfigError(source, key, f"cannot read: {error.strerror or error}") from None
 
 
 def takeover_gap(election: ElectionConfig) -> float:

@@ -11,6 +11,7 @@ timeouts are applied the same way everywhere::
 
 from __future__ import annotations
 
+import functools
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from .config import RedisConfig, TlsConfig
 
-__all__ = ["REDIS_FAILURES", "NodeAddress", "RedisOptions", "describe_redis_error", "tls_context"]
+__all__ = ["REDIS_FAILURES", "NodeAddress", "RedisOptions", "describe_error", "tls_context"]
 
 # What a call to Redis raises when the server is down, slow or refuses:
 # redis-py's cluster client raises RedisClusterException, which is not a RedisError.
@@ -30,10 +31,10 @@ __all__ = ["REDIS_FAILURES", "NodeAddress", "RedisOptions", "describe_redis_erro
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
-def describe_redis_error(error: BaseException) -> str:
+def describe_error(error: BaseException) -> str:
     """``"NoPermissionError: this user has no permissions to run the 'eval' command"``, for a log line.
 
-    pottery wraps what each master raised in one error of its own; the first
+    The class name, and the message when there is one. pottery wraps what each master raised in one error of its own; the first
     of those says more than the wrapper. Redis's messages name the command or
     key refused, never a credential.
     """
@@ -64,8 +65,9 @@ class NodeAddress:
         return cls(host, int(port))
 
 
+@functools.cache
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:
-    """An SSL context for connections opened by hand (the node subscriptions)."""
+    """An SSL context for connections opened by hand (the node subscriptions), built once and shared."""
     context = ssl.create_default_context(cafile=tls.ca_file)
     context.check_hostname = tls.check_hostname
     if tls.cert_file is not None:

@@ -49,7 +49,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .completion import Completion, Pending
-from .connections import REDIS_FAILURES
+from .connections import REDIS_FAILURES, describe_error
 from .deadletter import DeadLetters
 from .events import Event
 from .handlers import PermanentFailure, RetryLater
@@ -106,7 +106,6 @@ class RouteDelivery:
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._abandoned = asyncio.Event()
-        self._queued = 0
         self._shed_unlogged = 0
         self._shed_logged_at = 0.0
         name = route.name
@@ -150,8 +149,7 @@ class RouteDelivery:
             lane.items.clear()
             lane.ready.set()
             lane.room.set()
-        self._queued = 0
-        self._depth.set(0)
+        self._report_depth()
         await self._stop_within(grace)
 
     async def _stop_within(self, grace: float) -> None:
@@ -174,7 +172,7 @@ class RouteDelivery:
                 lane.items.extend(accepted)
                 lane.ready.set()
                 start += len(accepted)
-                self._count_queued(len(accepted))
+                self._report_depth()
                 continue
             if self._upstream_blocked() >= self._shed_after:
                 self._shed(group[start:])
@@ -195,9 +193,8 @@ class RouteDelivery:
             self._shed_unlogged = 0
             self._shed_logged_at = now
 
-    def _count_queued(self, change: int) -> None:
-        self._queued += change
-        self._depth.set(self._queued)
+    def _report_depth(self) -> None:
+        self._depth.set(sum(len(lane.items) for lane in self._lanes))
 
     async def _work(self, lane: _Lane) -> None:
         while True:
@@ -227,7 +224,7 @@ class RouteDelivery:
                 except TimeoutError:
                     break
         batch = [lane.items.popleft() for _ in range(min(size, len(lane.items)))]
-        self._count_queued(-len(batch))
+        self._report_depth()
         lane.room.set()
         return batch
 
@@ -252,7 +249,7 @@ class RouteDelivery:
                     return
                 self._retried.inc(len(batch))
                 log.warning("handler failed: retrying", extra={
-                    "route": self.route.name, "events": len(batch), "attempt": attempt, "error": _describe(error)})
+                    "route": self.route.name, "events": len(batch), "attempt": attempt, "error": describe_error(error)})
                 await self._pause(self._backoff(attempt, error))
                 continue
             await self._delete_payloads(keys)
@@ -302,10 +299,10 @@ class RouteDelivery:
             await self.route.payload.delete(keys)
         except REDIS_FAILURES as error:
             log.warning("cannot delete payload keys after handling: they stay until their own TTL", extra={
-                "route": self.route.name, "events": len(keys), "error": _describe(error)})
+                "route": self.route.name, "events": len(keys), "error": describe_error(error)})
 
     async def _dead_letter(self, batch: list[Pending], events: list[Event], error: Exception, attempts: int) -> None:
-        reason = _describe(error)
+        reason = describe_error(error)
         for attempt in range(1, _DEAD_LETTER_ATTEMPTS + 1):
             if not self._leading():
                 return
@@ -313,7 +310,7 @@ class RouteDelivery:
                 await self._dead_letters.write(route=self.route.name, events=events, error=reason, attempts=attempts)
             except REDIS_FAILURES as write_error:
                 log.warning("cannot write to the dead-letter stream", extra={
-                    "route": self.route.name, "attempt": attempt, "error": _describe(write_error)})
+                    "route": self.route.name, "attempt": attempt, "error": describe_error(write_error)})
                 await self._pause(self.route.retry.backoff * attempt)
                 continue
             log.warning("events dead-lettered", extra={
@@ -333,8 +330,3 @@ class RouteDelivery:
         for pending in batch:
             self._lag_seconds.observe(now - pending.expiration.received_at)
         self._completion.finish(batch)
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error)
-    return f"{error.__class__.__name__}: {text}" if text else error.__class__.__name__

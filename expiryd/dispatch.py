@@ -187,16 +187,21 @@ class Dispatcher:
         completion = self._shift.completion
         by_route: dict[Route, list[Pending]] = {}
         settled: list[Pending] = []
+        unrouted = 0
         for expiration in batch:
             pending = completion.add(expiration)
-            route = None if expiration.key in self._internal_keys else self._router.match(expiration.key)
+            if expiration.key in self._internal_keys:
+                settled.append(pending)
+                continue
+            route = self._router.match(expiration.key)
             if route is None:
+                unrouted += 1
                 settled.append(pending)
             else:
                 by_route.setdefault(route, []).append(pending)
-        if settled:
-            unrouted = sum(1 for pending in settled if pending.expiration.key not in self._internal_keys)
+        if unrouted:
             self._metrics.events_unrouted.inc(unrouted)
+        if settled:
             completion.finish(settled)
         for route, pendings in by_route.items():
             await self._shift.deliveries[route].submit(pendings)

@@ -33,7 +33,7 @@ from pottery import AIORedlock
 from pottery.exceptions import ExtendUnlockedLock, PrimitiveError
 
 from .config import ElectionConfig
-from .connections import REDIS_FAILURES, describe_redis_error
+from .connections import REDIS_FAILURES, describe_error
 from .metrics import Metrics
 
 __all__ = ["Elector", "term_key"]
@@ -122,14 +122,14 @@ class Elector:
         try:
             acquired = await asyncio.wait_for(self._lock.acquire(blocking=False), self._settings.renew_deadline)
         except (*REDIS_FAILURES, PrimitiveError) as error:
-            self._report_failed_attempt(describe_redis_error(error))
+            self._report_failed_attempt(describe_error(error))
             return
         if not acquired:
             return
         try:
             term = await asyncio.wait_for(self._next_term(), self._settings.renew_deadline)
         except (*REDIS_FAILURES, _TermUnavailable) as error:
-            self._report_failed_attempt(f"took the lease but could not raise the term: {describe_redis_error(error)}")
+            self._report_failed_attempt(f"took the lease but could not raise the term: {describe_error(error)}")
             await self._release()
             return
         self._term = term
@@ -160,7 +160,7 @@ class Elector:
             return
         except (*REDIS_FAILURES, PrimitiveError) as error:
             self._metrics.lock_renewals.labels(result="error").inc()
-            log.warning("lease renewal failed", extra={"term": self._term, "reason": describe_redis_error(error)})
+            log.warning("lease renewal failed", extra={"term": self._term, "reason": describe_error(error)})
             if time.monotonic() >= self._act_until:
                 self._step_down("renew deadline passed")
             return
@@ -225,7 +225,7 @@ class Elector:
 
 def _first_failure(results: list[Any]) -> str:
     errors = [result for result in results if isinstance(result, BaseException)]
-    return f" ({describe_redis_error(errors[0])})" if errors else ""
+    return f" ({describe_error(errors[0])})" if errors else ""
 
 
 class _TermUnavailable(Exception):

@@ -20,6 +20,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from .connections import describe_error
 from .handlers import PermanentFailure
 
 __all__ = ["PayloadKeys"]
@@ -42,7 +43,7 @@ class PayloadKeys:
             return list(await pipe.execute())
         except ResponseError as error:
             # A companion key of another type, or no permission: retrying cannot help.
-            raise PermanentFailure(f"payload: {error.__class__.__name__}: {error}") from None
+            raise PermanentFailure(f"payload: {describe_error(error)}") from None
 
     async def delete(self, keys: list[bytes]) -> None:
         pipe = self._client.pipeline(transaction=False)

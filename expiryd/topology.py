@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
-from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_redis_error
+from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error
 
 __all__ = ["ClusterView", "Topology", "TopologyUnavailable", "parse_cluster_nodes"]
 
@@ -111,7 +111,7 @@ class Topology:
             try:
                 view = await self._read_from(address)
             except REDIS_FAILURES as error:
-                errors.append(f"{address}: {describe_redis_error(error)}")
+                errors.append(f"{address}: {describe_error(error)}")
                 continue
             self._remember(view)
             return view

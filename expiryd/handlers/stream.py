@@ -18,6 +18,7 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from ..connections import describe_error
 from ..events import Event
 from .base import PermanentFailure
 
@@ -38,7 +39,7 @@ class StreamHandler:
         try:
             await pipe.execute()
         except ResponseError as error:
-            raise PermanentFailure(f"{error.__class__.__name__}: {error}") from None
+            raise PermanentFailure(describe_error(error)) from None
 
     async def close(self) -> None:
         if self._owns_client:

@@ -22,6 +22,7 @@ import hmac
 
 import httpx
 
+from ..connections import describe_error
 from ..events import Event
 from .base import PermanentFailure, RetryLater, encode_json
 
@@ -50,7 +51,7 @@ class WebhookHandler:
             response = await self._client.post(self._url, content=body, headers=headers)
         except httpx.HTTPError as error:
             # The message names the failure, never the URL: it may carry credentials.
-            raise RetryLater(f"{error.__class__.__name__}: {error}") from None
+            raise RetryLater(describe_error(error)) from None
         status = response.status_code
         if 200 <= status < 300:
             return

@@ -160,8 +160,10 @@ class WebhookConfig:
 class StreamConfig:
     name: str
     maxlen: int = 1_000_000
-    # Another Redis server (redis://host:port/db); by default the stream lives on the cluster.
+    # Another Redis server (redis://host:port/db or rediss://); by default the stream lives on the cluster.
     url: str | None = None
+    # For a rediss:// url; the cluster's redis.tls does not apply to another server.
+    tls: TlsConfig = field(default_factory=TlsConfig)
     username: str | None = None
     password_env: str | None = None
     password_file: str | None = None
@@ -591,6 +593,7 @@ def _check_route(route: RouteConfig, *, key: str, source: str) -> None:
     if route.stream is not None:
         if route.stream.url is not None:
             _check_url(route.stream.url, key=f"{key}.stream.url", source=source)
+            _check_tls_files(route.stream.tls, key=f"{key}.stream.tls", source=source)
         if route.stream.maxlen < 1:
             raise ConfigError(source, f"{key}.stream.maxlen", "must be at least 1")
     if route.python is not None:
@@ -626,22 +629,26 @@ def _check_tls(config: Config, source: str) -> None:
     schemes = {urlsplit(url).scheme for url in [*config.redis.nodes, *config.election.masters]}
     if len(schemes) > 1:
         raise ConfigError(source, "redis.nodes", "mixes redis:// and rediss://; use one for the cluster and masters")
-    tls = config.redis.tls
+    _check_tls_files(config.redis.tls, key="redis.tls", source=source)
+
+
+def _check_tls_files(tls: TlsConfig, *, key: str, source: str) -> None:
+    """The CA, certificate and key exist and load, so a typo fails at start rather than at the first connection."""
     if (tls.cert_file is None) != (tls.key_file is None):
-        raise ConfigError(source, "redis.tls.cert_file", "a client certificate needs both cert_file and key_file")
+        raise ConfigError(source, f"{key}.cert_file", "a client certificate needs both cert_file and key_file")
     for name in ("ca_file", "cert_file", "key_file"):
         path = getattr(tls, name)
         if path is not None and not Path(path).is_file():
-            raise ConfigError(source, f"redis.tls.{name}", f"no such file: {path}")
+            raise ConfigError(source, f"{key}.{name}", f"no such file: {path}")
     try:
         context = ssl.create_default_context(cafile=tls.ca_file)
     except (ssl.SSLError, OSError) as error:
-        raise ConfigError(source, "redis.tls.ca_file", f"not a usable CA certificate: {error}") from None
+        raise ConfigError(source, f"{key}.ca_file", f"not a usable CA certificate: {error}") from None
     if tls.cert_file is not None:
         try:
             context.load_cert_chain(tls.cert_file, tls.key_file)
         except (ssl.SSLError, OSError) as error:
-            raise ConfigError(source, "redis.tls.cert_file", f"certificate and key do not load: {error}") from None
+            raise ConfigError(source, f"{key}.cert_file", f"certificate and key do not load: {error}") from None
 
 
 def _check_url(url: str, *, key: str, source: str) -> None:
@@ -650,7 +657,7 @@ def _check_url(url: str, *, key: str, source: str) -> None:
         raise ConfigError(source, key, f"expected a URL like redis://host:6379 or rediss://host:6379, got {url!r}")
     if parts.password:
         raise ConfigError(source, key,
-                          "the URL holds a password; set EXPIRYD_REDIS_PASSWORD or redis.password_file instead")
+                          "the URL holds a password; give it from the environment or a password file instead")
     try:
         _ = parts.port  # parsing the port is what can fail
     except ValueError:

@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from .config import RedisConfig, TlsConfig
+from .config import RedisConfig, StreamConfig, TlsConfig
 
 __all__ = ["REDIS_FAILURES", "NodeAddress", "RedisOptions", "describe_error", "tls_context"]
 
@@ -93,6 +93,12 @@ class RedisOptions:
     tls: TlsConfig | None = None
 
     @classmethod
+    def for_stream(cls, stream: StreamConfig) -> RedisOptions:
+        """The options for a route's stream on another server: its own credentials and TLS settings."""
+        uses_tls = urlsplit(stream.url or "").scheme == "rediss"
+        return cls(username=stream.username, password=stream.password, tls=stream.tls if uses_tls else None)
+
+    @classmethod
     def from_config(cls, config: RedisConfig) -> RedisOptions:
         uses_tls = any(urlsplit(url).scheme == "rediss" for url in config.nodes)
         tls = config.tls if uses_tls else None
@@ -120,6 +126,21 @@ class RedisOptions:
 
     def client_for_url(self, url: str) -> aioredis.Redis:
         return self.client(NodeAddress.from_url(url))
+
+    def pooled_client(self, url: str) -> aioredis.Redis:
+        """A client with a connection pool for a standalone server, the URL's database number included.
+
+        For a route's stream on another server, where several lanes write at once.
+        """
+        tls = {name: value for name, value in _tls_client_arguments(self.tls).items() if name != "ssl"}
+        return aioredis.Redis.from_url(
+            url,
+            username=self.username,
+            password=self.password,
+            socket_connect_timeout=self.connect_timeout,
+            socket_timeout=self.command_timeout,
+            **tls,  # rediss:// in the URL already picks the TLS connection class
+        )
 
     def cluster_client(self, seeds: list[NodeAddress]) -> RedisCluster:
         return RedisCluster(

@@ -33,7 +33,7 @@ import redis
 import redis.cluster
 from redis.crc import key_slot
 
-__all__ = ["ClusterNode", "LocalCluster", "RedisNotInstalled", "SlotOwners", "TlsFiles"]
+__all__ = ["ClusterNode", "LocalCluster", "RedisNotInstalled", "SlotOwners", "TlsFiles", "free_ports"]
 
 
 class RedisNotInstalled(RuntimeError):
@@ -131,7 +131,7 @@ class LocalCluster:
 
     def start(self, *, timeout: float = 30.0) -> None:
         count = self.primary_count * (1 + self.replicas_per_primary)
-        for port in _free_cluster_ports(count):
+        for port in free_ports(count):
             directory = Path(self._tmp) / str(port)
             directory.mkdir()
             node = ClusterNode(port=port, directory=directory, tls=self.tls)
@@ -344,7 +344,7 @@ def _wait_until(condition, timeout: float, message: str) -> None:  # type: ignor
     raise TimeoutError(message)
 
 
-def _free_cluster_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """``count`` consecutive free ports whose cluster bus ports (+10000) are free too.
 
     Several clusters may start at once (parallel test runs), so the search

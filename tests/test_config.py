@@ -98,6 +98,8 @@ def test_password_comes_from_environment_or_file_and_is_not_shown(tmp_path):
      "expected a duration"),
     (MINIMAL.replace("log: {}", "stream: {name: s, url: 'redis://:pw@h:1'}"), "routes[0].stream.url",
      "holds a password"),
+    (MINIMAL.replace("log: {}", "stream: {name: s, url: 'rediss://h:1', tls: {cert_file: /c.pem}}"),
+     "routes[0].stream.tls.cert_file", "needs both cert_file and key_file"),
 ])
 def test_bad_config_names_file_key_and_problem(tmp_path, text, key, problem):
     path = write(tmp_path, text)

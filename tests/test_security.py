@@ -5,44 +5,50 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from expiryd.localcluster import LocalCluster
+from expiryd.localcluster import ClusterNode
 
 from .harness import expire_keys, wait_until
 from .receiver import WebhookReceiver
+from .servers import StandaloneServer, standalone_servers
+
+Server = ClusterNode | StandaloneServer
 
 ROOT = Path(__file__).parent.parent
 USER = "expiryd"
 
 
-def documented_rule() -> list[str]:
-    """The ``ACL SETUSER`` rule from the README, as arguments after the user name."""
+STREAM_USER = "expiryd-stream"
+
+
+def documented_rule(user: str = USER) -> list[str]:
+    """The ``ACL SETUSER`` rule for ``user`` from the README, as arguments after the user name."""
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    (line,) = [line for line in readme.splitlines() if line.startswith(f"ACL SETUSER {USER} ")]
+    (line,) = [line for line in readme.splitlines() if line.startswith(f"ACL SETUSER {user} ")]
     return line.split()[3:]
 
 
-def create_user(cluster: LocalCluster, rule: list[str], password: str) -> None:
-    for node in cluster.nodes:
-        client = node.client()
-        client.execute_command("ACL", "SETUSER", USER, *[f">{password}" if r == ">CHANGE-ME" else r for r in rule])
-        client.config_set("notify-keyspace-events", "Ex")  # the user may not: an operator's job
-        client.execute_command("ACL", "LOG", "RESET")
-        client.close()
+def create_user(servers: Iterable[Server], rule: list[str], password: str, *, user: str = USER) -> None:
+    for server in servers:
+        with server.client() as client:
+            client.execute_command("ACL", "SETUSER", user,
+                                   *[f">{password}" if r == ">CHANGE-ME" else r for r in rule])
+            client.config_set("notify-keyspace-events", "Ex")  # the user may not: an operator's job
+            client.execute_command("ACL", "LOG", "RESET")
 
 
-def refusals(cluster: LocalCluster) -> set[str]:
-    """What the ACL refused the user on any node, as 'reason object'."""
+def refusals(servers: Iterable[Server], *, user: str = USER) -> set[str]:
+    """What the ACL refused ``user`` on any of ``servers``, as 'reason object'."""
     refused = set()
-    for node in cluster.nodes:
-        client = node.client()
-        for entry in client.execute_command("ACL", "LOG"):
-            if entry[b"username"] == USER.encode():
-                refused.add(f"{entry[b'reason'].decode()} {entry[b'object'].decode()}")
-        client.close()
+    for server in servers:
+        with server.client() as client:
+            for entry in client.execute_command("ACL", "LOG"):
+                if entry[b"username"] == user.encode():
+                    refused.add(f"{entry[b'reason'].decode()} {entry[b'object'].decode()}")
     return refused
 
 
@@ -52,7 +58,7 @@ def password() -> str:
 
 
 def test_expiryd_runs_fully_under_the_documented_acl_rule(shared_cluster, spawn, config_for, password):
-    create_user(shared_cluster, documented_rule(), password)
+    create_user(shared_cluster.nodes, documented_rule(), password)
     suffix = uuid.uuid4().hex[:8]
     payload_key, failing_key = f"order:{{{suffix}}}".encode(), f"order:{{{suffix}}}:fails".encode()
     stream = f"expired:{{{suffix}}}"
@@ -76,13 +82,47 @@ def test_expiryd_runs_fully_under_the_documented_acl_rule(shared_cluster, spawn,
     client.close()
     assert (entry[b"key"], entry[b"payload"]) == (payload_key, b"data")
     assert replica.metric("expiryd_node_config_refused", node=shared_cluster.primaries()[0].address) == 1
-    assert refusals(shared_cluster) <= {"command config|get", "command config|set"}
+    assert refusals(shared_cluster.nodes) <= {"command config|get", "command config|set"}
     replica.terminate()
     assert password not in replica.stderr_path.read_text() + replica.stdout_path.read_text()
 
 
+def test_independent_masters_and_a_stream_on_another_server_work_under_their_documented_rules(
+        shared_cluster, spawn, config_for, password, tmp_path):
+    stream_password = f"stream-{uuid.uuid4().hex}"
+    password_file = tmp_path / "stream-password"
+    password_file.write_text(stream_password + "\n")
+    with standalone_servers(3, tmp_path / "masters") as masters, \
+            standalone_servers(1, tmp_path / "target") as (target,):
+        create_user([*shared_cluster.nodes, *masters], documented_rule(), password)
+        create_user([target], documented_rule(STREAM_USER), stream_password, user=STREAM_USER)
+        prefix = f"order:{{{uuid.uuid4().hex[:8]}}}"
+        route = {"match": f"{prefix}:*", "name": "orders",
+                 "stream": {"name": "expired:orders", "url": target.url, "username": STREAM_USER,
+                            "password_file": str(password_file)}}
+        config = config_for(shared_cluster, routes=[route], redis={"username": USER},
+                            election={"lock_name": "{expiryd}:leader", "masters": [m.url for m in masters]})
+        replica = spawn("1", config, env={"EXPIRYD_REDIS_PASSWORD": password})
+        replica.wait_ready()
+        wait_until(replica.leads, timeout=20, what="the ACL user to win the lease on the masters")
+        keys = [f"{prefix}:{i}".encode() for i in range(3)]
+        expire_keys(shared_cluster, keys)
+        with target.client() as client:
+            wait_until(lambda: client.xlen("expired:orders") == len(keys), timeout=15, what="the stream entries")
+            entries = client.xrange("expired:orders")
+        for master in masters:
+            with master.client() as client:
+                assert client.exists("redlock:{expiryd}:leader") == 1
+        replica.terminate()
+        assert sorted(fields[b"key"] for _, fields in entries) == keys
+        assert refusals(masters) == set()
+        assert refusals([target], user=STREAM_USER) == set()
+        outputs = replica.stderr_path.read_text() + replica.stdout_path.read_text()
+        assert password not in outputs and stream_password not in outputs
+
+
 def test_a_missing_permission_is_logged_naming_the_refused_command(shared_cluster, spawn, config_for, password):
-    create_user(shared_cluster, [r for r in documented_rule() if r != "+eval"], password)
+    create_user(shared_cluster.nodes, [r for r in documented_rule() if r != "+eval"], password)
     config = config_for(shared_cluster, redis={"username": USER}, election={"lock_name": "{expiryd}:leader"})
     replica = spawn("1", config, env={"EXPIRYD_REDIS_PASSWORD": password})
     replica.wait_ready()
@@ -94,7 +134,7 @@ def test_a_missing_permission_is_logged_naming_the_refused_command(shared_cluste
 
 def test_a_wrong_password_never_appears_in_logs_metrics_or_check_output(shared_cluster, spawn, config_for, password,
                                                                         tmp_path):
-    create_user(shared_cluster, documented_rule(), password)
+    create_user(shared_cluster.nodes, documented_rule(), password)
     wrong = f"wrong-{uuid.uuid4().hex}"
     config = config_for(shared_cluster, redis={"username": USER})
     replica = spawn("1", config, env={"EXPIRYD_REDIS_PASSWORD": wrong})

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import redis.asyncio as aioredis
-
 from ..callables import load_callable
 from ..config import RouteConfig
+from ..connections import RedisOptions
 from .base import Handler, PermanentFailure, RetryLater
 from .log import LogHandler
 from .python import PythonHandler
@@ -42,7 +41,7 @@ def build_handler(route: RouteConfig, *, cluster: Any) -> Handler:
         stream = route.stream
         if stream.url is None:
             return StreamHandler(client=cluster, name=stream.name, maxlen=stream.maxlen, owns_client=False)
-        client = aioredis.Redis.from_url(stream.url, username=stream.username, password=stream.password)
+        client = RedisOptions.for_stream(stream).pooled_client(stream.url)
         return StreamHandler(client=client, name=stream.name, maxlen=stream.maxlen, owns_client=True)
     if route.python is not None:
         return PythonHandler(function=load_callable(route.python))

@@ -2,10 +2,12 @@
 
     python -m bench takeover              # SIGKILL and SIGTERM under load, replay on/off, seed design
     python -m bench throughput            # a 200k-key burst: expiryd vs a bare subscriber vs redis-cli
-    python -m bench latency               # added latency, CPU and memory at doubling rates
+    python -m bench latency               # added latency at doubling rates (3 runs each); CPU and memory
     python -m bench handlers              # webhook and stream against log: throughput and added latency
     python -m bench all
     python -m bench all --smoke           # seconds, to prove the scripts still work
+    python -m bench profile               # a py-spy profile of the leader at 10,000 keys/s (not in "all")
+    python -m bench profile --route stream
 
 Run from the repository root, with expiryd installed (``make setup``).
 """
@@ -22,22 +24,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import handlers, latency, takeover, throughput
+from . import handlers, latency, profile, takeover, throughput
 
 SCENARIOS = ("throughput", "latency", "takeover", "handlers")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenario", choices=(*SCENARIOS, "all"))
+    parser.add_argument("scenario", choices=(*SCENARIOS, "all", "profile"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the scripts work")
     parser.add_argument("--json", type=Path, default=None, help="where to write raw numbers")
     parser.add_argument("--rounds", type=int, default=5, help="takeover: SIGKILLs and SIGTERMs per variant")
+    parser.add_argument("--route", choices=sorted(profile.ROUTES), default="recorder", help="profile: the handler")
     args = parser.parse_args()
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     report: dict[str, Any] = {"machine": machine(), "smoke": args.smoke, "results": {}}
     for scenario in scenarios:
-        rows = run_scenario(scenario, smoke=args.smoke, rounds=args.rounds)
+        rows = run_scenario(scenario, smoke=args.smoke, rounds=args.rounds, route=args.route)
         report["results"][scenario] = rows
         print_table(scenario, rows)
     path = args.json or Path("bench/results") / f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -47,7 +50,10 @@ def main() -> int:
     return 0
 
 
-def run_scenario(scenario: str, *, smoke: bool, rounds: int) -> list[dict[str, Any]]:
+def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list[dict[str, Any]]:
+    if scenario == "profile":
+        return profile.run(route=route, rate=10_000, seconds=2.0 if smoke else 8.0,
+                           burst=5_000 if smoke else 50_000)
     if scenario == "takeover":
         variants = ["replay on"] if smoke else list(takeover.VARIANTS)
         rounds = 1 if smoke else rounds
@@ -55,7 +61,8 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int) -> list[dict[str, A
         return takeover.summarize(results)
     if scenario == "latency":
         rates = [500] if smoke else [2_500, 5_000, 10_000, 20_000, 40_000]
-        return latency.run(rates=rates, seconds=2.0 if smoke else 8.0)
+        return latency.run(rates=rates, seconds=2.0 if smoke else 8.0, runs=1 if smoke else 3,
+                           burst=2_000 if smoke else 200_000)
     if scenario == "handlers":
         return handlers.run(keys=2_000 if smoke else 100_000, runs=1 if smoke else 3, rate=300 if smoke else 2_000,
                             seconds=1.5 if smoke else 8.0)

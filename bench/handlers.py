@@ -20,17 +20,22 @@ the stream route appends batches of up to 100 entries in one round trip.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from expiryd.localcluster import LocalCluster
-from tests.harness import Replica, set_keys_due_at, wait_for_single_leader, wait_until, write_config
+from tests.harness import Replica, free_port, set_keys_due_at, wait_for_single_leader, wait_until, write_config
 from tests.receiver import WebhookReceiver
 
-from .latency import PipedReplica, due_time, leads, percentile
+from .latency import due_time, leads, percentile
 
 HANDLERS = ("log", "webhook", "stream")
 BATCH = {"size": 100}
@@ -117,6 +122,31 @@ def _latency(cluster: LocalCluster, receiver: WebhookReceiver, directory: Path, 
             "added_vs_log_p50_ms": percentile(added, 50), "added_vs_log_p99_ms": percentile(added, 99),
         })
     return rows
+
+
+class PipedReplica:
+    """An expiryd replica whose event lines are read here, as they are written, and timed."""
+
+    def __init__(self, name: str, config: Path) -> None:
+        self.port = free_port()
+        self.handled: dict[bytes, float] = {}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "expiryd", "--id", name, "--config", str(config), "--listen",
+             f"127.0.0.1:{self.port}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            arrived = time.time()
+            key = json.loads(line).get("key", "").encode()
+            self.handled.setdefault(key, arrived)
+
+    def close(self) -> None:
+        self.process.kill()
+        self.process.wait()
 
 
 def _webhook_times(receiver: WebhookReceiver, count: int) -> dict[bytes, float]:

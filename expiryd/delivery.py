@@ -326,7 +326,8 @@ class RouteDelivery:
         self._finish(batch)
 
     def _finish(self, batch: list[Pending]) -> None:
-        now = time.time()
-        for pending in batch:
-            self._lag_seconds.observe(now - pending.expiration.received_at)
+        # One observation per batch, for its oldest event: per event it was a
+        # sixth of the leader's time at 10,000 events/s.
+        oldest = min(pending.expiration.received_at for pending in batch)
+        self._lag_seconds.observe(time.time() - oldest)
         self._completion.finish(batch)

@@ -16,14 +16,19 @@ from typing import Any
 __all__ = ["Event", "Expiration", "binary_field"]
 
 
-@dataclass(frozen=True, slots=True)
+# Neither class is frozen: one of each is made for every event, and a frozen
+# dataclass's __init__ (a setattr through object per field) costs about four
+# times as much. Treat both as read-only.
+
+
+@dataclass(slots=True)
 class Expiration:
     key: bytes
     node: str
     received_at: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     key: bytes
     node: str

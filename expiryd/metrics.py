@@ -93,7 +93,8 @@ class Metrics:
                                               "Time a handler spent on one batch attempt.", ["route"],
                                               buckets=_HANDLE_BUCKETS, registry=r)
         self.event_lag_seconds = Histogram("expiryd_event_lag_seconds",
-                                           "Time from receiving an event to finishing it (ok or dead-lettered).",
+                                           "Time from receiving a batch's oldest event to finishing the batch "
+                                           "(ok or dead-lettered); one observation per batch.",
                                            ["route"], buckets=_LAG_BUCKETS, registry=r)
         self.route_queue_depth = Gauge("expiryd_route_queue_depth",
                                        "Events waiting for a route's handler.", ["route"], registry=r)

@@ -21,10 +21,10 @@ def test_benchmarks_run_in_smoke_mode(tmp_path):
     assert {row["variant"] for row in takeover} == {"replay on, SIGKILL", "replay on, SIGTERM"}
     assert all(row["lost"] == 0 for row in takeover)
     latency = report["results"]["latency"]
-    assert [row["phase"] for row in latency] == ["idle", "load"]
+    assert [row["phase"] for row in latency] == ["idle", "load", "burst"]
     assert latency[1]["expiryd_missing"] == 0
     readers = {row["reader"] for row in report["results"]["throughput"]}
-    assert readers == {"bare redis-py subscriber", "redis-cli (C)", "expiryd (log)"}
+    assert readers == {"bare redis-py subscriber", "redis-cli (C)", "expiryd (log)", "expiryd (stream)"}
     by_measure = {(row["measure"], row["handler"]): row for row in report["results"]["handlers"]}
     assert set(by_measure) == {(measure, handler) for measure in ("throughput", "latency")
                                for handler in ("log", "webhook", "stream")}

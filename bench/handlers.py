@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from expiryd.localcluster import LocalCluster
 from tests.harness import Replica, free_port, set_keys_due_at, wait_for_single_leader, wait_until, write_config
 from tests.receiver import WebhookReceiver
 
-from .latency import due_time, leads, percentile
+from .latency import due_time, percentile
 
 HANDLERS = ("log", "webhook", "stream")
 BATCH = {"size": 100}
@@ -98,7 +99,7 @@ def _latency(cluster: LocalCluster, receiver: WebhookReceiver, directory: Path, 
                 for handler in HANDLERS}
     try:
         for replica in replicas.values():
-            wait_until(lambda replica=replica: leads(replica.port), timeout=30, what="each replica to lead")
+            wait_until(replica.leads, timeout=30, what="each replica to lead")
         receiver.requests.clear()
         count = int(rate * seconds)
         start_ms = int(time.time() * 1000) + 4000 + count // 25
@@ -143,6 +144,13 @@ class PipedReplica:
             arrived = time.time()
             key = json.loads(line).get("key", "").encode()
             self.handled.setdefault(key, arrived)
+
+    def leads(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/leader", timeout=1) as reply:
+                return bool(reply.status == 200)
+        except OSError:  # URLError and HTTPError (503: following) are OSErrors
+            return False
 
     def close(self) -> None:
         self.process.kill()

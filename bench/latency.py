@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from expiryd.localcluster import LocalCluster
-from tests.harness import Replica, set_keys_due_at, wait_until, write_config
+from tests.harness import Replica, rss_mb, set_keys_due_at, wait_until, write_config
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ROUTE = {"match": "lat:*", "name": "lat", "python": "bench.recorder:record"}
@@ -133,7 +133,7 @@ def _burst(cluster: LocalCluster, leader: Replica, follower: Replica, *, keys: i
                            "burst_seconds": round(elapsed, 2), "leader_queue_depth_max": deepest}
     for name, pid in pids.items():
         row[f"{name}_cpu_percent"] = round((_cpu_seconds(pid) - before[name]) / elapsed * 100, 1)
-        row[f"{name}_rss_peak_mb"] = _rss_mb(pid, field="VmHWM")
+        row[f"{name}_rss_peak_mb"] = rss_mb(pid, peak=True)
     return row
 
 
@@ -149,35 +149,17 @@ def _handled(path: Path, wanted: set[bytes]) -> dict[bytes, tuple[float, float]]
     return handled
 
 
-def leads(port: int) -> bool:
-    import urllib.error
-    import urllib.request
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/leader", timeout=1) as reply:
-            return bool(reply.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 def _usage(pids: dict[str, int], *, seconds: float) -> dict[str, dict[str, float]]:
     """CPU (percent of one core) and resident memory of each process, over the same ``seconds``."""
     before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     time.sleep(seconds)
     return {name: {"cpu_percent": round((_cpu_seconds(pid) - before[name]) / seconds * 100, 1),
-                   "rss_mb": _rss_mb(pid)} for name, pid in pids.items()}
+                   "rss_mb": rss_mb(pid)} for name, pid in pids.items()}
 
 
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def _rss_mb(pid: int, *, field: str = "VmRSS") -> float:
-    """Resident memory now (VmRSS), or the most it has been (VmHWM)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
 
 
 def _usage_columns(usage: dict[str, dict[str, float]]) -> dict[str, float]:

@@ -76,10 +76,10 @@ def tls_context(tls: TlsConfig) -> ssl.SSLContext:
 
 
 def _tls_client_arguments(tls: TlsConfig | None) -> dict[str, Any]:
-    """The same settings as redis-py's connection arguments."""
+    """The same settings as redis-py's connection arguments (``ssl`` itself aside: a rediss:// URL implies it)."""
     if tls is None:
         return {}
-    return {"ssl": True, "ssl_ca_certs": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
+    return {"ssl_ca_certs": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
             "ssl_check_hostname": tls.check_hostname, "ssl_cert_reqs": "required"}
 
 
@@ -121,6 +121,7 @@ class RedisOptions:
             socket_timeout=timeout or self.command_timeout,
             retry_on_timeout=False,
             single_connection_client=True,
+            ssl=self.tls is not None,
             **_tls_client_arguments(self.tls),
         )
 
@@ -132,14 +133,13 @@ class RedisOptions:
 
         For a route's stream on another server, where several lanes write at once.
         """
-        tls = {name: value for name, value in _tls_client_arguments(self.tls).items() if name != "ssl"}
         return aioredis.Redis.from_url(
             url,
             username=self.username,
             password=self.password,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=self.command_timeout,
-            **tls,  # rediss:// in the URL already picks the TLS connection class
+            **_tls_client_arguments(self.tls),  # the rediss:// scheme picks the TLS connection
         )
 
     def cluster_client(self, seeds: list[NodeAddress]) -> RedisCluster:
@@ -149,5 +149,6 @@ class RedisOptions:
             password=self.password,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=self.command_timeout,
+            ssl=self.tls is not None,
             **_tls_client_arguments(self.tls),
         )

@@ -40,6 +40,15 @@ def wait_until(condition: Callable[[], Any], *, timeout: float, what: str, inter
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def rss_mb(pid: int, *, peak: bool = False) -> float:
+    """A process's resident memory now, or (``peak``) the most it has been since it started."""
+    field = "VmHWM:" if peak else "VmRSS:"
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-from .harness import set_keys_due_at, wait_for_single_leader, wait_until
+from expiryd.localcluster import LocalCluster
+
+from .harness import Replica, rss_mb, set_keys_due_at, wait_for_single_leader, wait_until
 
 BURST = 200_000
 
 
-def test_a_200k_key_burst_is_read_without_loss_or_output_buffer_disconnects(cluster, config_for, spawn):
+def leader_with_keys_due(cluster: LocalCluster, config_for: Callable[..., Path], spawn: Callable[..., Replica], *,
+                         prefix: str, count: int, lead_ms: int) -> Replica:
+    """A leader logging to /dev/null, and ``count`` keys all due ``lead_ms`` from now."""
     routes = [{"match": "*", "name": "all", "log": {"path": "/dev/null"}}]
     replica = spawn("1", config_for(cluster, routes=routes))
     replica.wait_ready()
     wait_for_single_leader([replica])
+    due_ms = int(time.time() * 1000) + lead_ms
+    set_keys_due_at(cluster, [f"{prefix}:{i}".encode() for i in range(count)], due_ms)
+    assert time.time() * 1000 < due_ms, f"writing the {prefix} took longer than its TTL"
+    return replica
 
-    due_ms = int(time.time() * 1000) + 10_000
-    set_keys_due_at(cluster, [f"burst:{i}".encode() for i in range(BURST)], due_ms)
-    assert time.time() * 1000 < due_ms, "writing the burst took longer than its TTL"
 
+def test_a_200k_key_burst_is_read_without_loss_or_output_buffer_disconnects(cluster, config_for, spawn):
+    replica = leader_with_keys_due(cluster, config_for, spawn, prefix="burst", count=BURST, lead_ms=10_000)
     primaries = cluster.primaries()
 
     def received() -> float:
@@ -36,20 +45,10 @@ def test_a_200k_key_burst_is_read_without_loss_or_output_buffer_disconnects(clus
 
 def test_a_million_key_flood_keeps_memory_bounded_and_accounts_for_every_event(cluster, config_for, spawn):
     flood = 1_000_000
-    routes = [{"match": "*", "name": "all", "log": {"path": "/dev/null"}}]
-    replica = spawn("1", config_for(cluster, routes=routes))
-    replica.wait_ready()
-    wait_for_single_leader([replica])
-    due_ms = int(time.time() * 1000) + 45_000
-    set_keys_due_at(cluster, [f"flood:{i}".encode() for i in range(flood)], due_ms)
-    assert time.time() * 1000 < due_ms, "writing the flood took longer than its TTL"
-
+    replica = leader_with_keys_due(cluster, config_for, spawn, prefix="flood", count=flood, lead_ms=45_000)
     primaries = cluster.primaries()
-    peak_rss_mb = 0
 
     def outcomes() -> float:
-        nonlocal peak_rss_mb
-        peak_rss_mb = max(peak_rss_mb, _rss_mb(replica.process.pid))
         return sum(replica.metric("expiryd_events_processed_total", route="all", outcome=outcome)
                    for outcome in ("ok", "dropped")) + replica.metric("expiryd_events_dropped_total",
                                                                       reason="queue_full")
@@ -57,12 +56,8 @@ def test_a_million_key_flood_keeps_memory_bounded_and_accounts_for_every_event(c
 
     assert outcomes() == flood  # handled, or shed and counted: none unaccounted for
     assert sum(replica.metric("expiryd_events_received_total", node=n.address) for n in primaries) == flood
+    peak_rss_mb = rss_mb(replica.process.pid, peak=True)
     assert peak_rss_mb < 300, f"peak RSS {peak_rss_mb} MB"
     for node in primaries:
         assert "output buffer limits" not in (node.directory / "redis.log").read_text()
 
-
-def _rss_mb(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        line = next(line for line in status if line.startswith("VmRSS:"))
-    return int(line.split()[1]) // 1024

@@ -62,12 +62,7 @@ def _one_burst(keys: int, *, handler: str) -> dict[str, float]:
     with LocalCluster() as cluster, tempfile.TemporaryDirectory(prefix="expiryd-bench-") as workdir:
         directory = Path(workdir)
         primaries = [node.address for node in cluster.primaries()]
-        # The stream handler is slower than Redis expires keys: with the default
-        # overflow_wait (5 s) the subscriptions stop waiting for it and part of the
-        # burst is shed (and counted). Waiting longer measures the handler itself.
-        pipeline = {} if handler == "log" else {"overflow_wait": "120s"}
-        replica = Replica("1", write_config(directory, cluster, routes=[_route(handler)], pipeline=pipeline),
-                          directory)
+        replica = Replica("1", write_config(directory, cluster, routes=[_route(handler)]), directory)
         bare = subprocess.Popen([sys.executable, "-m", "bench.bare_subscriber", "--expect", str(keys), *primaries],
                                 stdout=subprocess.PIPE, text=True)
         cli_outputs = [directory / f"cli-{i}.txt" for i in range(len(primaries))] if handler == "log" else []

@@ -28,8 +28,9 @@ queue behind it absorbs the burst. Only when a node subscription has waited
 for room in the merged queue for ``shed_after`` (half the time it may wait
 before it drops for every route), so that the gate is truly stuck behind this
 route, does the lane shed what does not fit: counted as ``dropped`` for the
-route, and logged. So a burst that the handlers work through, however slowly,
-is absorbed whole, and one stuck route cannot make the others lose events.
+route, and logged. So a burst is absorbed whole as long as the handlers make
+room for each read within ``shed_after``, and one stuck route cannot make the
+others lose events.
 
 **Leadership.** The term is read before every attempt: a lane whose leader
 stepped down stops, and what it had not finished stays unfinished, for the

@@ -9,6 +9,12 @@ and then everything in that buffer is lost. So the wait is bounded, and what
 still does not fit is refused and returned as a count, for the caller to count
 and log.
 
+Waiting puts are served first come, first served: room that :meth:`get` makes
+goes to the oldest waiter, and a new put never overtakes one that waits. Were
+room a free-for-all, the subscription that won it once would win it again
+with its next read, and a busy node would starve the others until their wait
+ran out.
+
     queue = EventQueue(capacity=100_000)
     refused = await queue.put_within(expirations, timeout=5.0)   # from a node subscription
     batch = await queue.get()                                    # in the leader gate
@@ -17,6 +23,7 @@ and log.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 from .events import Expiration
@@ -24,23 +31,33 @@ from .events import Expiration
 __all__ = ["EventQueue"]
 
 
+class _Waiter:
+    """A put_within waiting for room: what is left of its expirations, and when it began to wait."""
+
+    __slots__ = ("remaining", "since", "served")
+
+    def __init__(self, remaining: list[Expiration], since: float) -> None:
+        self.remaining = remaining
+        self.since = since
+        self.served = asyncio.Event()
+
+
 class EventQueue:
     def __init__(self, *, capacity: int) -> None:
         self.capacity = capacity
         self._items: deque[Expiration] = deque()
         self._ready = asyncio.Event()
-        self._room = asyncio.Event()
         self._woken = False
-        self._waiting_since: list[float] = []
+        self._waiters: deque[_Waiter] = deque()
 
     def __len__(self) -> int:
         return len(self._items)
 
     def blocked_for(self) -> float:
         """How long the longest-waiting :meth:`put_within` has waited for room (0 when none waits)."""
-        if not self._waiting_since:
+        if not self._waiters:
             return 0.0
-        return asyncio.get_running_loop().time() - min(self._waiting_since)
+        return asyncio.get_running_loop().time() - self._waiters[0].since
 
     def put(self, expirations: list[Expiration]) -> int:
         """Append what fits; return how many expirations did not fit."""
@@ -53,25 +70,18 @@ class EventQueue:
 
     async def put_within(self, expirations: list[Expiration], *, timeout: float) -> int:
         """Append all, waiting up to ``timeout`` for room; return how many still did not fit."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         refused = self.put(expirations)
         if not refused:
             return 0
-        self._waiting_since.append(started)
+        waiter = _Waiter(expirations[len(expirations) - refused:], asyncio.get_running_loop().time())
+        self._waiters.append(waiter)
         try:
-            while refused:
-                remaining = expirations[len(expirations) - refused:]
-                self._room.clear()
-                try:
-                    await asyncio.wait_for(self._room.wait(), started + timeout - loop.time())
-                except TimeoutError:
-                    return self.put(remaining)
-                expirations = remaining
-                refused = self.put(remaining)
-            return 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.served.wait(), timeout)
         finally:
-            self._waiting_since.remove(started)
+            if not waiter.served.is_set():
+                self._waiters.remove(waiter)
+        return len(waiter.remaining)
 
     def wake(self) -> None:
         """Make a waiting :meth:`get` return, with an empty batch if nothing is queued."""
@@ -86,6 +96,21 @@ class EventQueue:
         self._woken = False
         count = min(limit, len(self._items))
         batch = [self._items.popleft() for _ in range(count)]
-        if batch:
-            self._room.set()
+        self._serve_waiters()
         return batch
+
+    def _serve_waiters(self) -> None:
+        """Hand the room there is to the waiting puts, oldest first.
+
+        Done here, as the room is made, so that while any put waits the queue
+        stays full and a later put finds no room to take.
+        """
+        while self._waiters and (room := self.capacity - len(self._items)) > 0:
+            waiter = self._waiters[0]
+            self._items.extend(waiter.remaining[:room])
+            self._ready.set()
+            waiter.remaining = waiter.remaining[room:]
+            if waiter.remaining:
+                return
+            self._waiters.popleft()
+            waiter.served.set()

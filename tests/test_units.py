@@ -112,6 +112,41 @@ def test_put_within_gives_up_after_its_timeout_and_reports_what_did_not_fit():
     assert asyncio.run(scenario()) == 2
 
 
+def test_a_busy_subscription_cannot_starve_another_waiting_for_room():
+    async def scenario() -> list[bytes]:
+        queue = EventQueue(capacity=1)
+        queue.put([expiration(b"first")])
+
+        async def busy_node() -> None:
+            while True:
+                await queue.put_within([expiration(b"busy")], timeout=5)
+        busy = asyncio.create_task(busy_node())
+        await asyncio.sleep(0)
+        quiet = asyncio.create_task(queue.put_within([expiration(b"quiet")], timeout=5))
+        await asyncio.sleep(0)
+        taken: list[bytes] = []
+        for _ in range(4):
+            taken += [e.key for e in await queue.get()]
+            await asyncio.sleep(0.01)
+        busy.cancel()
+        assert await quiet == 0
+        return taken
+    assert asyncio.run(scenario()) == [b"first", b"busy", b"quiet", b"busy"]
+
+
+def test_room_goes_to_the_waiting_put_before_a_later_one():
+    async def scenario() -> tuple[int, list[bytes]]:
+        queue = EventQueue(capacity=1)
+        queue.put([expiration(b"first")])
+        waiting = asyncio.create_task(queue.put_within([expiration(b"waiting")], timeout=5))
+        await asyncio.sleep(0)
+        first = await queue.get()
+        refused = queue.put([expiration(b"late")])
+        await waiting
+        return refused, [e.key for e in first + await queue.get()]
+    assert asyncio.run(scenario()) == (1, [b"first", b"waiting"])
+
+
 def test_marks_move_only_past_events_finished_in_arrival_order():
     marks: dict[str, ProgressMark] = {}
     completion = Completion(term=4, marks=marks)

@@ -31,12 +31,15 @@ def run_check(config: Config) -> int:
 async def _check(config: Config) -> int:
     options = RedisOptions.from_config(config.redis)
     seeds = [NodeAddress.from_url(url) for url in config.redis.nodes]
+    topology = Topology(seeds=seeds, options=options)
     try:
-        view = await Topology(seeds=seeds, options=options).read()
+        view = await topology.read()
     except TopologyUnavailable as error:
         print(f"expiryd: config error: {config.source}: redis.nodes: cannot reach any seed node ({error})",
               file=sys.stderr)
         return 2
+    finally:
+        await topology.close()
     problems = 0
     _line("config", f"{config.source}: ok, {len(config.routes)} route(s), replica id {config.id}")
     problems += await _check_cluster(view, options)

@@ -49,8 +49,9 @@ class Daemon:
         options = RedisOptions.from_config(config.redis)
         seeds = [NodeAddress.from_url(url) for url in config.redis.nodes]
         self._queue = EventQueue(capacity=config.pipeline.queue_size)
+        self._topology = Topology(seeds=seeds, options=options)
         self._fanin = FanIn(
-            topology=Topology(seeds=seeds, options=options),
+            topology=self._topology,
             queue=self._queue,
             metrics=self.metrics,
             options=options,
@@ -122,6 +123,7 @@ class Daemon:
         await self._elector.resign()
         fanin.cancel()
         await asyncio.gather(fanin, return_exceptions=True)
+        await self._topology.close()
         for route in self._routes:
             await route.handler.close()
         for master in self._masters:

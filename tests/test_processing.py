@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from .harness import event_key, expire_keys, keys_on_every_primary, wait_for_single_leader, wait_until
 
 
@@ -71,3 +73,22 @@ def test_keys_that_are_not_utf8_survive_end_to_end(shared_cluster, config_for, s
     assert "key_b64" in by_key[b"bin:\xff\xfe\x00end"] and "key" not in by_key[b"bin:\xff\xfe\x00end"]
     assert by_key[b"text:caf\xc3\xa9"]["key"] == "text:café"
     assert by_key[b'quote:"\n\\']["key"] == 'quote:"\n\\'
+
+
+def test_a_running_leader_opens_no_new_connections(shared_cluster, config_for, spawn):
+    replica = spawn("1", config_for(shared_cluster))
+    replica.wait_ready()
+    wait_for_single_leader([replica])
+    # One client per node, kept open, so that reading the counters opens nothing either.
+    clients = [node.client() for node in shared_cluster.nodes]
+
+    def connections_accepted() -> int:
+        return sum(client.info("stats")["total_connections_received"] for client in clients)
+    try:
+        time.sleep(2)  # settled: the election and the subscriptions are connected
+        before = connections_accepted()
+        time.sleep(5)  # five topology reads, five renewals, five watchdog pings per node
+        assert connections_accepted() - before == 0
+    finally:
+        for client in clients:
+            client.close()

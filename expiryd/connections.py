@@ -34,9 +34,10 @@ REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 def describe_error(error: BaseException) -> str:
     """``"NoPermissionError: this user has no permissions to run the 'eval' command"``, for a log line.
 
-    The class name, and the message when there is one. pottery wraps what each master raised in one error of its own; the first
-    of those says more than the wrapper. Redis's messages name the command or
-    key refused, never a credential.
+    The class name, and the message when there is one. pottery wraps what each
+    master raised in one error of its own; the first of those says more than
+    the wrapper. Redis's messages name the command or key refused, never a
+    credential.
     """
     inner = list(getattr(error, "redis_errors", None) or [])
     if inner:

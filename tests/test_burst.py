@@ -60,4 +60,3 @@ def test_a_million_key_flood_keeps_memory_bounded_and_accounts_for_every_event(c
     assert peak_rss_mb < 300, f"peak RSS {peak_rss_mb} MB"
     for node in primaries:
         assert "output buffer limits" not in (node.directory / "redis.log").read_text()
-

@@ -50,15 +50,19 @@ def leader_instances(base: str) -> list[str]:
     return [r["metric"]["instance"] for r in query(base, "expiryd_is_leader == 1")]
 
 
-def sum_of_leaders(base: str) -> float | None:
-    result = query(base, "sum(expiryd_is_leader)")
+def single_value(base: str, expression: str) -> float | None:
+    """The value of an expression that yields one series, or None when it yields none."""
+    result = query(base, expression)
     return float(result[0]["value"][1]) if result else None
+
+
+def sum_of_leaders(base: str) -> float | None:
+    return single_value(base, "sum(expiryd_is_leader)")
 
 
 def most_leaders_seen(base: str) -> float | None:
     """The largest number of replicas Prometheus saw leading at once over the last two minutes."""
-    result = query(base, "max_over_time(sum(expiryd_is_leader)[2m:250ms])")
-    return float(result[0]["value"][1]) if result else None
+    return single_value(base, "max_over_time(sum(expiryd_is_leader)[2m:250ms])")
 
 
 def test_prometheus_sees_one_leader_and_a_new_one_after_a_kill(shared_cluster, config_for, spawn, prometheus):

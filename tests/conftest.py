@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +11,11 @@ import pytest
 from expiryd.localcluster import LocalCluster
 
 from .harness import Replica, write_config
+
+# The command-line tools the tests call (hadolint, docker-compose, kubectl, kubernetes-validate) come
+# from wheels installed beside this interpreter; its bin directory is not on PATH unless the
+# virtualenv is activated, and a system-wide copy of one of them must not stand in for it.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
 @pytest.fixture(scope="session")

@@ -34,8 +34,8 @@ import yaml
 from .callables import load_callable
 
 __all__ = [
-    "Config",
     "BatchConfig",
+    "Config",
     "ConfigError",
     "DeadLetterConfig",
     "ElectionConfig",
@@ -47,6 +47,7 @@ __all__ = [
     "ReplayConfig",
     "RetryConfig",
     "RouteConfig",
+    "ScheduleConfig",
     "StreamConfig",
     "TlsConfig",
     "WebhookConfig",
@@ -123,6 +124,20 @@ class ReplayConfig:
     warmup: Duration | None = None
     max_events: int = 200_000
     clock_tolerance: Duration = 2.0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    # Touch each routed key at its due time, so it expires then and not when Redis's own cycle finds it.
+    enabled: bool = True
+    # Keys held at most (about 120 bytes each on every replica); more fire on Redis's timing.
+    max_keys: int = 1_000_000
+    # Keys due further ahead wait for a rescan that finds them within the horizon.
+    horizon: Duration = 3600.0
+    # How often every primary is scanned again for routed keys (and for those beyond the horizon).
+    rescan_interval: Duration = 600.0
+    # Keys a recovery scan visits per second, per replica.
+    scan_rate: int = 20_000
 
 
 @dataclass(frozen=True)
@@ -221,6 +236,7 @@ class Config:
     election: ElectionConfig = field(default_factory=ElectionConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dead_letter: DeadLetterConfig = field(default_factory=DeadLetterConfig)
@@ -561,6 +577,7 @@ def _validate(config: Config, source: str) -> None:
         raise ConfigError(source, "replay.window",
                           f"must be longer than the takeover gap, lease + 1.2 x retry_interval + renew_interval "
                           f"({gap:g}s), or events expiring while nobody leads leave the buffer before they are replayed")
+    _check_schedule(config.schedule, source)
     if config.log.format not in ("json", "text"):
         raise ConfigError(source, "log.format", f"expected json or text, got {config.log.format!r}")
     if config.log.level.lower() not in ("debug", "info", "warning", "error"):
@@ -576,6 +593,17 @@ def _validate(config: Config, source: str) -> None:
         _check_route(route, key=f"routes[{i}]", source=source)
     if config.dead_letter.maxlen < 1:
         raise ConfigError(source, "dead_letter.maxlen", "must be at least 1")
+
+
+def _check_schedule(schedule: ScheduleConfig, source: str) -> None:
+    if schedule.max_keys < 1:
+        raise ConfigError(source, "schedule.max_keys", "must be at least 1")
+    if schedule.scan_rate < 1:
+        raise ConfigError(source, "schedule.scan_rate", "must be at least 1")
+    if schedule.rescan_interval >= schedule.horizon:
+        raise ConfigError(source, "schedule.rescan_interval",
+                          "must be shorter than schedule.horizon, or a key due beyond the horizon at one scan "
+                          "could be due before the next")
 
 
 def _check_route(route: RouteConfig, *, key: str, source: str) -> None:

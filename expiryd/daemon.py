@@ -4,6 +4,9 @@ The path an expired key takes, module by module::
 
     subscription (one per node) → eventqueue → dispatch (leader gate) → routing → delivery → handlers
 
+and the path that makes it on time: subscription (``expire`` events) → scheduler → schedule → a touch
+of each key on its primary at its due time, which makes Redis expire it then.
+
 :class:`Daemon` builds each part from the configuration, owns every
 long-running task, serves the HTTP endpoints and, when asked to stop, shuts
 down in the order that loses least: stop taking events, let the batch in hand
@@ -31,10 +34,13 @@ from .fanin import FanIn
 from .handlers import build_handler
 from .httpserver import HttpServer, Reply
 from .metrics import Metrics
+from .notifications import required_classes
 from .payload import PayloadKeys
 from .progress import ProgressStore, progress_key
 from .replay import ReplayBuffer
 from .routing import Route, Router
+from .schedule import Schedule
+from .scheduler import NoSchedule, Scheduler
 from .topology import Topology
 
 __all__ = ["Daemon"]
@@ -50,6 +56,7 @@ class Daemon:
         seeds = [NodeAddress.from_url(url) for url in config.redis.nodes]
         self._queue = EventQueue(capacity=config.pipeline.queue_size)
         self._topology = Topology(seeds=seeds, options=options)
+        self._scheduler: Scheduler | None = None
         self._fanin = FanIn(
             topology=self._topology,
             queue=self._queue,
@@ -57,6 +64,8 @@ class Daemon:
             options=options,
             settings=config.redis,
             overflow_wait=config.pipeline.overflow_wait,
+            notification_classes=required_classes(schedule=config.schedule.enabled),
+            on_expire=self._learn if config.schedule.enabled else None,
         )
         if config.election.masters:
             self._masters: list[Any] = [options.client_for_url(url) for url in config.election.masters]
@@ -70,10 +79,26 @@ class Daemon:
         self._elector = Elector(masters=self._masters, settings=config.election, metrics=self.metrics,
                                 on_elected=self._queue.wake, may_lead=self._may_lead)
         self._routes = [self._route(r) for r in config.routes]
+        router = Router(self._routes)
+        internal_keys = _internal_keys(config.election.lock_name)
+        if config.schedule.enabled:
+            assert config.replay.window is not None  # load_config fills it in
+            self._scheduler = Scheduler(
+                schedule=Schedule(max_keys=config.schedule.max_keys, horizon=config.schedule.horizon,
+                                  keep_due_for=config.replay.window),
+                settings=config.schedule,
+                options=options,
+                router=router,
+                leadership=self._elector,
+                view=self._fanin.view,
+                subscription_starts=self._fanin.subscription_starts,
+                metrics=self.metrics,
+                internal_keys=internal_keys,
+            )
         self._dispatcher = Dispatcher(
             queue=self._queue,
             leadership=self._elector,
-            router=Router(self._routes),
+            router=router,
             replica=config.id,
             metrics=self.metrics,
             replay=self._replay_settings(),
@@ -81,7 +106,8 @@ class Daemon:
                                      maxlen=config.dead_letter.maxlen),
             overflow_wait=config.pipeline.overflow_wait,
             grace=config.pipeline.shutdown_grace,
-            internal_keys=_internal_keys(config.election.lock_name),
+            due_times=self._scheduler or NoSchedule(),
+            internal_keys=internal_keys,
         )
         status = {
             "/healthz": self._health_reply,
@@ -106,7 +132,10 @@ class Daemon:
         election = asyncio.create_task(self._elector.run(), name="election")
         dispatching = self._dispatcher.start()
         stopping = asyncio.create_task(stop.wait(), name="stop signal")
-        done, _ = await asyncio.wait({fanin, election, dispatching, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        core = {fanin, election, dispatching, stopping}
+        if self._scheduler is not None:
+            core.add(self._scheduler.start())
+        done, _ = await asyncio.wait(core, return_when=asyncio.FIRST_COMPLETED)
         failed = [task for task in done if task is not stopping]
         for task in failed:
             log.error("core task ended unexpectedly: shutting down",
@@ -118,6 +147,8 @@ class Daemon:
     async def _shut_down(self, *, fanin: asyncio.Task[None], election: asyncio.Task[None]) -> None:
         log.info("shutting down", extra={"grace": self.config.pipeline.shutdown_grace})
         await self._dispatcher.stop()
+        if self._scheduler is not None:
+            await self._scheduler.aclose()
         election.cancel()
         await asyncio.gather(election, return_exceptions=True)
         await self._elector.resign()
@@ -132,6 +163,10 @@ class Daemon:
         for listener in self._listeners:
             await listener.stop()
         log.info("stopped")
+
+    def _learn(self, address: NodeAddress, keys: list[bytes]) -> None:
+        if self._scheduler is not None:
+            self._scheduler.learn(address, keys)
 
     def _route(self, config: RouteConfig) -> Route:
         payload = None if config.payload is None else PayloadKeys(template=config.payload, client=self._data)

@@ -119,6 +119,8 @@ class RouteDelivery:
         self._attempts_failed = metrics.handler_attempts.labels(route=name, result="error")
         self._handle_seconds = metrics.event_handle_seconds.labels(route=name)
         self._lag_seconds = metrics.event_lag_seconds.labels(route=name)
+        self._lateness_seconds = metrics.event_lateness_seconds.labels(route=name)
+        self._unscheduled = metrics.events_unscheduled.labels(route=name)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._work(lane), name=f"route {self.route.name} lane {i}")
@@ -233,6 +235,7 @@ class RouteDelivery:
         keys = [pending.expiration.key for pending in batch]
         payloads: list[bytes | None] | None = None
         events = self._events(batch, payloads)
+        self._observe_lateness(batch)
         attempt = 0
         while self._leading():
             attempt += 1
@@ -261,10 +264,24 @@ class RouteDelivery:
     def _events(self, batch: list[Pending], payloads: list[bytes | None] | None) -> list[Event]:
         term, replica = self._term, self._replica
         if payloads is None:
-            return [Event(p.expiration.key, p.expiration.node, p.expiration.received_at, term, replica)
-                    for p in batch]
-        return [Event(p.expiration.key, p.expiration.node, p.expiration.received_at, term, replica, payload, True)
-                for p, payload in zip(batch, payloads, strict=True)]
+            return [Event(e.key, e.node, e.received_at, term, replica, None, False, e.due_at)
+                    for e in (p.expiration for p in batch)]
+        return [Event(e.key, e.node, e.received_at, term, replica, payload, True, e.due_at)
+                for e, payload in zip((p.expiration for p in batch), payloads, strict=True)]
+
+    def _observe_lateness(self, batch: list[Pending]) -> None:
+        """How late each event reaches its first handler call, measured from its key's due time."""
+        now = time.time()
+        unscheduled = 0
+        observe = self._lateness_seconds.observe
+        for pending in batch:
+            due_at = pending.expiration.due_at
+            if due_at is None:
+                unscheduled += 1
+            else:
+                observe(now - due_at)
+        if unscheduled:
+            self._unscheduled.inc(unscheduled)
 
     async def _call(self, events: list[Event]) -> None:
         started = time.perf_counter()

@@ -16,7 +16,7 @@ across the change. When it stops leading, the term's deliveries are abandoned
 in the background: their queued events stay unfinished, for the next leader::
 
     dispatcher = Dispatcher(queue=queue, leadership=elector, router=router, replica="1", metrics=metrics,
-                            dead_letters=dead_letters, overflow_wait=5.0, grace=10.0,
+                            dead_letters=dead_letters, overflow_wait=5.0, grace=10.0, due_times=scheduler,
                             replay=Replay(buffer=..., store=..., tolerance=2.0, record_interval=1.0))
     dispatcher.start()
     ...
@@ -39,6 +39,7 @@ from .metrics import Metrics
 from .progress import ProgressStore
 from .replay import ProgressMark, ReplayBuffer
 from .routing import Route, Router
+from .scheduler import DueTimes
 
 __all__ = ["Dispatcher", "Replay"]
 
@@ -68,6 +69,7 @@ class Dispatcher:
         dead_letters: DeadLetters,
         overflow_wait: float,
         grace: float,
+        due_times: DueTimes,
         internal_keys: frozenset[bytes] = frozenset(),
     ) -> None:
         self._queue = queue
@@ -79,6 +81,7 @@ class Dispatcher:
         self._dead_letters = dead_letters
         self._overflow_wait = overflow_wait
         self._grace = grace
+        self._due_times = due_times
         self._internal_keys = internal_keys
         self._active_term: int | None = None
         self._shift: _Shift | None = None
@@ -123,6 +126,8 @@ class Dispatcher:
             if term is not None:
                 self._begin_shift(term)
                 await self._take_over(term)
+        # Every replica settles its schedule as the keys expire, so a follower's is current when it takes over.
+        self._due_times.settle(batch)
         self._remember(batch)
         if term is None:
             self._metrics.events_skipped.inc(len(batch))

@@ -1,10 +1,11 @@
 """The shapes an expired key takes on its way through expiryd.
 
 An :class:`Expiration` is what a node subscription hears: a key name, the node
-that expired it and when it arrived. An :class:`Event` is what a handler gets:
-the same facts stamped by the leader with the leadership term (the fencing
-token) and the replica that handled it, and, on a route that fetches one, the
-payload read from the key's companion key.
+that expired it and when it arrived; the leader gate adds when the key was due,
+if the schedule knew (see :mod:`expiryd.scheduler`). An :class:`Event` is what
+a handler gets: the same facts stamped by the leader with the leadership term
+(the fencing token) and the replica that handled it, and, on a route that
+fetches one, the payload read from the key's companion key.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ class Expiration:
     key: bytes
     node: str
     received_at: float
+    # Epoch seconds; set once by the leader gate, None when the schedule did not know the key.
+    due_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -38,6 +41,8 @@ class Event:
     # Only on routes with a payload template; None there means the payload key was missing.
     payload: bytes | None = None
     has_payload: bool = False
+    # When the key's TTL ran out (epoch seconds, ms precision), if the schedule knew it.
+    due_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The event as a JSON object.
@@ -45,7 +50,8 @@ class Event:
         A key that is valid UTF-8 is sent as ``key``; any other key is sent as
         ``key_b64`` (standard base64), so binary keys survive any JSON consumer.
         The payload follows the same rule (``payload`` or ``payload_b64``), and
-        is ``null`` when the payload key did not exist.
+        is ``null`` when the payload key did not exist. ``due_at`` is present
+        when the key's due time was known.
         """
         document: dict[str, Any] = {}
         binary_field(document, "key", self.key)
@@ -53,6 +59,8 @@ class Event:
         document["term"] = self.term
         document["replica"] = self.replica
         document["received_at"] = self.received_at
+        if self.due_at is not None:
+            document["due_at"] = round(self.due_at, 3)
         if self.has_payload:
             if self.payload is None:
                 document["payload"] = None
@@ -69,6 +77,8 @@ class Event:
             "replica": self.replica,
             "received_at": repr(self.received_at),
         }
+        if self.due_at is not None:
+            fields["due_at"] = f"{self.due_at:.3f}"
         if self.payload is not None:
             fields["payload"] = self.payload
         return fields

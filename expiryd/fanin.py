@@ -22,13 +22,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from .config import RedisConfig
 from .connections import NodeAddress, RedisOptions
 from .eventqueue import EventQueue
 from .metrics import Metrics
+from .notifications import EXPIRED
 from .subscription import NodeSubscription
-from .topology import Topology, TopologyUnavailable
+from .topology import ClusterView, Topology, TopologyUnavailable
 
 __all__ = ["FanIn"]
 
@@ -45,6 +47,8 @@ class FanIn:
         options: RedisOptions,
         settings: RedisConfig,
         overflow_wait: float,
+        notification_classes: str = EXPIRED,
+        on_expire: Callable[[NodeAddress, list[bytes]], None] | None = None,
     ) -> None:
         self._topology = topology
         self._queue = queue
@@ -52,6 +56,9 @@ class FanIn:
         self._options = options
         self._settings = settings
         self._overflow_wait = overflow_wait
+        self._classes = notification_classes
+        self._on_expire = on_expire
+        self._view: ClusterView | None = None
         self._subscriptions: dict[NodeAddress, NodeSubscription] = {}
         self._primaries: frozenset[NodeAddress] = frozenset()
         self._refresh_now = asyncio.Event()
@@ -68,6 +75,18 @@ class FanIn:
         if not starts or None in starts:
             return 0.0
         return time.monotonic() - max(s for s in starts if s is not None)
+
+    def view(self) -> ClusterView | None:
+        """The last topology read that succeeded (None before the first)."""
+        return self._view
+
+    def subscription_starts(self) -> dict[NodeAddress, float | None]:
+        """When each current primary's subscription began (monotonic), None while it is down.
+
+        A new value means the subscription restarted, and may have missed events in between.
+        """
+        return {p: self._subscriptions[p].subscribed_since if p in self._subscriptions else None
+                for p in self._primaries}
 
     def primary_states(self) -> dict[str, bool]:
         """Whether each current primary is subscribed (what readiness needs)."""
@@ -96,6 +115,7 @@ class FanIn:
             log.warning("cannot read the cluster topology", extra={"reason": str(error)})
             return
         self._last_topology_ok = time.monotonic()
+        self._view = view
         self._metrics.topology_refreshes.labels(result="ok").inc()
         self._metrics.cluster_primaries.set(len(view.primaries))
         self._log_role_changes(view.primaries)
@@ -124,6 +144,8 @@ class FanIn:
                 watchdog_timeout=self._settings.watchdog_timeout,
                 overflow_wait=self._overflow_wait,
                 on_trouble=self.request_refresh,
+                notification_classes=self._classes,
+                on_expire=self._on_expire,
             )
             self._subscriptions[address] = subscription
             subscription.start()

@@ -61,7 +61,8 @@ class Metrics:
                                      registry=r)
         self.node_notifications_ok = Gauge(
             "expiryd_node_notifications_ok",
-            "1 when the primary's notify-keyspace-events is known to include E and x.", ["node"], registry=r)
+            "1 when the primary's notify-keyspace-events is known to include every class expiryd needs "
+            "(E and x; g too with the schedule on).", ["node"], registry=r)
         self.node_config_refused = Gauge(
             "expiryd_node_config_refused",
             "1 when the primary refused CONFIG, so notifications could not be checked or repaired.", ["node"],
@@ -96,6 +97,15 @@ class Metrics:
                                            "Time from receiving a batch's oldest event to finishing the batch "
                                            "(ok or dead-lettered); one observation per batch.",
                                            ["route"], buckets=_LAG_BUCKETS, registry=r)
+        self.event_lateness_seconds = Histogram(
+            "expiryd_event_lateness_seconds",
+            "Time from a key's due time to the first handler call for its event (events with a known due time).",
+            ["route"], buckets=_LAG_BUCKETS, registry=r)
+        self.events_unscheduled = Counter(
+            "expiryd_events_unscheduled",
+            "Events a route handled without a known due time, so on Redis's own timing: the schedule was off, "
+            "full or beyond its horizon, the node's notifications lack class g, or a lookup failed.",
+            ["route"], registry=r)
         self.route_queue_depth = Gauge("expiryd_route_queue_depth",
                                        "Events waiting for a route's handler.", ["route"], registry=r)
 
@@ -111,6 +121,20 @@ class Metrics:
             "Events pushed out of the replay buffer by replay.max_events before the window ended.", registry=r)
         self.progress_writes = Counter("expiryd_progress_writes", "Progress records written by the leader.",
                                        ["result"], registry=r)
+
+        # Schedule
+        self.schedule_keys = Gauge("expiryd_schedule_keys", "Keys waiting for their due time in the schedule.",
+                                   registry=r)
+        self.schedule_admissions = Counter(
+            "expiryd_schedule_admissions",
+            "Due-time lookups by result: scheduled; beyond_horizon and full (these fire on Redis's timing); "
+            "no_ttl (persisted or gone); overflow and error (not looked up).", ["result"], registry=r)
+        self.schedule_touches = Counter(
+            "expiryd_schedule_touches",
+            "Keys touched at their due time by result: fired, rescheduled (TTL extended), no_ttl, early "
+            "(Redis's clock behind), error (retried).", ["result"], registry=r)
+        self.schedule_scans = Counter("expiryd_schedule_scans", "Recovery scans of a primary by result.",
+                                      ["result"], registry=r)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -3,11 +3,13 @@
 ``notify-keyspace-events`` is a per-node, runtime setting: a restarted node
 comes back with whatever its config file says (often nothing), and a promoted
 replica may never have had it. expiryd needs the ``E`` (keyevent) and ``x``
-(expired) classes. This module reads the setting and, when asked to, adds what
+(expired) classes, and ``g`` for the ``expire`` events that tell the schedule
+when a key is due. This module reads the setting and, when asked to, adds what
 is missing while keeping every class already set::
 
-    status = await ensure_notifications(client, repair=True)
-    status.ok          # True when E and x are on (now)
+    status = await ensure_notifications(client, repair=True, required="Exg")
+    status.ok          # True when E, x and g are on (now)
+    status.missing     # "g" when only that class is off
     status.refused     # True when the server does not allow CONFIG
 
 Managed Redis services often refuse ``CONFIG``; that is reported, not raised.
@@ -20,56 +22,73 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, ResponseError
 
-__all__ = ["NotificationStatus", "ensure_notifications", "merged_classes"]
+__all__ = ["EXPIRED", "SCHEDULE", "NotificationStatus", "ensure_notifications", "merged_classes", "missing_classes",
+           "required_classes"]
 
-REQUIRED = "Ex"
+# The classes for expired keyevents, and those the schedule adds (``expire`` is a generic command event).
+EXPIRED = "Ex"
+SCHEDULE = "g"
+# The classes that "A" stands for, in Redis and Valkey alike.
+_ALL = frozenset("g$lshzxetd")
+
+
+def required_classes(*, schedule: bool) -> str:
+    """The classes expiryd needs: expired keyevents, and ``expire`` events when the schedule is on."""
+    return EXPIRED + (SCHEDULE if schedule else "")
 
 
 @dataclass(frozen=True)
 class NotificationStatus:
     before: str | None
     after: str | None
+    required: str = EXPIRED
     refused: bool = False
 
     @property
     def ok(self) -> bool:
-        return self.after is not None and _has_required(self.after)
+        return self.after is not None and not missing_classes(self.after, self.required)
+
+    @property
+    def missing(self) -> str:
+        """The required classes known to be off, or all of them when the setting could not be read."""
+        return self.required if self.after is None else missing_classes(self.after, self.required)
+
+    @property
+    def expired_missing(self) -> bool:
+        """True when ``expired`` events themselves are off (or unknown): no events at all from this node."""
+        return any(c in self.missing for c in EXPIRED)
 
     @property
     def repaired(self) -> bool:
         return self.ok and self.before != self.after
 
 
-def merged_classes(current: str) -> str:
-    """``current`` with ``E`` and ``x`` added where missing (``A`` already implies ``x``)."""
-    merged = current
-    if "E" not in merged:
-        merged += "E"
-    if "x" not in merged and "A" not in merged:
-        merged += "x"
-    return merged
+def missing_classes(current: str, required: str) -> str:
+    """The classes of ``required`` that ``current`` lacks (``A`` stands for every class but ``K``, ``E``)."""
+    return "".join(c for c in required if c not in current and not (c in _ALL and "A" in current))
 
 
-async def ensure_notifications(client: aioredis.Redis, *, repair: bool) -> NotificationStatus:
+def merged_classes(current: str, required: str = EXPIRED) -> str:
+    """``current`` with the missing classes of ``required`` added."""
+    return current + missing_classes(current, required)
+
+
+async def ensure_notifications(client: aioredis.Redis, *, repair: bool, required: str = EXPIRED) -> NotificationStatus:
     try:
         current = await _read(client)
     except (ResponseError, NoPermissionError):
-        return NotificationStatus(before=None, after=None, refused=True)
-    if _has_required(current) or not repair:
-        return NotificationStatus(before=current, after=current)
+        return NotificationStatus(before=None, after=None, required=required, refused=True)
+    if not missing_classes(current, required) or not repair:
+        return NotificationStatus(before=current, after=current, required=required)
     try:
-        await client.config_set("notify-keyspace-events", merged_classes(current))
+        await client.config_set("notify-keyspace-events", merged_classes(current, required))
         after = await _read(client)
     except (ResponseError, NoPermissionError):
-        return NotificationStatus(before=current, after=current, refused=True)
-    return NotificationStatus(before=current, after=after)
+        return NotificationStatus(before=current, after=current, required=required, refused=True)
+    return NotificationStatus(before=current, after=after, required=required)
 
 
 async def _read(client: aioredis.Redis) -> str:
     reply = await client.config_get("notify-keyspace-events")
     value = next(iter(reply.values()), b"") if reply else b""
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _has_required(classes: str) -> bool:
-    return "E" in classes and ("x" in classes or "A" in classes)

@@ -1,5 +1,9 @@
 """One primary's ``expired`` keyevents, kept flowing into the merged queue.
 
+With on-time firing on, the same connection also carries the ``expire``
+keyevents (a TTL was set), whose keys go to the scheduler (see
+:mod:`expiryd.scheduler`) rather than into the queue.
+
 A :class:`NodeSubscription` owns everything about one primary: its Pub/Sub
 socket, a watchdog connection, the notification check and reconnection. It
 runs until its owner (the fan-in) stops it::
@@ -39,11 +43,12 @@ from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, tls_context
 from .eventqueue import EventQueue
 from .events import Expiration
 from .metrics import Metrics
-from .notifications import ensure_notifications
+from .notifications import EXPIRED, SCHEDULE, ensure_notifications
 
-__all__ = ["CHANNEL", "NodeSubscription"]
+__all__ = ["CHANNEL", "EXPIRE_CHANNEL", "NodeSubscription"]
 
 CHANNEL = b"__keyevent@0__:expired"
+EXPIRE_CHANNEL = b"__keyevent@0__:expire"
 _READ_SIZE = 256 * 1024
 _NOTIFICATION_CHECK_EVERY = 10  # watchdog ticks
 _OVERFLOW_LOG_INTERVAL = 10.0
@@ -53,6 +58,10 @@ log = logging.getLogger("expiryd.subscription")
 
 class SubscriptionLost(Exception):
     """The subscription stopped delivering; the text says why."""
+
+
+class SubscriptionRefused(SubscriptionLost):
+    """The server answered a command of the subscription with an error."""
 
 
 class NodeSubscription:
@@ -68,6 +77,8 @@ class NodeSubscription:
         watchdog_timeout: float,
         overflow_wait: float,
         on_trouble: Callable[[], None],
+        notification_classes: str = EXPIRED,
+        on_expire: Callable[[NodeAddress, list[bytes]], None] | None = None,
     ) -> None:
         self.address = address
         self._node = str(address)
@@ -80,6 +91,8 @@ class NodeSubscription:
         self._watchdog_timeout = watchdog_timeout
         self._overflow_wait = overflow_wait
         self._on_trouble = on_trouble
+        self._classes = notification_classes
+        self._on_expire = on_expire
         self._task: asyncio.Task[None] | None = None
         self._last_read = 0.0
         self._last_overflow_log = 0.0
@@ -147,10 +160,20 @@ class NodeSubscription:
             await _reply(reader, parser, what="AUTH")
         writer.write(hiredis.pack_command((b"SUBSCRIBE", CHANNEL)))  # type: ignore[arg-type]
         await _reply(reader, parser, what="SUBSCRIBE")
+        if self._on_expire is None:
+            return
+        # Apart from the expired channel: a user allowed only that one (an older ACL rule) keeps its events.
+        writer.write(hiredis.pack_command((b"SUBSCRIBE", EXPIRE_CHANNEL)))  # type: ignore[arg-type]
+        try:
+            await _reply(reader, parser, what="SUBSCRIBE")
+        except SubscriptionRefused as error:
+            self._warn_once("expire_refused", f"cannot subscribe to {EXPIRE_CHANNEL.decode()}: this node's keys "
+                            f"fire on Redis's own timing, not on time ({error})")
 
     async def _read(self, reader: asyncio.StreamReader, parser: hiredis.Reader) -> None:
         received = self._metrics.events_received.labels(node=self._node)
         node = self._node
+        on_expire = self._on_expire
         while True:
             data = await reader.read(_READ_SIZE)
             if not data:
@@ -159,9 +182,15 @@ class NodeSubscription:
             parser.feed(data)
             now = time.time()
             batch = []
+            learned = []
             while (reply := parser.gets()) is not False:
                 if type(reply) is list and reply[0] == b"message":
-                    batch.append(Expiration(reply[2], node, now))
+                    if reply[1] == CHANNEL:
+                        batch.append(Expiration(reply[2], node, now))
+                    else:
+                        learned.append(reply[2])
+            if learned and on_expire is not None:
+                on_expire(self.address, learned)
             if batch:
                 received.inc(len(batch))
                 await self._enqueue(batch)
@@ -198,19 +227,24 @@ class NodeSubscription:
                 await self._check_notifications(control)
 
     async def _check_notifications(self, control: aioredis.Redis) -> None:
-        status = await asyncio.wait_for(ensure_notifications(control, repair=self._repair),
+        status = await asyncio.wait_for(ensure_notifications(control, repair=self._repair, required=self._classes),
                                         self._watchdog_timeout)
         self._metrics.node_notifications_ok.labels(node=self._node).set(status.ok)
         self._metrics.node_config_refused.labels(node=self._node).set(status.refused)
         if status.refused:
             self._warn_once("config_refused", "CONFIG refused: cannot check or enable keyspace notifications; "
-                            "set notify-keyspace-events to include Ex on this node")
+                            f"set notify-keyspace-events to include {self._classes} on this node"
+                            + _without_schedule_class(self._classes))
         elif status.repaired:
             log.warning("enabled keyspace notifications",
                         extra={"node": self._node, "before": status.before, "after": status.after})
-        elif not status.ok:
+        elif status.expired_missing:
             self._warn_once("notifications_off", "notify-keyspace-events lacks Ex and "
                             "redis.ensure_notifications is off: this node's expirations are not published")
+        elif not status.ok:
+            self._warn_once("schedule_off", f"notify-keyspace-events lacks {status.missing} and "
+                            "redis.ensure_notifications is off: this node's keys fire on Redis's own timing, "
+                            "not on time")
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
@@ -233,7 +267,7 @@ async def _reply(reader: asyncio.StreamReader, parser: hiredis.Reader, *, what: 
             raise SubscriptionLost(f"closed: the server closed the connection during {what}")
         parser.feed(data)
     if isinstance(reply, hiredis.ReplyError):
-        raise SubscriptionLost(f"refused: {what} failed: {reply}")
+        raise SubscriptionRefused(f"refused: {what} failed: {reply}")
     return reply
 
 
@@ -248,6 +282,12 @@ async def _until_first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _without_schedule_class(classes: str) -> str:
+    if SCHEDULE not in classes:
+        return ""
+    return f" (without {SCHEDULE}, its keys fire on Redis's own timing, not on time)"
 
 
 def _backoff(failures: int) -> float:

@@ -25,6 +25,8 @@ from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_err
 
 __all__ = ["ClusterView", "Topology", "TopologyUnavailable", "parse_cluster_nodes"]
 
+SLOTS = 16384
+
 # Flags that mean a node cannot serve a subscription now.
 _UNUSABLE = frozenset({"fail", "handshake", "noaddr"})
 
@@ -49,6 +51,16 @@ class ClusterNodeInfo:
     def is_replica(self) -> bool:
         return "slave" in self.flags and not self.flags & _UNUSABLE
 
+    def slot_ranges(self) -> list[tuple[int, int]]:
+        """The slots this node serves, as inclusive ranges."""
+        ranges = []
+        for slot_range in self.slots:
+            if slot_range.startswith("["):
+                continue  # a slot being migrated, listed again by its owner
+            start, _, end = slot_range.partition("-")
+            ranges.append((int(start), int(end or start)))
+        return ranges
+
 
 @dataclass(frozen=True)
 class ClusterView:
@@ -72,17 +84,19 @@ class ClusterView:
         ids = {node.node_id for node in self.nodes if node.address == primary}
         return [node.address for node in self.nodes if node.primary_id in ids]
 
-    def slot_count(self, primary: NodeAddress) -> int:
-        count = 0
+    def slot_owners(self) -> list[NodeAddress | None]:
+        """The primary serving each of the 16384 slots (None for a slot no usable primary serves)."""
+        owners: list[NodeAddress | None] = [None] * SLOTS
         for node in self.nodes:
-            if node.address != primary:
+            if not node.is_primary:
                 continue
-            for slot_range in node.slots:
-                if slot_range.startswith("["):
-                    continue  # a slot being migrated, listed again by its owner
-                start, _, end = slot_range.partition("-")
-                count += int(end or start) - int(start) + 1
-        return count
+            for start, end in node.slot_ranges():
+                owners[start:end + 1] = [node.address] * (end - start + 1)
+        return owners
+
+    def slot_count(self, primary: NodeAddress) -> int:
+        return sum(end - start + 1 for node in self.nodes if node.address == primary
+                   for start, end in node.slot_ranges())
 
 
 def parse_cluster_nodes(text: str) -> tuple[ClusterNodeInfo, ...]:

@@ -1,0 +1,407 @@
+"""On-time firing: learn when each routed key is due, and make Redis expire it at that moment.
+
+Redis publishes ``expired`` when it deletes a key, not when its TTL runs out,
+and its sampling expiry cycle falls far behind on a keyspace with many keys
+that carry a TTL: a minute or two late with 100,000 of them. Any read of a due
+key on its primary deletes it at once and publishes ``expired``. So:
+
+* **Learning.** Every command that sets a TTL publishes
+  ``__keyevent@0__:expire`` (notification class ``g``) on the key's primary.
+  Each node subscription hands those keys to :meth:`Scheduler.learn`; keys of
+  no route are dropped there, and the rest are looked up with
+  ``PEXPIRETIME`` on the node that published them, a pipeline per node.
+* **Recovering.** Keys set while this replica was not subscribed (it had not
+  started, or its connection broke) are found by a ``SCAN`` of the node for
+  each route's glob, rate-limited to ``schedule.scan_rate`` keys a second,
+  each time a primary's subscription (re)starts, and every
+  ``schedule.rescan_interval`` for keys that were beyond the horizon.
+* **Firing.** While this replica leads, each key is touched at its due time
+  with ``PEXPIRETIME`` on the primary that owns its slot. A due key is deleted
+  by the touch and its ``expired`` event flows through the usual path
+  (routing, replay, fencing, payload). A key whose TTL was extended answers
+  with its new due time and is rescheduled; a persisted or deleted one is
+  dropped. A replica that becomes leader first touches every key that came
+  due while no one led.
+
+Every replica learns the whole schedule, leader or not, so that the next
+leader fires on time from its first moment::
+
+    scheduler = Scheduler(schedule=Schedule(...), settings=config.schedule, options=options, router=router,
+                          leadership=elector, view=fanin.view, subscription_starts=fanin.subscription_starts,
+                          metrics=metrics, internal_keys=frozenset())
+    scheduler.start()
+    scheduler.learn(address, [b"order:42"])    # from a node subscription, for every `expire` event
+    scheduler.settle(batch)                    # in the leader gate: stamps each expiration's due_at
+    await scheduler.aclose()
+
+Keys the schedule does not hold (beyond the horizon, the schedule full, a
+node whose notifications lack ``g`` and whose CONFIG is refused) are not lost:
+Redis expires them on its own timing, and each is counted as unscheduled when
+it is handled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from .config import ScheduleConfig
+from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error
+from .events import Expiration
+from .metrics import Metrics
+from .routing import Router
+from .schedule import Admission, Schedule
+from .topology import ClusterView
+
+__all__ = ["DueTimes", "NoSchedule", "Scheduler", "redis_glob"]
+
+log = logging.getLogger("expiryd.scheduler")
+
+_LOOKUP_CHUNK = 5_000
+_TOUCH_CHUNK = 5_000
+_SCAN_COUNT = 1_000
+_MAX_PENDING = 200_000  # learned keys waiting for their lookup, all nodes together
+_RETRY_AFTER_ERROR = 0.1
+_RETRY_BEFORE_REDIS_CLOCK = 0.005
+_IDLE_WAKE = 0.1  # how often an idle fire loop looks at the leadership again
+_RECOVERY_CHECK_INTERVAL = 1.0
+
+
+class Leadership(Protocol):
+    def term(self) -> int | None: ...
+
+
+class DueTimes(Protocol):
+    """What the leader gate needs of on-time firing: each expiration's due time, when known."""
+
+    def settle(self, batch: list[Expiration]) -> None: ...
+
+
+class NoSchedule:
+    """On-time firing switched off: no expiration has a known due time."""
+
+    def settle(self, batch: list[Expiration]) -> None:
+        return None
+
+
+def redis_glob(pattern: str) -> bytes:
+    """A route's glob (Python's fnmatch syntax) as a SCAN MATCH pattern.
+
+    The two differ in negation (``[!a]`` against ``[^a]``) and in the
+    backslash, which is a literal character in fnmatch and an escape in Redis.
+    """
+    text = pattern.replace("\\", "\\\\").replace("[!", "[^")
+    return text.encode("utf-8")
+
+
+class Scheduler:
+    def __init__(
+        self,
+        *,
+        schedule: Schedule,
+        settings: ScheduleConfig,
+        options: RedisOptions,
+        router: Router,
+        leadership: Leadership,
+        view: Callable[[], ClusterView | None],
+        subscription_starts: Callable[[], dict[NodeAddress, float | None]],
+        metrics: Metrics,
+        internal_keys: frozenset[bytes] = frozenset(),
+    ) -> None:
+        self._schedule = schedule
+        self._settings = settings
+        self._options = options
+        self._router = router
+        self._leadership = leadership
+        self._view = view
+        self._subscription_starts = subscription_starts
+        self._metrics = metrics
+        self._internal_keys = internal_keys
+        self._patterns = sorted({redis_glob(route.pattern) for route in router.routes})
+        self._pending: dict[NodeAddress, list[bytes]] = {}
+        self._pending_count = 0
+        self._learned = asyncio.Event()
+        self._sooner = asyncio.Event()
+        self._sleeping_until = 0.0
+        self._lookup_clients: dict[NodeAddress, aioredis.Redis] = {}
+        self._touch_clients: dict[NodeAddress, aioredis.Redis] = {}
+        self._owners: tuple[ClusterView, list[NodeAddress | None]] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        admissions = metrics.schedule_admissions
+        self._admitted = {admission: admissions.labels(result=admission.value) for admission in Admission}
+        self._touches = metrics.schedule_touches
+
+    def start(self) -> asyncio.Task[None]:
+        """Start learning, firing and recovering; return a task that ends only if one of them fails."""
+        self._tasks = [
+            asyncio.create_task(self._look_up_learned(), name="schedule lookups"),
+            asyncio.create_task(self._fire(), name="schedule firing"),
+            asyncio.create_task(self._recover(), name="schedule recovery"),
+        ]
+        watcher = asyncio.create_task(_until_first_failure(self._tasks), name="scheduler")
+        self._tasks.append(watcher)
+        return watcher
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        clients = [*self._lookup_clients.values(), *self._touch_clients.values()]
+        self._lookup_clients.clear()
+        self._touch_clients.clear()
+        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
+
+    def learn(self, address: NodeAddress, keys: list[bytes]) -> None:
+        """Keys whose TTL was just set on ``address``: look up the due time of those a route will handle."""
+        view = self._view()
+        if view is not None and address not in view.primaries:
+            # A replica publishes expire too, as it applies its primary's writes; the primary's event counts.
+            return
+        match, internal = self._router.match, self._internal_keys
+        wanted = [key for key in keys if key not in internal and match(key) is not None]
+        if not wanted:
+            return
+        room = _MAX_PENDING - self._pending_count
+        if room < len(wanted):
+            self._metrics.schedule_admissions.labels(result="overflow").inc(len(wanted) - max(room, 0))
+            wanted = wanted[:max(room, 0)]
+        self._pending.setdefault(address, []).extend(wanted)
+        self._pending_count += len(wanted)
+        self._learned.set()
+
+    def settle(self, batch: list[Expiration]) -> None:
+        """Stamp each expiration with its due time, if the schedule knew it, and forget the key."""
+        settle = self._schedule.settle
+        for expiration in batch:
+            expiration.due_at = settle(expiration.key)
+
+    # Learning
+
+    async def _look_up_learned(self) -> None:
+        while True:
+            await self._learned.wait()
+            self._learned.clear()
+            pending, self._pending, self._pending_count = self._pending, {}, 0
+            await asyncio.gather(*(self._look_up(node, keys) for node, keys in pending.items()))
+            self._report_size()
+
+    async def _look_up(self, node: NodeAddress, keys: list[bytes]) -> None:
+        """Schedule ``keys`` at the due times their primary ``node`` gives."""
+        client = self._client(self._lookup_clients, node)
+        for start in range(0, len(keys), _LOOKUP_CHUNK):
+            chunk = keys[start:start + _LOOKUP_CHUNK]
+            try:
+                replies = await _pexpiretimes(client, chunk)
+            except REDIS_FAILURES as error:
+                self._metrics.schedule_admissions.labels(result="error").inc(len(chunk))
+                log.warning("cannot look up due times: these keys fire on Redis's own timing", extra={
+                    "node": str(node), "keys": len(chunk), "error": describe_error(error)})
+                await self._drop_client(self._lookup_clients, node)
+                return
+            self._admit(chunk, replies)
+
+    def _admit(self, keys: list[bytes], replies: list[Any]) -> None:
+        now = time.time()
+        add, counts = self._schedule.add, dict.fromkeys(Admission, 0)
+        earliest = float("inf")
+        gone = failed = 0
+        for key, reply in zip(keys, replies, strict=True):
+            if not isinstance(reply, int):
+                failed += 1  # MOVED (the slot moved on) or refused: what the schedule holds stays
+                continue
+            if reply < 0:
+                self._schedule.discard(key)  # -1: no TTL any more; -2: gone already
+                gone += 1
+                continue
+            due = reply / 1000
+            counts[add(key, due, now=now)] += 1
+            earliest = min(earliest, due)
+        for admission, count in counts.items():
+            if count:
+                self._admitted[admission].inc(count)
+        if gone:
+            self._metrics.schedule_admissions.labels(result="no_ttl").inc(gone)
+        if failed:
+            self._metrics.schedule_admissions.labels(result="error").inc(failed)
+        if earliest < self._sleeping_until:
+            self._sooner.set()
+
+    # Firing
+
+    async def _fire(self) -> None:
+        leading: int | None = None
+        while True:
+            term = self._leadership.term()
+            if term is not None and term != leading:
+                overdue = self._schedule.overdue()
+                if overdue:
+                    log.info("touching keys that came due while no one led", extra={
+                        "term": term, "keys": len(overdue)})
+                    await self._touch(overdue)
+            leading = term
+            now = time.time()
+            due = self._schedule.pop_due(now, limit=_TOUCH_CHUNK)
+            if due:
+                if term is not None:
+                    await self._touch(due)
+                else:
+                    self._report_size()
+                await asyncio.sleep(0)  # a long run of due keys must not hold the event loop
+                continue
+            next_due = self._schedule.next_due()
+            wait = _IDLE_WAKE if next_due is None else min(max(next_due - now, 0.0), _IDLE_WAKE)
+            self._sleeping_until = now + wait
+            self._sooner.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sooner.wait(), wait)
+            self._sleeping_until = 0.0
+
+    async def _touch(self, due: list[tuple[bytes, float]]) -> None:
+        owners = self._slot_owners()
+        by_node: dict[NodeAddress, list[tuple[bytes, float]]] = {}
+        unowned = []
+        for entry in due:
+            owner = owners[key_slot(entry[0])] if owners is not None else None
+            if owner is None:
+                unowned.append(entry)
+            else:
+                by_node.setdefault(owner, []).append(entry)
+        if unowned:
+            self._retry(unowned, "error")
+        await asyncio.gather(*(self._touch_node(node, entries) for node, entries in by_node.items()))
+        self._report_size()
+
+    async def _touch_node(self, node: NodeAddress, entries: list[tuple[bytes, float]]) -> None:
+        client = self._client(self._touch_clients, node)
+        try:
+            replies = await _pexpiretimes(client, [key for key, _ in entries])
+        except REDIS_FAILURES as error:
+            log.warning("cannot touch due keys: retrying", extra={
+                "node": str(node), "keys": len(entries), "error": describe_error(error)})
+            await self._drop_client(self._touch_clients, node)
+            self._retry(entries, "error")
+            return
+        now = time.time()
+        counts = {"fired": 0, "rescheduled": 0, "no_ttl": 0}
+        retry = []
+        for (key, due), reply in zip(entries, replies, strict=True):
+            if not isinstance(reply, int):
+                retry.append((key, due))  # MOVED (a slot in migration) or an error: try again
+            elif reply == -2:
+                counts["fired"] += 1  # deleted now (or earlier): its expired event follows
+            elif reply == -1:
+                counts["no_ttl"] += 1
+                self._schedule.discard(key)
+            elif reply / 1000 > due:
+                counts["rescheduled"] += 1
+                self._schedule.add(key, reply / 1000, now=now)
+            else:
+                # Redis's clock has not reached the due time yet: ours runs ahead of it.
+                self._touches.labels(result="early").inc()
+                self._schedule.retry(key, due, at=now + _RETRY_BEFORE_REDIS_CLOCK)
+        for result, count in counts.items():
+            if count:
+                self._touches.labels(result=result).inc(count)
+        if retry:
+            self._retry(retry, "error")
+
+    def _retry(self, entries: list[tuple[bytes, float]], result: str) -> None:
+        """Touch these again shortly, as long as a new leader would still touch them."""
+        self._touches.labels(result=result).inc(len(entries))
+        at = time.time() + _RETRY_AFTER_ERROR
+        oldest = at - self._schedule.keep_due_for
+        for key, due in entries:
+            if due >= oldest:
+                self._schedule.retry(key, due, at=at)
+
+    def _slot_owners(self) -> list[NodeAddress | None] | None:
+        """The primary that owns each slot, from the fan-in's last topology read."""
+        view = self._view()
+        if view is None:
+            return None
+        if self._owners is None or self._owners[0] is not view:
+            self._owners = (view, view.slot_owners())
+        return self._owners[1]
+
+    # Recovering
+
+    async def _recover(self) -> None:
+        scanned: dict[NodeAddress, float] = {}
+        last_full_scan = time.monotonic()
+        while True:
+            rescan_all = time.monotonic() - last_full_scan >= self._settings.rescan_interval
+            for node, since in sorted(self._subscription_starts().items()):
+                if since is None or (not rescan_all and scanned.get(node) == since):
+                    continue
+                if await self._scan(node):
+                    scanned[node] = since
+            if rescan_all:
+                last_full_scan = time.monotonic()
+            await asyncio.sleep(_RECOVERY_CHECK_INTERVAL)
+
+    async def _scan(self, node: NodeAddress) -> bool:
+        """Schedule every routed key with a TTL on ``node``; False if the scan broke off."""
+        client = self._client(self._lookup_clients, node)
+        started = time.monotonic()
+        pause = _SCAN_COUNT / self._settings.scan_rate
+        try:
+            for pattern in self._patterns:
+                cursor = 0
+                while True:
+                    cursor, keys = await client.scan(cursor, match=pattern, count=_SCAN_COUNT)
+                    wanted = [key for key in keys if isinstance(key, bytes) and key not in self._internal_keys
+                              and self._router.match(key) is not None]
+                    if wanted:
+                        self._admit(wanted, await _pexpiretimes(client, wanted))
+                    if cursor == 0:
+                        break
+                    await asyncio.sleep(pause)
+        except REDIS_FAILURES as error:
+            self._metrics.schedule_scans.labels(result="error").inc()
+            log.warning("schedule recovery scan broke off", extra={"node": str(node), "error": describe_error(error)})
+            await self._drop_client(self._lookup_clients, node)
+            return False
+        self._metrics.schedule_scans.labels(result="complete").inc()
+        self._report_size()
+        log.info("schedule recovered from a scan", extra={
+            "node": str(node), "seconds": round(time.monotonic() - started, 3), "scheduled": len(self._schedule)})
+        return True
+
+    # Connections
+
+    def _client(self, clients: dict[NodeAddress, aioredis.Redis], node: NodeAddress) -> aioredis.Redis:
+        client = clients.get(node)
+        if client is None:
+            client = clients[node] = self._options.client(node)
+        return client
+
+    async def _drop_client(self, clients: dict[NodeAddress, aioredis.Redis], node: NodeAddress) -> None:
+        client = clients.pop(node, None)
+        if client is not None:
+            with contextlib.suppress(*REDIS_FAILURES):
+                await client.aclose()
+
+    def _report_size(self) -> None:
+        self._metrics.schedule_keys.set(len(self._schedule))
+
+
+async def _until_first_failure(tasks: list[asyncio.Task[None]]) -> None:
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in done:
+        task.result()
+
+
+async def _pexpiretimes(client: aioredis.Redis, keys: list[bytes]) -> list[Any]:
+    """Each key's due time in ms (-1 no TTL, -2 no key), or the error Redis gave for it (MOVED)."""
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.execute_command("PEXPIRETIME", key)
+    return list(await pipe.execute(raise_on_error=False))

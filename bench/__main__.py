@@ -4,6 +4,7 @@
     python -m bench throughput            # a 200k-key burst: expiryd vs a bare subscriber vs redis-cli
     python -m bench latency               # added latency at doubling rates (3 runs each); CPU and memory
     python -m bench handlers              # webhook and stream against log: throughput and added latency
+    python -m bench ontime                # lateness with the schedule against Redis's own timing, 0-1M other keys
     python -m bench all
     python -m bench all --smoke           # seconds, to prove the scripts still work
     python -m bench profile               # a py-spy profile of the leader at 10,000 keys/s (not in "all")
@@ -24,9 +25,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import handlers, latency, profile, takeover, throughput
+from . import handlers, latency, ontime, profile, takeover, throughput
 
-SCENARIOS = ("throughput", "latency", "takeover", "handlers")
+SCENARIOS = ("throughput", "latency", "takeover", "handlers", "ontime")
 
 
 def main() -> int:
@@ -63,6 +64,9 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list
         rates = [500] if smoke else [2_500, 5_000, 10_000, 20_000, 40_000]
         return latency.run(rates=rates, seconds=2.0 if smoke else 8.0, runs=1 if smoke else 3,
                            burst=2_000 if smoke else 200_000)
+    if scenario == "ontime":
+        return ontime.run(crowds=[0] if smoke else [0, 100_000, 1_000_000], rates=[300] if smoke else [1_000, 10_000],
+                          seconds=1.0 if smoke else 5.0, memory_keys=0 if smoke else 1_000_000, compare_off=not smoke)
     if scenario == "handlers":
         return handlers.run(keys=2_000 if smoke else 100_000, runs=1 if smoke else 3, rate=300 if smoke else 2_000,
                             seconds=1.5 if smoke else 8.0)

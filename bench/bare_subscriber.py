@@ -2,7 +2,8 @@
 
     python -m bench.bare_subscriber --expect 200000 127.0.0.1:7000 127.0.0.1:7001 127.0.0.1:7002
 
-Prints ``ready`` once subscribed, then one JSON line when ``--expect`` messages have arrived.
+Prints ``ready`` once subscribed, then one JSON line when ``--expect`` messages have arrived
+(or ``--seconds`` have passed).
 With ``--times FILE`` it also writes each key and the time it arrived, for paired latency figures.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 
@@ -33,6 +35,7 @@ async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--expect", type=int, required=True)
     parser.add_argument("--times", default=None, help="write 'key<TAB>arrival' lines here")
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this long, even short of --expect")
     parser.add_argument("nodes", nargs="+")
     args = parser.parse_args()
     counter, done = [0], asyncio.Event()
@@ -40,7 +43,8 @@ async def main() -> None:
     tasks = [asyncio.create_task(count(node, counter, args.expect, done, times)) for node in args.nodes]
     await asyncio.sleep(0.5)
     print("ready", flush=True)
-    await done.wait()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(done.wait(), args.seconds)
     if times is not None:
         with open(args.times, "wb") as out:
             out.writelines(b"%s\t%.6f\n" % (key, arrived) for key, arrived in times)

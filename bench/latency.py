@@ -49,8 +49,8 @@ def run(*, rates: list[int], seconds: float, runs: int, burst: int) -> list[dict
             assert not follower.leads()
             follower.wait_ready()
             time.sleep(2.0)  # start-up work is not idle
-            idle = _usage({"leader": leader.process.pid, "follower": follower.process.pid}, seconds=3.0)
-            rows.append({"rate": 0, "phase": "idle", **_usage_columns(idle)})
+            idle = usage({"leader": leader.process.pid, "follower": follower.process.pid}, seconds=3.0)
+            rows.append({"rate": 0, "phase": "idle", **usage_columns(idle)})
             for rate in rates:
                 samples = [_one_rate(cluster, directory, leader, follower, rate, seconds) for _ in range(runs)]
                 rows.append(_summary(rate, samples))
@@ -79,14 +79,14 @@ def _one_rate(cluster: LocalCluster, directory: Path, leader: Replica, follower:
     assert bare.stdout is not None and bare.stdout.readline().strip() == "ready"
     set_keys_due_at(cluster, keys, lambda key: int(due_time(key) * 1000))
     time.sleep(max(0.0, start_ms / 1000 - time.time()))
-    load = _usage({"leader": leader.process.pid, "follower": follower.process.pid}, seconds=seconds)
+    load = usage({"leader": leader.process.pid, "follower": follower.process.pid}, seconds=seconds)
     wanted = set(keys)
     deadline = time.time() + 5.0
-    while time.time() < deadline and len(_handled(directory / "leader.tsv", wanted)) < count:
+    while time.time() < deadline and len(handler_times(directory / "leader.tsv", wanted)) < count:
         time.sleep(0.2)
-    _stop_after(bare, seconds=10)
-    bare_times = {key: arrived for key, arrived in _read_times(times_file).items() if key in wanted}
-    handled = _handled(directory / "leader.tsv", wanted)
+    stop_after(bare, seconds=10)
+    bare_times = {key: arrived for key, arrived in read_times(times_file).items() if key in wanted}
+    handled = handler_times(directory / "leader.tsv", wanted)
     expiryd_late = [(t - due_time(k)) * 1000 for k, (t, _) in handled.items()]
     bare_late = [(t - due_time(k)) * 1000 for k, t in bare_times.items()]
     added = [(handled[k][0] - bare_times[k]) * 1000 for k in handled.keys() & bare_times.keys()]
@@ -98,7 +98,7 @@ def _one_rate(cluster: LocalCluster, directory: Path, leader: Replica, follower:
         "added_max_ms": percentile(added, 100),
         "inside_p50_ms": percentile(inside, 50), "inside_p99_ms": percentile(inside, 99),
         "expiryd_missing": count - len(handled), "keys": count,
-        **_usage_columns(load),
+        **usage_columns(load),
     }
 
 
@@ -120,7 +120,7 @@ def _burst(cluster: LocalCluster, leader: Replica, follower: Replica, *, keys: i
     set_keys_due_at(cluster, [f"lat:{due_ms}:b{i}".encode() for i in range(keys)], due_ms)
     time.sleep(max(0.0, due_ms / 1000 - time.time()))
     pids = {"leader": leader.process.pid, "follower": follower.process.pid}
-    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     started, deepest = time.time(), 0.0
 
     def finished() -> bool:
@@ -132,12 +132,12 @@ def _burst(cluster: LocalCluster, leader: Replica, follower: Replica, *, keys: i
     row: dict[str, Any] = {"rate": f"burst {keys}", "phase": "burst", "keys": keys,
                            "burst_seconds": round(elapsed, 2), "leader_queue_depth_max": deepest}
     for name, pid in pids.items():
-        row[f"{name}_cpu_percent"] = round((_cpu_seconds(pid) - before[name]) / elapsed * 100, 1)
+        row[f"{name}_cpu_percent"] = round((cpu_seconds(pid) - before[name]) / elapsed * 100, 1)
         row[f"{name}_rss_peak_mb"] = rss_mb(pid, peak=True)
     return row
 
 
-def _handled(path: Path, wanted: set[bytes]) -> dict[bytes, tuple[float, float]]:
+def handler_times(path: Path, wanted: set[bytes]) -> dict[bytes, tuple[float, float]]:
     """What the recorder wrote: key -> (handler time, received_at), first sighting only."""
     handled: dict[bytes, tuple[float, float]] = {}
     if not path.exists():
@@ -149,20 +149,20 @@ def _handled(path: Path, wanted: set[bytes]) -> dict[bytes, tuple[float, float]]
     return handled
 
 
-def _usage(pids: dict[str, int], *, seconds: float) -> dict[str, dict[str, float]]:
+def usage(pids: dict[str, int], *, seconds: float) -> dict[str, dict[str, float]]:
     """CPU (percent of one core) and resident memory of each process, over the same ``seconds``."""
-    before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     time.sleep(seconds)
-    return {name: {"cpu_percent": round((_cpu_seconds(pid) - before[name]) / seconds * 100, 1),
+    return {name: {"cpu_percent": round((cpu_seconds(pid) - before[name]) / seconds * 100, 1),
                    "rss_mb": rss_mb(pid)} for name, pid in pids.items()}
 
 
-def _cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def _usage_columns(usage: dict[str, dict[str, float]]) -> dict[str, float]:
+def usage_columns(usage: dict[str, dict[str, float]]) -> dict[str, float]:
     return {f"{name}_{metric}": value for name, values in usage.items() for metric, value in values.items()}
 
 
@@ -170,7 +170,7 @@ def due_time(key: bytes) -> float:
     return int(key.split(b":")[1]) / 1000
 
 
-def _read_times(path: Path) -> dict[bytes, float]:
+def read_times(path: Path) -> dict[bytes, float]:
     if not path.exists():
         return {}
     times = {}
@@ -180,7 +180,7 @@ def _read_times(path: Path) -> dict[bytes, float]:
     return times
 
 
-def _stop_after(process: subprocess.Popen[str], *, seconds: float) -> None:
+def stop_after(process: subprocess.Popen[str], *, seconds: float) -> None:
     """Let the bare subscriber finish (it exits once it has every key), or stop it."""
     try:
         process.wait(timeout=seconds)

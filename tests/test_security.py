@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -85,6 +86,30 @@ def test_expiryd_runs_fully_under_the_documented_acl_rule(shared_cluster, spawn,
     assert refusals(shared_cluster.nodes) <= {"command config|get", "command config|set"}
     replica.terminate()
     assert password not in replica.stderr_path.read_text() + replica.stdout_path.read_text()
+
+
+def test_without_config_and_class_g_keys_fire_on_redis_timing_counted_and_warned_once_per_node(
+        shared_cluster, spawn, config_for, password):
+    create_user(shared_cluster.nodes, documented_rule(), password)  # notify-keyspace-events "Ex": no g
+    prefix = f"order:{{{uuid.uuid4().hex[:8]}}}"
+    config = config_for(shared_cluster, routes=[{"match": f"{prefix}:*", "name": "orders", "log": {}}],
+                        redis={"username": USER}, election={"lock_name": "{expiryd}:leader"})
+    replica = spawn("1", config, env={"EXPIRYD_REDIS_PASSWORD": password})
+    replica.wait_ready()
+    started = time.monotonic()
+    wait_until(replica.leads, timeout=20, what="the ACL user to win the lease")
+    keys = [f"{prefix}:{i}".encode() for i in range(5)]
+    expire_keys(shared_cluster, keys)
+
+    wait_until(lambda: set(keys) <= set(replica.handled_keys()), timeout=15, what="the keys, on Redis's timing")
+    assert all("due_at" not in event for event in replica.events())
+    assert replica.metric("expiryd_events_unscheduled_total", route="orders") == len(keys)
+    # Past the next periodic notification check (every 10 s), which must not warn again.
+    time.sleep(max(0.0, started + 12 - time.monotonic()))
+    warnings = [entry for entry in replica.logs() if entry.get("msg", "").startswith("CONFIG refused")]
+    assert sorted(entry["node"] for entry in warnings) == sorted(node.address for node in shared_cluster.nodes)
+    assert "without g, its keys fire on Redis's own timing" in warnings[0]["msg"]
+    assert replica.metric("expiryd_node_notifications_ok", node=shared_cluster.primaries()[0].address) == 0
 
 
 def test_independent_masters_and_a_stream_on_another_server_work_under_their_documented_rules(

@@ -10,9 +10,10 @@ from expiryd.connections import NodeAddress
 from expiryd.eventqueue import EventQueue
 from expiryd.events import Event, Expiration
 from expiryd.handlers import LogHandler
-from expiryd.notifications import merged_classes
+from expiryd.notifications import merged_classes, missing_classes
 from expiryd.replay import ProgressMark
 from expiryd.routing import Route, Router
+from expiryd.scheduler import redis_glob
 from expiryd.topology import ClusterView, parse_cluster_nodes
 
 CLUSTER_NODES = """\
@@ -168,3 +169,35 @@ def test_a_closed_completion_moves_no_marks():
     completion.close()
     completion.finish([pending])
     assert marks == {} and not completion.changed
+
+
+def test_events_carry_due_at_in_json_and_stream_fields_only_when_known():
+    known = Event(b"order:1", "n:1", 1.5, 3, "r", due_at=1_795_377_857.6754)
+    unknown = Event(b"order:1", "n:1", 1.5, 3, "r")
+    assert known.to_json()["due_at"] == 1_795_377_857.675
+    assert known.to_fields()["due_at"] == "1795377857.675"
+    assert "due_at" not in unknown.to_json() and "due_at" not in unknown.to_fields()
+
+
+def test_the_schedule_class_is_added_and_a_covers_it():
+    assert merged_classes("Ex", "Exg") == "Exg"
+    assert merged_classes("", "Exg") == "Exg"
+    assert merged_classes("KEA", "Exg") == "KEA"
+    assert missing_classes("KEx", "Exg") == "g"
+
+
+def test_slot_owners_follow_the_primaries_slot_ranges():
+    nodes = parse_cluster_nodes(
+        "a 127.0.0.1:7000@17000 master - 0 0 1 connected 0-5460\n"
+        "b 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922 [5461->-c]\n"
+        "c 127.0.0.1:7002@17002 master,fail - 0 0 3 connected 10923-16383\n")
+    owners = ClusterView(nodes=nodes, answered_by=NodeAddress("127.0.0.1", 7000)).slot_owners()
+    assert owners[0] == owners[5460] == NodeAddress("127.0.0.1", 7000)
+    assert owners[5461] == owners[10922] == NodeAddress("127.0.0.1", 7001)
+    assert owners[10923] is None and owners[16383] is None  # its primary failed
+
+
+def test_route_globs_become_scan_patterns_with_redis_negation_and_literal_backslashes():
+    assert redis_glob("order:*") == b"order:*"
+    assert redis_glob("job:[!x]?") == b"job:[^x]?"
+    assert redis_glob("a\\b*") == b"a\\\\b*"

@@ -43,10 +43,10 @@ def start_replicas(cluster, config_for, spawn, count=3, **overrides):
     return config, replicas
 
 
-def test_repeated_sigkill_of_the_leader_loses_nothing(shared_cluster, config_for, spawn):
-    config, replicas = start_replicas(shared_cluster, config_for, spawn)
+def test_repeated_sigkill_of_the_leader_loses_nothing(shared_cluster_each_server, config_for, spawn):
+    config, replicas = start_replicas(shared_cluster_each_server, config_for, spawn)
     kills = 3
-    with SteadyStream(shared_cluster, prefix="sigkill", rate=RATE) as stream:
+    with SteadyStream(shared_cluster_each_server, prefix="sigkill", rate=RATE) as stream:
         for round_number in range(kills):
             leader = wait_for_single_leader([r for r in replicas if r.running], timeout=15)
             wait_until_eligible(replicas)

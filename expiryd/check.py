@@ -18,7 +18,7 @@ from typing import Any
 from .config import Config
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .election import term_key
-from .notifications import NotificationStatus, ensure_notifications
+from .notifications import NotificationStatus, ensure_notifications, required_classes
 from .topology import ClusterView, Topology, TopologyUnavailable
 
 __all__ = ["run_check"]
@@ -43,8 +43,10 @@ async def _check(config: Config) -> int:
     problems = 0
     _line("config", f"{config.source}: ok, {len(config.routes)} route(s), replica id {config.id}")
     problems += await _check_cluster(view, options)
+    required = required_classes(kind for route in config.routes for kind in route.events)
     for primary in sorted(view.primaries):
-        problems += await _check_primary(primary, view, options, repair=config.redis.ensure_notifications)
+        problems += await _check_primary(primary, view, options, repair=config.redis.ensure_notifications,
+                                         required=required)
     await _report_lease(config, options, seeds)
     _line("result", "ok" if not problems else f"{problems} problem(s)")
     return 1 if problems else 0
@@ -65,10 +67,11 @@ async def _check_cluster(view: ClusterView, options: RedisOptions) -> int:
     return 0 if state == "ok" and view.primaries else 1
 
 
-async def _check_primary(primary: NodeAddress, view: ClusterView, options: RedisOptions, *, repair: bool) -> int:
+async def _check_primary(primary: NodeAddress, view: ClusterView, options: RedisOptions, *, repair: bool,
+                         required: str) -> int:
     client = options.client(primary)
     try:
-        status = await ensure_notifications(client, repair=False)
+        status = await ensure_notifications(client, repair=False, required=required)
     except REDIS_FAILURES as error:
         status = None
         note = f"unreachable ({error.__class__.__name__})"
@@ -85,12 +88,13 @@ async def _check_primary(primary: NodeAddress, view: ClusterView, options: Redis
 
 def _notification_note(status: NotificationStatus, *, repair: bool) -> str:
     if status.refused:
-        return "unknown: CONFIG refused; make sure notify-keyspace-events includes Ex"
+        return f"unknown: CONFIG refused; make sure notify-keyspace-events includes {status.required}"
     if status.ok:
         return f"{status.before!r} ok"
     if repair:
-        return f"{status.before!r} lacks Ex: a replica will enable it (redis.ensure_notifications)"
-    return f"{status.before!r} lacks Ex and redis.ensure_notifications is off: no events from this node"
+        return f"{status.before!r} lacks {status.required}: a replica will enable it (redis.ensure_notifications)"
+    return (f"{status.before!r} lacks {status.required} and redis.ensure_notifications is off: "
+            "no events from this node")
 
 
 async def _report_lease(config: Config, options: RedisOptions, seeds: list[NodeAddress]) -> None:

@@ -57,6 +57,7 @@ class Daemon:
             options=options,
             settings=config.redis,
             overflow_wait=config.pipeline.overflow_wait,
+            kinds=frozenset(kind for route in config.routes for kind in route.events),
         )
         if config.election.masters:
             self._masters: list[Any] = [options.client_for_url(url) for url in config.election.masters]
@@ -137,7 +138,7 @@ class Daemon:
         payload = None if config.payload is None else PayloadKeys(template=config.payload, client=self._data)
         return Route(name=config.label, pattern=config.match, handler=build_handler(config, cluster=self._data),
                      concurrency=config.concurrency, queue_size=config.queue_size, batch=config.batch,
-                     retry=config.retry, payload=payload)
+                     retry=config.retry, payload=payload, events=frozenset(config.events))
 
     def _replay_settings(self) -> Replay | None:
         settings = self.config.replay

@@ -261,10 +261,10 @@ class RouteDelivery:
     def _events(self, batch: list[Pending], payloads: list[bytes | None] | None) -> list[Event]:
         term, replica = self._term, self._replica
         if payloads is None:
-            return [Event(p.expiration.key, p.expiration.node, p.expiration.received_at, term, replica)
-                    for p in batch]
-        return [Event(p.expiration.key, p.expiration.node, p.expiration.received_at, term, replica, payload, True)
-                for p, payload in zip(batch, payloads, strict=True)]
+            return [Event(p.expiration.key, p.expiration.node, p.expiration.received_at, term, replica,
+                          kind=p.expiration.kind) for p in batch]
+        return [Event(p.expiration.key, p.expiration.node, p.expiration.received_at, term, replica, payload, True,
+                      p.expiration.kind) for p, payload in zip(batch, payloads, strict=True)]
 
     async def _call(self, events: list[Event]) -> None:
         started = time.perf_counter()

@@ -26,6 +26,7 @@ import time
 from .config import RedisConfig
 from .connections import NodeAddress, RedisOptions
 from .eventqueue import EventQueue
+from .events import EXPIRED
 from .metrics import Metrics
 from .subscription import NodeSubscription
 from .topology import Topology, TopologyUnavailable
@@ -45,8 +46,10 @@ class FanIn:
         options: RedisOptions,
         settings: RedisConfig,
         overflow_wait: float,
+        kinds: frozenset[str] = frozenset({EXPIRED}),
     ) -> None:
         self._topology = topology
+        self._kinds = kinds
         self._queue = queue
         self._metrics = metrics
         self._options = options
@@ -124,6 +127,7 @@ class FanIn:
                 watchdog_timeout=self._settings.watchdog_timeout,
                 overflow_wait=self._overflow_wait,
                 on_trouble=self.request_refresh,
+                kinds=self._kinds,
             )
             self._subscriptions[address] = subscription
             subscription.start()

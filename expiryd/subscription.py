@@ -1,4 +1,4 @@
-"""One primary's ``expired`` keyevents, kept flowing into the merged queue.
+"""One primary's ``expired`` (and, when a route takes them, ``hexpired``) keyevents, kept flowing into the merged queue.
 
 A :class:`NodeSubscription` owns everything about one primary: its Pub/Sub
 socket, a watchdog connection, the notification check and reconnection. It
@@ -37,13 +37,15 @@ import redis.asyncio as aioredis
 
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, tls_context
 from .eventqueue import EventQueue
-from .events import Expiration
+from .events import EXPIRED, HEXPIRED, Expiration
 from .metrics import Metrics
-from .notifications import ensure_notifications
+from .notifications import ensure_notifications, required_classes
 
-__all__ = ["CHANNEL", "NodeSubscription"]
+__all__ = ["CHANNEL", "HEXPIRED_CHANNEL", "NodeSubscription"]
 
 CHANNEL = b"__keyevent@0__:expired"
+# A hash's fields expired (HEXPIRE, HSETEX; Redis 7.4+, Valkey 9). The message is the key only.
+HEXPIRED_CHANNEL = b"__keyevent@0__:hexpired"
 _READ_SIZE = 256 * 1024
 _NOTIFICATION_CHECK_EVERY = 10  # watchdog ticks
 _OVERFLOW_LOG_INTERVAL = 10.0
@@ -68,8 +70,11 @@ class NodeSubscription:
         watchdog_timeout: float,
         overflow_wait: float,
         on_trouble: Callable[[], None],
+        kinds: frozenset[str] = frozenset({EXPIRED}),
     ) -> None:
         self.address = address
+        self._channels = [CHANNEL] + ([HEXPIRED_CHANNEL] if HEXPIRED in kinds else [])
+        self._required_classes = required_classes(kinds)
         self._node = str(address)
         self._options = options
         self._tls = tls_context(options.tls) if options.tls is not None else None
@@ -145,8 +150,9 @@ class NodeSubscription:
             command = ("AUTH", *credentials, self._options.password)
             writer.write(hiredis.pack_command(command))  # type: ignore[arg-type]  # hiredis's stub allows one item
             await _reply(reader, parser, what="AUTH")
-        writer.write(hiredis.pack_command((b"SUBSCRIBE", CHANNEL)))  # type: ignore[arg-type]
-        await _reply(reader, parser, what="SUBSCRIBE")
+        writer.write(hiredis.pack_command((b"SUBSCRIBE", *self._channels)))  # type: ignore[arg-type]
+        for _ in self._channels:  # one confirmation per channel
+            await _reply(reader, parser, what="SUBSCRIBE")
 
     async def _read(self, reader: asyncio.StreamReader, parser: hiredis.Reader) -> None:
         received = self._metrics.events_received.labels(node=self._node)
@@ -161,7 +167,11 @@ class NodeSubscription:
             batch = []
             while (reply := parser.gets()) is not False:
                 if type(reply) is list and reply[0] == b"message":
-                    batch.append(Expiration(reply[2], node, now))
+                    channel = reply[1]
+                    if channel == CHANNEL:
+                        batch.append(Expiration(reply[2], node, now))
+                    elif channel == HEXPIRED_CHANNEL:
+                        batch.append(Expiration(reply[2], node, now, HEXPIRED))
             if batch:
                 received.inc(len(batch))
                 await self._enqueue(batch)
@@ -198,18 +208,19 @@ class NodeSubscription:
                 await self._check_notifications(control)
 
     async def _check_notifications(self, control: aioredis.Redis) -> None:
-        status = await asyncio.wait_for(ensure_notifications(control, repair=self._repair),
-                                        self._watchdog_timeout)
+        status = await asyncio.wait_for(
+            ensure_notifications(control, repair=self._repair, required=self._required_classes),
+            self._watchdog_timeout)
         self._metrics.node_notifications_ok.labels(node=self._node).set(status.ok)
         self._metrics.node_config_refused.labels(node=self._node).set(status.refused)
         if status.refused:
             self._warn_once("config_refused", "CONFIG refused: cannot check or enable keyspace notifications; "
-                            "set notify-keyspace-events to include Ex on this node")
+                            f"set notify-keyspace-events to include {self._required_classes} on this node")
         elif status.repaired:
             log.warning("enabled keyspace notifications",
                         extra={"node": self._node, "before": status.before, "after": status.after})
         elif not status.ok:
-            self._warn_once("notifications_off", "notify-keyspace-events lacks Ex and "
+            self._warn_once("notifications_off", f"notify-keyspace-events lacks {self._required_classes} and "
                             "redis.ensure_notifications is off: this node's expirations are not published")
 
     def _warn_once(self, kind: str, message: str) -> None:

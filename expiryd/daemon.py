@@ -57,6 +57,7 @@ class Daemon:
         self._queue = EventQueue(capacity=config.pipeline.queue_size)
         self._topology = Topology(seeds=seeds, options=options)
         self._scheduler: Scheduler | None = None
+        kinds = frozenset(kind for route in config.routes for kind in route.events)
         self._fanin = FanIn(
             topology=self._topology,
             queue=self._queue,
@@ -64,7 +65,8 @@ class Daemon:
             options=options,
             settings=config.redis,
             overflow_wait=config.pipeline.overflow_wait,
-            notification_classes=required_classes(schedule=config.schedule.enabled),
+            notification_classes=required_classes(schedule=config.schedule.enabled, kinds=kinds),
+            kinds=kinds,
             on_expire=self._learn if config.schedule.enabled else None,
         )
         if config.election.masters:
@@ -172,7 +174,7 @@ class Daemon:
         payload = None if config.payload is None else PayloadKeys(template=config.payload, client=self._data)
         return Route(name=config.label, pattern=config.match, handler=build_handler(config, cluster=self._data),
                      concurrency=config.concurrency, queue_size=config.queue_size, batch=config.batch,
-                     retry=config.retry, payload=payload)
+                     retry=config.retry, payload=payload, events=frozenset(config.events))
 
     def _replay_settings(self) -> Replay | None:
         settings = self.config.replay

@@ -52,7 +52,7 @@ from typing import Protocol
 from .completion import Completion, Pending
 from .connections import REDIS_FAILURES, describe_error
 from .deadletter import DeadLetters
-from .events import Event
+from .events import EXPIRED, Event
 from .handlers import PermanentFailure, RetryLater
 from .metrics import Metrics
 from .routing import Route
@@ -264,9 +264,9 @@ class RouteDelivery:
     def _events(self, batch: list[Pending], payloads: list[bytes | None] | None) -> list[Event]:
         term, replica = self._term, self._replica
         if payloads is None:
-            return [Event(e.key, e.node, e.received_at, term, replica, None, False, e.due_at)
+            return [Event(e.key, e.node, e.received_at, term, replica, None, False, e.kind, e.due_at)
                     for e in (p.expiration for p in batch)]
-        return [Event(e.key, e.node, e.received_at, term, replica, payload, True, e.due_at)
+        return [Event(e.key, e.node, e.received_at, term, replica, payload, True, e.kind, e.due_at)
                 for e, payload in zip((p.expiration for p in batch), payloads, strict=True)]
 
     def _observe_lateness(self, batch: list[Pending]) -> None:
@@ -276,10 +276,10 @@ class RouteDelivery:
         observe = self._lateness_seconds.observe
         for pending in batch:
             due_at = pending.expiration.due_at
-            if due_at is None:
-                unscheduled += 1
-            else:
+            if due_at is not None:
                 observe(now - due_at)
+            elif pending.expiration.kind == EXPIRED:  # hash fields are never scheduled
+                unscheduled += 1
         if unscheduled:
             self._unscheduled.inc(unscheduled)
 

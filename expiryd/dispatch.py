@@ -198,7 +198,7 @@ class Dispatcher:
             if expiration.key in self._internal_keys:
                 settled.append(pending)
                 continue
-            route = self._router.match(expiration.key)
+            route = self._router.match(expiration.key, expiration.kind)
             if route is None:
                 unrouted += 1
                 settled.append(pending)

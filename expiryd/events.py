@@ -1,11 +1,14 @@
 """The shapes an expired key takes on its way through expiryd.
 
 An :class:`Expiration` is what a node subscription hears: a key name, the node
-that expired it and when it arrived; the leader gate adds when the key was due,
-if the schedule knew (see :mod:`expiryd.scheduler`). An :class:`Event` is what
-a handler gets: the same facts stamped by the leader with the leadership term
-(the fencing token) and the replica that handled it, and, on a route that
-fetches one, the payload read from the key's companion key.
+that expired it, when it arrived, and its ``kind``: the keyevent that announced
+it, ``expired`` (the key is gone) or ``hexpired`` (one or more fields of the
+hash at that key expired; the key may still exist). The leader gate adds when
+the key was due, if the schedule knew (see :mod:`expiryd.scheduler`). An
+:class:`Event` is what a handler gets: the same facts stamped by the leader
+with the leadership term (the fencing token) and the replica that handled it,
+and, on a route that fetches one, the payload read from the key's companion
+key.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import base64
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Event", "Expiration", "binary_field"]
+__all__ = ["EXPIRED", "HEXPIRED", "KINDS", "Event", "Expiration", "binary_field"]
 
 
 # Neither class is frozen: one of each is made for every event, and a frozen
@@ -22,11 +25,17 @@ __all__ = ["Event", "Expiration", "binary_field"]
 # times as much. Treat both as read-only.
 
 
+EXPIRED = "expired"
+HEXPIRED = "hexpired"
+KINDS = (EXPIRED, HEXPIRED)
+
+
 @dataclass(slots=True)
 class Expiration:
     key: bytes
     node: str
     received_at: float
+    kind: str = EXPIRED
     # Epoch seconds; set once by the leader gate, None when the schedule did not know the key.
     due_at: float | None = None
 
@@ -41,6 +50,7 @@ class Event:
     # Only on routes with a payload template; None there means the payload key was missing.
     payload: bytes | None = None
     has_payload: bool = False
+    kind: str = EXPIRED
     # When the key's TTL ran out (epoch seconds, ms precision), if the schedule knew it.
     due_at: float | None = None
 
@@ -50,11 +60,12 @@ class Event:
         A key that is valid UTF-8 is sent as ``key``; any other key is sent as
         ``key_b64`` (standard base64), so binary keys survive any JSON consumer.
         The payload follows the same rule (``payload`` or ``payload_b64``), and
-        is ``null`` when the payload key did not exist. ``due_at`` is present
-        when the key's due time was known.
+        is ``null`` when the payload key did not exist. ``kind`` is ``expired``
+        or ``hexpired``. ``due_at`` is present when the key's due time was known.
         """
         document: dict[str, Any] = {}
         binary_field(document, "key", self.key)
+        document["kind"] = self.kind
         document["node"] = self.node
         document["term"] = self.term
         document["replica"] = self.replica
@@ -72,6 +83,7 @@ class Event:
         """The event as Redis stream entry fields: the key and payload as raw bytes, the rest as text."""
         fields: dict[str, bytes | str] = {
             "key": self.key,
+            "kind": self.kind,
             "node": self.node,
             "term": str(self.term),
             "replica": self.replica,

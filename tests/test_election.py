@@ -32,8 +32,8 @@ def test_exactly_one_leader_among_three_replicas(shared_cluster, config_for, spa
     assert sum(r.metric("expiryd_is_leader") for r in replicas) == 1
 
 
-def test_sigkill_of_the_leader_hands_over_within_lease_and_retry(shared_cluster, config_for, spawn):
-    replicas = start_three(shared_cluster, config_for, spawn)
+def test_sigkill_of_the_leader_hands_over_within_lease_and_retry(shared_cluster_each_server, config_for, spawn):
+    replicas = start_three(shared_cluster_each_server, config_for, spawn)
     leader = wait_for_single_leader(replicas)
     wait_until_eligible(replicas)
     killed_at = time.monotonic()
@@ -45,7 +45,7 @@ def test_sigkill_of_the_leader_hands_over_within_lease_and_retry(shared_cluster,
     print(f"SIGKILL takeover: {takeover:.2f} s")
     # The lease must run out first; the retry interval (with jitter) and polling come on top.
     assert takeover <= LEASE + RETRY * 1.2 + 1.5
-    expire_keys(shared_cluster, [b"after-kill:1"])
+    expire_keys(shared_cluster_each_server, [b"after-kill:1"])
     wait_until(lambda: b"after-kill:1" in successor.handled_keys(), timeout=10, what="the successor to process")
 
 

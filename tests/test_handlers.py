@@ -74,7 +74,7 @@ def test_webhook_receives_every_event_in_per_key_order_with_a_valid_signature(
             assert set(request.document) == {"events"}
         arrivals: dict[bytes, list[float]] = {}
         for event in receiver.events():
-            assert set(event) == {"key", "node", "term", "replica", "received_at"}
+            assert set(event) == {"key", "kind", "node", "term", "replica", "received_at"}
             arrivals.setdefault(event_key(event), []).append(event["received_at"])
     assert sorted(arrivals) == sorted(keys)
     for key, times in arrivals.items():
@@ -144,7 +144,8 @@ def test_stream_entries_carry_the_documented_fields(shared_cluster, config_for, 
     entries = stream_entries(shared_cluster, stream)
     assert sorted(entry[b"key"] for entry in entries) == sorted(keys)
     for entry in entries:
-        assert set(entry) == {b"key", b"node", b"term", b"replica", b"received_at"}
+        assert set(entry) == {b"key", b"kind", b"node", b"term", b"replica", b"received_at"}
+        assert entry[b"kind"] == b"expired"
         assert entry[b"replica"] == b"1"
         assert int(entry[b"term"]) >= 1
         assert float(entry[b"received_at"]) > 1.7e9
@@ -171,11 +172,11 @@ def test_sync_and_async_python_callables_get_the_events(shared_cluster, config_f
     assert by_key[keys[2]]["thread"] == "MainThread"
 
 
-def test_payload_is_fetched_and_deleted_only_on_success(shared_cluster, config_for, spawn):
+def test_payload_is_fetched_and_deleted_only_on_success(shared_cluster_each_server, config_for, spawn):
     prefix = unique("order")
     delivered, refused, bare = (f"{prefix}:{{{n}}}".encode() for n in ("7", "8", "9"))
     dead_letter = dead_letter_config()
-    client = shared_cluster.client()
+    client = shared_cluster_each_server.client()
     client.set(delivered + b":payload", b'{"amount": 12}')
     client.set(refused + b":payload", b'{"amount": 99}')
 
@@ -185,16 +186,16 @@ def test_payload_is_fetched_and_deleted_only_on_success(shared_cluster, config_f
     with WebhookReceiver(respond=respond) as receiver:
         route = {"match": f"{prefix}:*", "name": "orders", "payload": "{key}:payload", "batch": {"size": 1},
                  "retry": FAST_RETRY, "webhook": {"url": receiver.url}}
-        start_leader(spawn, config_for, shared_cluster, [route], dead_letter=dead_letter)
-        expire_keys(shared_cluster, [delivered, refused, bare])
-        wait_until(lambda: len(receiver.events()) == 2 and stream_entries(shared_cluster, dead_letter["stream"]),
+        start_leader(spawn, config_for, shared_cluster_each_server, [route], dead_letter=dead_letter)
+        expire_keys(shared_cluster_each_server, [delivered, refused, bare])
+        wait_until(lambda: len(receiver.events()) == 2 and stream_entries(shared_cluster_each_server, dead_letter["stream"]),
                    timeout=15, what="two deliveries and one dead-letter")
         by_key = {event_key(event): event for event in receiver.events()}
     assert by_key[delivered]["payload"] == '{"amount": 12}'
     assert by_key[bare]["payload"] is None
     wait_until(lambda: client.exists(delivered + b":payload") == 0, timeout=5, what="the payload key deleted")
     assert client.get(refused + b":payload") == b'{"amount": 99}'
-    (entry,) = stream_entries(shared_cluster, dead_letter["stream"])
+    (entry,) = stream_entries(shared_cluster_each_server, dead_letter["stream"])
     assert (entry[b"key"], entry[b"payload"]) == (refused, b'{"amount": 99}')
     client.close()
 

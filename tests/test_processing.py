@@ -7,12 +7,12 @@ import time
 from .harness import event_key, expire_keys, keys_on_every_primary, wait_for_single_leader, wait_until
 
 
-def test_events_from_all_three_primaries_are_processed(shared_cluster, config_for, spawn):
-    replica = spawn("1", config_for(shared_cluster))
+def test_events_from_all_three_primaries_are_processed(shared_cluster_each_server, config_for, spawn):
+    replica = spawn("1", config_for(shared_cluster_each_server))
     replica.wait_ready()
     wait_for_single_leader([replica])
-    by_node = keys_on_every_primary(shared_cluster, "all-primaries", per_node=5)
-    expire_keys(shared_cluster, [key for keys in by_node.values() for key in keys])
+    by_node = keys_on_every_primary(shared_cluster_each_server, "all-primaries", per_node=5)
+    expire_keys(shared_cluster_each_server, [key for keys in by_node.values() for key in keys])
 
     expected = {key for keys in by_node.values() for key in keys}
     wait_until(lambda: expected <= set(replica.handled_keys()), timeout=15, what="every key to be processed")
@@ -61,12 +61,12 @@ def test_first_matching_route_wins_and_unmatched_keys_are_counted(cluster, confi
     assert sorted(event_key(e) for e in replica.events()) == [b"order:1", b"order:vip:2", b"session:3"]
 
 
-def test_keys_that_are_not_utf8_survive_end_to_end(shared_cluster, config_for, spawn):
-    replica = spawn("1", config_for(shared_cluster))
+def test_keys_that_are_not_utf8_survive_end_to_end(shared_cluster_each_server, config_for, spawn):
+    replica = spawn("1", config_for(shared_cluster_each_server))
     replica.wait_ready()
     wait_for_single_leader([replica])
     keys = [b"bin:\xff\xfe\x00end", b"bin:\xc3\x28", b"text:caf\xc3\xa9", b'quote:"\n\\']
-    expire_keys(shared_cluster, keys)
+    expire_keys(shared_cluster_each_server, keys)
 
     wait_until(lambda: set(keys) <= set(replica.handled_keys()), timeout=15, what="binary keys to arrive intact")
     by_key = {event_key(e): e for e in replica.events()}

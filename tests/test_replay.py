@@ -43,10 +43,10 @@ def start_replicas(cluster, config_for, spawn, count=3, **overrides):
     return config, replicas
 
 
-def test_repeated_sigkill_of_the_leader_loses_nothing(shared_cluster, config_for, spawn):
-    config, replicas = start_replicas(shared_cluster, config_for, spawn)
+def test_repeated_sigkill_of_the_leader_loses_nothing(shared_cluster_each_server, config_for, spawn):
+    config, replicas = start_replicas(shared_cluster_each_server, config_for, spawn)
     kills = 3
-    with SteadyStream(shared_cluster, prefix="sigkill", rate=RATE) as stream:
+    with SteadyStream(shared_cluster_each_server, prefix="sigkill", rate=RATE) as stream:
         for round_number in range(kills):
             leader = wait_for_single_leader([r for r in replicas if r.running], timeout=15)
             wait_until_eligible(replicas)
@@ -64,6 +64,28 @@ def test_repeated_sigkill_of_the_leader_loses_nothing(shared_cluster, config_for
     # Per kill, at most what the dead leader finished since its last progress record.
     assert duplicates <= kills * RATE * (RENEW_INTERVAL + 0.5)
     assert sum(r.metric("expiryd_replayed_events_total") for r in replicas if r.running) > 0
+
+
+def test_hash_field_expirations_are_replayed_after_a_sigkill_like_key_expirations(
+        shared_valkey_cluster, config_for, spawn):
+    routes = [{"match": "*", "name": "all", "events": ["expired", "hexpired"], "log": {}}]
+    _, replicas = start_replicas(shared_valkey_cluster, config_for, spawn, count=2, routes=routes)
+    leader = wait_for_single_leader(replicas)
+    with SteadyStream(shared_valkey_cluster, prefix="hx-sigkill", rate=RATE, hash_fields=True) as stream:
+        wait_until_eligible(replicas)
+        time.sleep(1.0)
+        old_term = leader.logged("became leader")[-1]["term"]
+        leader.kill()
+        successor = wait_for_single_leader([r for r in replicas if r.running], timeout=15)
+        time.sleep(1.0)
+    counts = wait_for_all(replicas, stream.keys)
+
+    assert all(counts[k] >= 1 for k in stream.keys)
+    wanted = set(stream.keys)
+    ours = [e for e in all_handled(replicas) if event_key(e) in wanted]
+    assert {e["kind"] for e in ours} == {"hexpired"}
+    assert {e["term"] for e in successor.events() if event_key(e) in wanted} - {old_term}
+    assert successor.metric("expiryd_replayed_events_total") > 0
 
 
 def test_sigterm_hand_off_processes_every_event_exactly_once(shared_cluster, config_for, spawn):

@@ -64,3 +64,20 @@ def test_the_buffer_forgets_by_age_and_by_count():
     assert keys(buffer.after(None, tolerance=1.0)) == ["b", "c"]
     assert buffer.evicted == 1
     assert dict(buffer.per_node) == {"A": 1, "B": 1}
+
+
+def test_a_mark_covers_only_the_event_of_its_own_kind():
+    # A key whose field and whole-key TTLs are due together: both events can come in one read, at one time.
+    buffer = ReplayBuffer(window=3600.0, max_events=1000)
+    buffer.append([Expiration(b"h", "A", NOW), Expiration(b"h", "A", NOW, "hexpired"), Expiration(b"z", "A", NOW)])
+    after_expired = buffer.after({"A": ProgressMark(b"h", NOW, 1)}, tolerance=2.0)
+    assert [(e.key, e.kind) for e in after_expired] == [(b"h", "hexpired"), (b"z", "expired")]
+    after_hexpired = buffer.after({"A": ProgressMark(b"h", NOW, 1, "hexpired")}, tolerance=2.0)
+    assert [(e.key, e.kind) for e in after_hexpired] == [(b"z", "expired")]
+
+
+def test_a_mark_keeps_its_kind_through_json_and_older_marks_read_as_expired():
+    mark = ProgressMark(b"h", NOW, 3, "hexpired")
+    assert ProgressMark.from_json(mark.to_json()) == mark
+    older = '{"key_b64": "aA==", "received_at": 1.0, "term": 2}'
+    assert ProgressMark.from_json(older) == ProgressMark(b"h", 1.0, 2, "expired")

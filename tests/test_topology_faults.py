@@ -58,20 +58,20 @@ def test_graceful_failover_is_followed_and_the_new_primary_processed(cluster, co
     assert {e["node"] for e in replica.events()} == {new.address}
 
 
-def test_killed_primary_is_followed_to_its_promoted_replica(cluster, config_for, spawn):
-    replica = start_leader(cluster, config_for, spawn)
-    victim = cluster.primaries()[1]
-    promoted = cluster.replica_of(victim)
-    cluster.kill(victim)
-    cluster.wait_for_primary_change(victim)
+def test_killed_primary_is_followed_to_its_promoted_replica(cluster_each_server, config_for, spawn):
+    replica = start_leader(cluster_each_server, config_for, spawn)
+    victim = cluster_each_server.primaries()[1]
+    promoted = cluster_each_server.replica_of(victim)
+    cluster_each_server.kill(victim)
+    cluster_each_server.wait_for_primary_change(victim)
     reported_at = time.monotonic()
 
     wait_until(lambda: subscribed(replica, promoted), timeout=5, what="a subscription to the promoted replica")
     print(f"subscribed {time.monotonic() - reported_at:.2f} s after the cluster reported the promotion")
     assert time.monotonic() - reported_at <= 2.5
-    cluster.wait_until_healthy()
-    keys = keys_on(cluster, promoted, "hard")
-    expire_keys(cluster, keys)
+    cluster_each_server.wait_until_healthy()
+    keys = keys_on(cluster_each_server, promoted, "hard")
+    expire_keys(cluster_each_server, keys)
     wait_until(lambda: set(keys) <= set(replica.handled_keys()), timeout=10, what="events from the promoted replica")
     assert replica.metric("expiryd_node_subscribed", node=victim.address) == 0
 

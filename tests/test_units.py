@@ -10,7 +10,7 @@ from expiryd.connections import NodeAddress
 from expiryd.eventqueue import EventQueue
 from expiryd.events import Event, Expiration
 from expiryd.handlers import LogHandler
-from expiryd.notifications import merged_classes, missing_classes
+from expiryd.notifications import merged_classes, missing_classes, required_classes
 from expiryd.replay import ProgressMark
 from expiryd.routing import Route, Router
 from expiryd.scheduler import redis_glob
@@ -68,7 +68,8 @@ def test_glob_classes_and_single_character_wildcards():
 def test_event_json_uses_key_b64_only_for_non_utf8_keys():
     text = Event(b"order:1", "n:1", 1.5, 3, "r").to_json()
     binary = Event(b"\xff\x00", "n:1", 1.5, 3, "r").to_json()
-    assert text == {"key": "order:1", "node": "n:1", "term": 3, "replica": "r", "received_at": 1.5}
+    assert text == {"key": "order:1", "kind": "expired", "node": "n:1", "term": 3, "replica": "r",
+                    "received_at": 1.5}
     assert "key" not in binary and base64.b64decode(binary["key_b64"]) == b"\xff\x00"
 
 
@@ -85,6 +86,33 @@ def test_notification_classes_are_added_and_existing_ones_kept():
     assert merged_classes("Kg") == "KgEx"
     assert merged_classes("KEA") == "KEA"
     assert merged_classes("Ex") == "Ex"
+
+
+def test_hash_class_is_required_only_for_hexpired_and_added_to_what_is_set():
+    assert required_classes(schedule=False, kinds=["expired"]) == "Ex"
+    assert required_classes(schedule=False, kinds=["expired", "hexpired"]) == "Exh"
+    assert required_classes(schedule=True, kinds=["expired", "hexpired"]) == "Exgh"
+    assert merged_classes("", "Exh") == "Exh"
+    assert merged_classes("Kg$x", "Exh") == "Kg$xEh"
+    assert merged_classes("KEA", "Exh") == "KEA"  # A already includes h and x
+
+
+def test_a_route_gets_only_the_event_kinds_it_lists():
+    expired_only = Route(name="plain", pattern="*", handler=None)  # type: ignore[arg-type]
+    both = Route(name="both", pattern="cart:*", handler=None,  # type: ignore[arg-type]
+                 events=frozenset({"expired", "hexpired"}))
+    router = Router([both, expired_only])
+    assert router.match(b"cart:1", "hexpired") is both
+    assert router.match(b"other:1", "hexpired") is None
+    assert router.match(b"other:1") is expired_only
+    assert Router([expired_only]).match(b"cart:1", "hexpired") is None
+
+
+def test_the_event_kind_is_written_to_json_and_stream_fields():
+    event = Event(b"cart:1", "n:1", 1.5, 3, "r", kind="hexpired")
+    assert event.to_json()["kind"] == "hexpired"
+    assert event.to_fields()["kind"] == "hexpired"
+    assert Event(b"k", "n:1", 1.5, 3, "r").to_json()["kind"] == "expired"
 
 
 def test_primaries_exclude_failed_nodes_and_include_slotless_ones():

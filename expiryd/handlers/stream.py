@@ -1,7 +1,8 @@
 """The ``stream`` handler: ``XADD`` one entry per event to a Redis stream.
 
 It is the durable hand-off for consumers that want their own consumer groups.
-Each entry has the fields ``key`` (the raw key bytes), ``node``, ``term``,
+Each entry has the fields ``key`` (the raw key bytes), ``kind`` (``expired`` or
+``hexpired``), ``node``, ``term``,
 ``replica``, ``received_at`` and, when the route fetches one and it existed,
 ``payload``. The stream is trimmed with ``MAXLEN ~``::
 

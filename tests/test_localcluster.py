@@ -28,6 +28,9 @@ def test_a_node_that_exits_at_start_fails_the_cluster_at_once_with_its_log():
     nowhere = Path("/nonexistent")
     tls = TlsFiles(ca=nowhere / "ca.pem", cert=nowhere / "cert.pem", key=nowhere / "key.pem")
     started = time.monotonic()
-    with pytest.raises(RuntimeError, match="TLS support"), LocalCluster(server="valkey", tls=tls):
+    with (
+        pytest.raises(RuntimeError, match="TLS support"),
+        LocalCluster(server="valkey", tls=tls, primaries=1, replicas_per_primary=0),
+    ):
         pass
     assert time.monotonic() - started < 10  # not the 30 s start timeout

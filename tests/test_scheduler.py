@@ -8,6 +8,7 @@ all the same (a bound far below Redis's own lateness, not a timing race).
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,7 +28,20 @@ ON_TIME = 3.0  # seconds after the due time; Redis alone is tens of seconds late
 @pytest.fixture(scope="module")
 def crowded() -> Iterator[LocalCluster]:
     """A cluster of this module's own, crowded with keys whose TTL runs for an hour."""
-    with LocalCluster() as cluster:
+    with crowded_cluster("redis") as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def leader(crowded: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
+    """One replica leading, routing ``ontime:*`` to its log, for tests that do not hurt it."""
+    with leading_replica(crowded, tmp_path_factory.mktemp("ontime")) as replica:
+        yield replica
+
+
+@contextlib.contextmanager
+def crowded_cluster(server: str) -> Iterator[LocalCluster]:
+    with LocalCluster(server=server) as cluster:
         client = cluster.client()
         pipe = client.pipeline(transaction=False)
         for i in range(CROWD):
@@ -37,11 +51,9 @@ def crowded() -> Iterator[LocalCluster]:
         yield cluster
 
 
-@pytest.fixture(scope="module")
-def leader(crowded: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
-    """One replica leading, routing ``ontime:*`` to its log, for tests that do not hurt it."""
-    directory = tmp_path_factory.mktemp("ontime")
-    replica = Replica("ontime", ontime_config(directory, crowded, "ontime:*"), directory)
+@contextlib.contextmanager
+def leading_replica(cluster: LocalCluster, directory: Path) -> Iterator[Replica]:
+    replica = Replica("ontime", ontime_config(directory, cluster, "ontime:*"), directory)
     try:
         replica.wait_ready()
         wait_for_single_leader([replica])
@@ -101,6 +113,15 @@ def unique(prefix: str, count: int) -> list[bytes]:
 
 
 def test_keys_fire_within_seconds_of_their_due_time_though_redis_runs_late(crowded, leader):
+    assert_fires_on_time(crowded, leader)
+
+
+def test_keys_fire_within_seconds_of_their_due_time_on_valkey_too(tmp_path):
+    with crowded_cluster("valkey") as cluster, leading_replica(cluster, tmp_path) as replica:
+        assert_fires_on_time(cluster, replica)
+
+
+def assert_fires_on_time(crowded: LocalCluster, leader: Replica) -> None:
     keys = unique("ontime:due", 100)
     unrouted = unique("late:due", 100)  # the same TTL, but no route: Redis's own timing
     before = keys_left(crowded)

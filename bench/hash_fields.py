@@ -33,7 +33,7 @@ from typing import Any
 from expiryd.localcluster import LocalCluster, Server
 from tests.harness import Replica, wait_until, write_config
 
-from .latency import percentile
+from .latency import handler_times, percentile
 
 ROUTE = {"match": "hx:*", "name": "hx", "events": ["expired", "hexpired"], "python": "bench.recorder:record"}
 _PIPELINE = 5_000
@@ -87,10 +87,10 @@ def _phase(
     wanted = {key for key, _ in plan}
     deadline = last_due + wait
     while time.time() < max(deadline, last_due + 1.0):
-        if len(_handled(times, wanted)) >= len(wanted):
+        if len(handler_times(times, wanted)) >= len(wanted):
             break
         time.sleep(0.25)
-    handled = _handled(times, wanted)
+    handled = handler_times(times, wanted)
     rows = []
     for kind, label in (("f", "hexpired (field)"), ("k", "expired (key)")):
         keys = [key for key, _ in plan if key.split(b":")[1] == kind.encode()]
@@ -153,14 +153,3 @@ def _write_background(cluster: LocalCluster, count: int) -> None:
 def _due(key: bytes) -> float:
     return int(key.split(b":")[2]) / 1000
 
-
-def _handled(path: Path, wanted: set[bytes]) -> dict[bytes, tuple[float, float]]:
-    """What the recorder wrote: key -> (handler time, received_at), first sighting only."""
-    handled: dict[bytes, tuple[float, float]] = {}
-    if not path.exists():
-        return handled
-    for line in path.read_bytes().splitlines():
-        key, at, received = line.split(b"\t")
-        if key in wanted and key not in handled:
-            handled[key] = (float(at), float(received))
-    return handled

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from expiryd.localcluster import LocalCluster
 
@@ -14,10 +15,10 @@ BURST = 200_000
 
 
 def leader_with_keys_due(cluster: LocalCluster, config_for: Callable[..., Path], spawn: Callable[..., Replica], *,
-                         prefix: str, count: int, lead_ms: int) -> Replica:
+                         prefix: str, count: int, lead_ms: int, schedule: dict[str, Any] | None = None) -> Replica:
     """A leader logging to /dev/null, and ``count`` keys all due ``lead_ms`` from now."""
     routes = [{"match": "*", "name": "all", "log": {"path": "/dev/null"}}]
-    replica = spawn("1", config_for(cluster, routes=routes))
+    replica = spawn("1", config_for(cluster, routes=routes, schedule=schedule or {}))
     replica.wait_ready()
     wait_for_single_leader([replica])
     due_ms = int(time.time() * 1000) + lead_ms
@@ -45,7 +46,9 @@ def test_a_200k_key_burst_is_read_without_loss_or_output_buffer_disconnects(clus
 
 def test_a_million_key_flood_keeps_memory_bounded_and_accounts_for_every_event(cluster, config_for, spawn):
     flood = 1_000_000
-    replica = leader_with_keys_due(cluster, config_for, spawn, prefix="flood", count=flood, lead_ms=45_000)
+    # The schedule is bounded too: a million keys in it alone would take about 150 MB.
+    replica = leader_with_keys_due(cluster, config_for, spawn, prefix="flood", count=flood, lead_ms=45_000,
+                                   schedule={"max_keys": 100_000})
     primaries = cluster.primaries()
 
     def outcomes() -> float:
@@ -58,5 +61,6 @@ def test_a_million_key_flood_keeps_memory_bounded_and_accounts_for_every_event(c
     assert sum(replica.metric("expiryd_events_received_total", node=n.address) for n in primaries) == flood
     peak_rss_mb = rss_mb(replica.process.pid, peak=True)
     assert peak_rss_mb < 300, f"peak RSS {peak_rss_mb} MB"
+    assert replica.metric("expiryd_schedule_admissions_total", result="full") > 0  # the bound was reached
     for node in primaries:
         assert "output buffer limits" not in (node.directory / "redis.log").read_text()

@@ -74,7 +74,9 @@ def test_webhook_receives_every_event_in_per_key_order_with_a_valid_signature(
             assert set(request.document) == {"events"}
         arrivals: dict[bytes, list[float]] = {}
         for event in receiver.events():
-            assert set(event) == {"key", "kind", "node", "term", "replica", "received_at"}
+            # due_at when the schedule learned the key's due time before its 50 ms ran out.
+            assert set(event) - {"due_at"} == {"key", "kind", "node", "term", "replica", "received_at"}
+            assert event.get("due_at", 0.0) <= event["received_at"]
             arrivals.setdefault(event_key(event), []).append(event["received_at"])
     assert sorted(arrivals) == sorted(keys)
     for key, times in arrivals.items():
@@ -144,8 +146,9 @@ def test_stream_entries_carry_the_documented_fields(shared_cluster, config_for, 
     entries = stream_entries(shared_cluster, stream)
     assert sorted(entry[b"key"] for entry in entries) == sorted(keys)
     for entry in entries:
-        assert set(entry) == {b"key", b"kind", b"node", b"term", b"replica", b"received_at"}
+        assert set(entry) == {b"key", b"kind", b"node", b"term", b"replica", b"received_at", b"due_at"}
         assert entry[b"kind"] == b"expired"
+        assert float(entry[b"due_at"]) <= float(entry[b"received_at"])
         assert entry[b"replica"] == b"1"
         assert int(entry[b"term"]) >= 1
         assert float(entry[b"received_at"]) > 1.7e9

@@ -79,6 +79,10 @@ def test_a_running_leader_opens_no_new_connections(shared_cluster, config_for, s
     replica = spawn("1", config_for(shared_cluster))
     replica.wait_ready()
     wait_for_single_leader([replica])
+    # The schedule's start-up scan of each primary opens its connection for good.
+    primaries = len(shared_cluster.primaries())
+    wait_until(lambda: replica.metric("expiryd_schedule_scans_total", result="complete") >= primaries,
+               timeout=30, what="the start-up scans")
     # One client per node, kept open, so that reading the counters opens nothing either.
     clients = [node.client() for node in shared_cluster.nodes]
 

@@ -3,7 +3,7 @@
     python -m bench takeover              # SIGKILL and SIGTERM under load, replay on/off, seed design
     python -m bench throughput            # a 200k-key burst: expiryd vs a bare subscriber vs redis-cli
     python -m bench latency               # added latency at doubling rates (3 runs each); CPU and memory
-    python -m bench handlers              # webhook and stream against log: throughput and added latency
+    python -m bench handlers              # webhook and stream against log: 100k and 200k bursts, added latency
     python -m bench all
     python -m bench all --smoke           # seconds, to prove the scripts still work
     python -m bench profile               # a py-spy profile of the leader at 10,000 keys/s (not in "all")
@@ -64,7 +64,7 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list
         return latency.run(rates=rates, seconds=2.0 if smoke else 8.0, runs=1 if smoke else 3,
                            burst=2_000 if smoke else 200_000)
     if scenario == "handlers":
-        return handlers.run(keys=2_000 if smoke else 100_000, runs=1 if smoke else 3, rate=300 if smoke else 2_000,
+        return handlers.run(sizes=(2_000,) if smoke else (100_000, 200_000), runs=1 if smoke else 3, rate=300 if smoke else 2_000,
                             seconds=1.5 if smoke else 8.0)
     return throughput.run(keys=5_000 if smoke else 200_000, runs=1 if smoke else 3)
 

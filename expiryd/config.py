@@ -207,11 +207,11 @@ class RouteConfig:
 
 HANDLER_KINDS = ("log", "webhook", "stream", "python")
 
-# Where a route leaves them out, concurrency and batch.size depend on its handler, as measured
-# with `python -m bench handlers` (100k-key bursts): a webhook call is an HTTP request, so bigger
-# batches over two connections (0.7x the log handler's rate with 100 a batch on one connection,
-# 1.2x with 500 on two); a stream batch is one round trip to the stream's node, so more batches
-# in flight. The others keep RouteConfig's defaults.
+# Where a route leaves them out, concurrency and batch.size depend on its handler, as measured in
+# bursts of 100k-200k keys (BENCHMARKS.md, "Handlers"): a webhook call is an HTTP request and a
+# stream batch one round trip to the stream's node, so with one lane of 100 events both mostly
+# waited; bigger batches, and more of them in flight, went 1.7x (webhook) and 1.2-1.4x (stream)
+# faster. Log and python routes keep RouteConfig's defaults.
 HANDLER_DEFAULTS: dict[str, dict[str, Any]] = {
     "webhook": {"concurrency": 2, "batch": {"size": 500}},
     "stream": {"concurrency": 4, "batch": {"size": 500}},

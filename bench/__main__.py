@@ -3,7 +3,7 @@
     python -m bench takeover              # SIGKILL and SIGTERM under load, replay on/off, seed design
     python -m bench throughput            # a 200k-key burst: expiryd vs a bare subscriber vs redis-cli
     python -m bench latency               # added latency at doubling rates (3 runs each); CPU and memory
-    python -m bench handlers              # webhook and stream against log: throughput and added latency
+    python -m bench handlers              # webhook and stream against log: 100k and 200k bursts, added latency
     python -m bench ontime                # lateness with the schedule against Redis's own timing, 0-1M other keys
     python -m bench all
     python -m bench all --smoke           # seconds, to prove the scripts still work
@@ -73,7 +73,7 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list
         return ontime.run(crowds=[0] if smoke else [0, 100_000, 1_000_000], rates=[300] if smoke else [1_000, 10_000],
                           seconds=1.0 if smoke else 5.0, memory_keys=0 if smoke else 1_000_000, compare_off=not smoke)
     if scenario == "handlers":
-        return handlers.run(keys=2_000 if smoke else 100_000, runs=1 if smoke else 3, rate=300 if smoke else 2_000,
+        return handlers.run(sizes=(2_000,) if smoke else (100_000, 200_000), runs=1 if smoke else 3, rate=300 if smoke else 2_000,
                             seconds=1.5 if smoke else 8.0)
     return throughput.run(keys=5_000 if smoke else 200_000, runs=1 if smoke else 3)
 

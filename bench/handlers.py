@@ -14,8 +14,11 @@ primaries, as in :mod:`bench.latency`. Lateness is from the due time to
 "handled"; the added latency of a handler is its time minus the log handler's
 time for the same key.
 
-The webhook route posts batches of up to 100 events over up to 4 connections;
-the stream route appends batches of up to 100 entries in one round trip.
+Every route runs with its handler's defaults (``concurrency`` and
+``batch.size``, see ``HANDLER_DEFAULTS`` in :mod:`expiryd.config`): the log
+route one lane of 100 events a call, the webhook route two lanes of up to 500,
+the stream route four lanes of up to 500 entries, each batch in one round trip.
+The burst is run at two sizes, 100,000 and 200,000 keys.
 """
 
 from __future__ import annotations
@@ -39,24 +42,23 @@ from tests.receiver import WebhookReceiver
 from .latency import due_time, percentile
 
 HANDLERS = ("log", "webhook", "stream")
-BATCH = {"size": 100}
 
 
-def run(*, keys: int, runs: int, rate: int, seconds: float) -> list[dict[str, Any]]:
+def run(*, sizes: tuple[int, ...], runs: int, rate: int, seconds: float) -> list[dict[str, Any]]:
     with LocalCluster() as cluster, WebhookReceiver() as receiver, \
             tempfile.TemporaryDirectory(prefix="expiryd-bench-") as workdir:
         directory = Path(workdir)
-        rows = _throughput(cluster, receiver, directory, keys=keys, runs=runs)
+        rows = [row for keys in sizes for row in _throughput(cluster, receiver, directory, keys=keys, runs=runs)]
         rows += _latency(cluster, receiver, directory, rate=rate, seconds=seconds)
     return rows
 
 
 def _route(handler: str, receiver: WebhookReceiver, prefix: str) -> dict[str, Any]:
-    route: dict[str, Any] = {"match": f"{prefix}:*", "name": handler, "batch": BATCH}
+    route: dict[str, Any] = {"match": f"{prefix}:*", "name": handler}
     if handler == "log":
         route["log"] = {"path": "/dev/null"} if prefix == "burst" else {}
     elif handler == "webhook":
-        route.update(concurrency=4, webhook={"url": receiver.url})
+        route["webhook"] = {"url": receiver.url}
     else:
         route["stream"] = {"name": f"{{bench}}:{prefix}"}
     return route

@@ -225,6 +225,29 @@ class RouteConfig:
 
 HANDLER_KINDS = ("log", "webhook", "stream", "python")
 
+# Where a route leaves them out, concurrency and batch.size depend on its handler, as measured in
+# bursts of 100k-200k keys (BENCHMARKS.md, "Handlers"): a webhook call is an HTTP request and a
+# stream batch one round trip to the stream's node, so with one lane of 100 events both mostly
+# waited; bigger batches, and more of them in flight, went 1.7x (webhook) and 1.2-1.4x (stream)
+# faster. Log and python routes keep RouteConfig's defaults.
+HANDLER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "webhook": {"concurrency": 2, "batch": {"size": 500}},
+    "stream": {"concurrency": 4, "batch": {"size": 500}},
+}
+
+
+def _with_handler_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a route as written) with its handler's defaults for the settings it leaves out."""
+    defaults = next((HANDLER_DEFAULTS[kind] for kind in HANDLER_DEFAULTS if raw.get(kind) is not None), None)
+    if defaults is None:
+        return raw
+    raw = dict(raw)
+    raw.setdefault("concurrency", defaults["concurrency"])
+    batch = raw.get("batch")
+    if batch is None or (isinstance(batch, dict) and "size" not in batch):
+        raw["batch"] = {**(batch or {}), "size": defaults["batch"]["size"]}
+    return raw
+
 
 @dataclass(frozen=True)
 class DeadLetterConfig:
@@ -383,6 +406,8 @@ def _hints(cls: type) -> dict[str, Any]:
 def _build(cls: type, raw: Any, *, path: str, source: str) -> Any:
     if not isinstance(raw, dict):
         raise ConfigError(source, path or "(top level)", f"expected a mapping, got {_describe(raw)}")
+    if cls is RouteConfig:
+        raw = _with_handler_defaults(raw)
     settable = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     for key in raw:
         if key not in settable or settable[key].metadata.get("secret"):

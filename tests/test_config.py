@@ -48,6 +48,27 @@ def test_minimal_config_gets_documented_defaults(tmp_path):
     assert config.routes[0].label == "order:*"
 
 
+def test_webhook_and_stream_routes_get_their_handlers_defaults_unless_they_set_their_own(tmp_path):
+    text = """
+redis:
+  nodes: ["redis://127.0.0.1:7000"]
+routes:
+  - match: "a:*"
+    log: {}
+  - match: "b:*"
+    webhook: {url: "http://127.0.0.1:8080/expired"}
+  - match: "c:*"
+    stream: {name: "expired:c"}
+  - match: "d:*"
+    concurrency: 1
+    batch: {max_wait: 10ms}
+    stream: {name: "expired:d"}
+"""
+    config = load_config(path=write(tmp_path, text), environ={})
+    settings = [(route.concurrency, route.batch.size, route.batch.max_wait) for route in config.routes]
+    assert settings == [(1, 100, 0.0), (2, 500, 0.0), (4, 500, 0.0), (1, 500, 0.01)]
+
+
 def test_environment_overrides_file_and_flags_override_environment(tmp_path):
     path = write(tmp_path, MINIMAL + "election:\n  lease: 8s\nhttp:\n  listen: 127.0.0.1:9000\n")
     environ = {"EXPIRYD_ELECTION_LEASE": "10s", "EXPIRYD_LISTEN": "127.0.0.1:9001", "EXPIRYD_ID": "pod-a"}

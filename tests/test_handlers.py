@@ -6,6 +6,7 @@ keys and streams of its own.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -15,6 +16,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from expiryd.events import Event
+from expiryd.handlers import StreamHandler
 from expiryd.localcluster import LocalCluster
 
 from .harness import event_key, expire_keys, wait_for_single_leader, wait_until, wait_until_eligible
@@ -279,3 +284,28 @@ def test_events_still_being_retried_when_the_leader_dies_are_delivered_by_the_ne
         wait_until(lambda: {event_key(e) for e in receiver.events()} == set(keys), timeout=15,
                    what="every key delivered by the new leader")
         assert {e["term"] for e in receiver.events()} == {int(second.metric("expiryd_leader_term"))}
+
+
+def test_a_stream_batch_sent_to_a_node_that_does_not_own_the_stream_follows_moved_and_writes_each_entry_once(
+        shared_cluster: LocalCluster):
+    stream = f"{{{unique('moved')}}}:expired"
+    owner = shared_cluster.node_for_key(stream)
+    other = next(node for node in shared_cluster.primaries() if node.port != owner.port)
+    events = [Event(f"order:{i}".encode(), "127.0.0.1:1", 1.0, 7, "replica-1") for i in range(50)]
+
+    async def write_through_a_stale_slot_table() -> int:
+        client = RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", owner.port)])
+        await client.initialize()
+        # As after a failover or a resharding the client has not heard of yet.
+        slot = client.keyslot(stream)
+        client.nodes_manager.slots_cache[slot] = [client.get_node(host="127.0.0.1", port=other.port)]
+        handler = StreamHandler(client=client, name=stream, maxlen=1_000, owns_client=True)
+        await handler.handle(events)
+        now_owner = client.nodes_manager.get_node_from_slot(slot).port
+        await handler.close()
+        return now_owner
+
+    assert asyncio.run(write_through_a_stale_slot_table()) == owner.port
+    expected = [{name.encode(): value if isinstance(value, bytes) else value.encode()
+                 for name, value in event.to_fields().items()} for event in events]
+    assert stream_entries(shared_cluster, stream) == expected

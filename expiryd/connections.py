@@ -111,8 +111,13 @@ class RedisOptions:
             tls=tls,
         )
 
-    def client(self, address: NodeAddress, *, timeout: float | None = None) -> aioredis.Redis:
-        """A client for one node, whose commands fail after ``timeout`` instead of hanging."""
+    def client(self, address: NodeAddress, *, timeout: float | None = None, pipelined: bool = False) -> aioredis.Redis:
+        """A client for one node, whose commands fail after ``timeout`` instead of hanging.
+
+        ``pipelined``: for a caller that sends pipelines. redis-py runs a pipeline on a
+        connection from the client's pool, never on a single-connection client's own, so
+        such a client would hold two connections; this one keeps its pool.
+        """
         return aioredis.Redis(
             host=address.host,
             port=address.port,
@@ -121,7 +126,7 @@ class RedisOptions:
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=timeout or self.command_timeout,
             retry_on_timeout=False,
-            single_connection_client=True,
+            single_connection_client=not pipelined,
             ssl=self.tls is not None,
             **_tls_client_arguments(self.tls),
         )

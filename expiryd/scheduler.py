@@ -354,6 +354,9 @@ class Scheduler:
         started = time.monotonic()
         pause = _SCAN_COUNT / self._settings.scan_rate
         try:
+            # The node's connections open now, once: not at its first due key, in the middle of work.
+            await _open(self._client(self._touch_clients, node))
+            await _open(client)
             for pattern in self._patterns:
                 cursor = 0
                 while True:
@@ -381,7 +384,7 @@ class Scheduler:
     def _client(self, clients: dict[NodeAddress, aioredis.Redis], node: NodeAddress) -> aioredis.Redis:
         client = clients.get(node)
         if client is None:
-            client = clients[node] = self._options.client(node)
+            client = clients[node] = self._options.client(node, pipelined=True)
         return client
 
     async def _drop_client(self, clients: dict[NodeAddress, aioredis.Redis], node: NodeAddress) -> None:
@@ -398,6 +401,13 @@ async def _until_first_failure(tasks: list[asyncio.Task[None]]) -> None:
     done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in done:
         task.result()
+
+
+async def _open(client: aioredis.Redis) -> None:
+    """Open the connection the client's pipelines use (a PING through one)."""
+    pipe = client.pipeline(transaction=False)
+    pipe.ping()
+    await pipe.execute()
 
 
 async def _pexpiretimes(client: aioredis.Redis, keys: list[bytes]) -> list[Any]:

@@ -131,7 +131,7 @@ class ReplayConfig:
 class ScheduleConfig:
     # Touch each routed key at its due time, so it expires then and not when Redis's own cycle finds it.
     enabled: bool = True
-    # Keys held at most (about 120 bytes each on every replica); more fire on Redis's timing.
+    # Keys held at most (about 150 MB per million on every replica); more fire on Redis's timing.
     max_keys: int = 1_000_000
     # Keys due further ahead wait for a rescan that finds them within the horizon.
     horizon: Duration = 3600.0

@@ -58,6 +58,7 @@ from .events import EXPIRED, Expiration
 from .metrics import Metrics
 from .routing import Router
 from .schedule import Admission, Schedule
+from .tasks import until_first_failure
 from .topology import ClusterView
 
 __all__ = ["DueTimes", "NoSchedule", "Scheduler", "redis_glob"]
@@ -133,27 +134,22 @@ class Scheduler:
         self._lookup_clients: dict[NodeAddress, aioredis.Redis] = {}
         self._touch_clients: dict[NodeAddress, aioredis.Redis] = {}
         self._owners: tuple[ClusterView, list[NodeAddress | None]] | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._task: asyncio.Task[None] | None = None
         admissions = metrics.schedule_admissions
         self._admitted = {admission: admissions.labels(result=admission.value) for admission in Admission}
         self._touches = metrics.schedule_touches
 
     def start(self) -> asyncio.Task[None]:
         """Start learning, firing and recovering; return a task that ends only if one of them fails."""
-        self._tasks = [
-            asyncio.create_task(self._look_up_learned(), name="schedule lookups"),
-            asyncio.create_task(self._fire(), name="schedule firing"),
-            asyncio.create_task(self._recover(), name="schedule recovery"),
-        ]
-        watcher = asyncio.create_task(_until_first_failure(self._tasks), name="scheduler")
-        self._tasks.append(watcher)
-        return watcher
+        self._task = asyncio.create_task(
+            until_first_failure(self._look_up_learned(), self._fire(), self._recover()), name="scheduler")
+        return self._task
 
     async def aclose(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
         clients = [*self._lookup_clients.values(), *self._touch_clients.values()]
         self._lookup_clients.clear()
         self._touch_clients.clear()
@@ -276,7 +272,7 @@ class Scheduler:
             else:
                 by_node.setdefault(owner, []).append(entry)
         if unowned:
-            self._retry(unowned, "error")
+            self._retry(unowned)
         await asyncio.gather(*(self._touch_node(node, entries) for node, entries in by_node.items()))
         self._report_size()
 
@@ -288,7 +284,7 @@ class Scheduler:
             log.warning("cannot touch due keys: retrying", extra={
                 "node": str(node), "keys": len(entries), "error": describe_error(error)})
             await self._drop_client(self._touch_clients, node)
-            self._retry(entries, "error")
+            self._retry(entries)
             return
         now = time.time()
         counts = {"fired": 0, "rescheduled": 0, "no_ttl": 0}
@@ -312,11 +308,11 @@ class Scheduler:
             if count:
                 self._touches.labels(result=result).inc(count)
         if retry:
-            self._retry(retry, "error")
+            self._retry(retry)
 
-    def _retry(self, entries: list[tuple[bytes, float]], result: str) -> None:
-        """Touch these again shortly, as long as a new leader would still touch them."""
-        self._touches.labels(result=result).inc(len(entries))
+    def _retry(self, entries: list[tuple[bytes, float]]) -> None:
+        """Touch these again shortly (their touch failed), as long as a new leader would still touch them."""
+        self._touches.labels(result="error").inc(len(entries))
         at = time.time() + _RETRY_AFTER_ERROR
         oldest = at - self._schedule.keep_due_for
         for key, due in entries:
@@ -395,12 +391,6 @@ class Scheduler:
 
     def _report_size(self) -> None:
         self._metrics.schedule_keys.set(len(self._schedule))
-
-
-async def _until_first_failure(tasks: list[asyncio.Task[None]]) -> None:
-    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        task.result()
 
 
 async def _open(client: aioredis.Redis) -> None:

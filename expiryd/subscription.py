@@ -33,7 +33,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -44,6 +44,7 @@ from .eventqueue import EventQueue
 from .events import EXPIRED, HEXPIRED, Expiration
 from .metrics import Metrics
 from .notifications import SCHEDULE_CLASS, ensure_notifications
+from .tasks import until_first_failure
 
 __all__ = ["CHANNEL", "EXPIRE_CHANNEL", "HEXPIRED_CHANNEL", "NodeSubscription"]
 
@@ -148,7 +149,7 @@ class NodeSubscription:
                 await self._check_notifications(control)
                 self._set_subscribed(True)
                 log.info("subscribed", extra={"node": self._node})
-                await _until_first_failure(self._read(reader, parser), self._watch(control))
+                await until_first_failure(self._read(reader, parser), self._watch(control))
             finally:
                 writer.close()
                 with contextlib.suppress(OSError, RuntimeError):
@@ -277,19 +278,6 @@ async def _reply(reader: asyncio.StreamReader, parser: hiredis.Reader, *, what: 
     if isinstance(reply, hiredis.ReplyError):
         raise SubscriptionRefused(f"refused: {what} failed: {reply}")
     return reply
-
-
-async def _until_first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
-    """Run coroutines that loop forever; when one raises, cancel the rest and re-raise."""
-    tasks = [asyncio.create_task(coroutine) for coroutine in coroutines]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            task.result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _without(classes: str) -> str:

@@ -39,7 +39,7 @@ async def _check(config: Config) -> int:
               file=sys.stderr)
         return 2
     finally:
-        await topology.close()
+        await topology.aclose()
     problems = 0
     _line("config", f"{config.source}: ok, {len(config.routes)} route(s), replica id {config.id}")
     problems += await _check_cluster(view, options)

@@ -6,10 +6,13 @@ it on the same node is finished too, or a new leader would skip the unfinished
 ones. :class:`Completion` keeps each node's unfinished expirations in arrival
 order and moves the node's mark past every finished one at the front::
 
-    completion = Completion(term=7, marks=marks)
+    completion = Completion(term=7, marks=last_marks)
     first, second = completion.add(e1), completion.add(e2)     # same node
-    completion.finish([second])     # marks unchanged: e1 is not finished
-    completion.finish([first])      # marks[node] now names e2
+    completion.finish([second])
+    completion.take_marks()         # None: e1 is not finished, no mark moved
+    completion.finish([first])
+    completion.take_marks()         # {node: mark naming e2, ...}: a copy, to record
+    final = completion.close()      # the term is over: its marks, for the next term to start from
 
 "Finished" means the event needs no more work from any leader: handled,
 dead-lettered, shed and counted, or matched by no route.
@@ -21,7 +24,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from .events import Expiration
-from .replay import ProgressMark
+from .progress import ProgressMark
 
 __all__ = ["Completion", "Pending"]
 
@@ -39,9 +42,8 @@ class Pending:
 class Completion:
     def __init__(self, *, term: int, marks: dict[str, ProgressMark]) -> None:
         self.term = term
-        self.marks = marks
-        # Set whenever a mark moves; whoever records the marks clears it.
-        self.changed = False
+        self._marks = dict(marks)
+        self._changed = False
         self._closed = False
         self._unfinished: dict[str, deque[Pending]] = {}
 
@@ -63,9 +65,17 @@ class Completion:
         for node in nodes:
             self._advance(node)
 
-    def close(self) -> None:
-        """Stop moving marks: this term is over, and its late finishes are not recorded."""
+    def take_marks(self) -> dict[str, ProgressMark] | None:
+        """Every node's mark, if one moved since the last call; else None."""
+        if not self._changed:
+            return None
+        self._changed = False
+        return dict(self._marks)
+
+    def close(self) -> dict[str, ProgressMark]:
+        """Stop moving marks: this term is over, and its late finishes are not recorded. Return the marks."""
         self._closed = True
+        return dict(self._marks)
 
     def unfinished(self) -> int:
         return sum(len(queue) for queue in self._unfinished.values())
@@ -76,5 +86,5 @@ class Completion:
         while queue and queue[0].done:
             last = queue.popleft()
         if last is not None:
-            self.marks[node] = ProgressMark.of(last.expiration, self.term)
-            self.changed = True
+            self._marks[node] = ProgressMark.of(last.expiration, self.term)
+            self._changed = True

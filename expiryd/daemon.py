@@ -2,13 +2,14 @@
 
 The path an expired key takes, module by module::
 
-    subscription (one per node) → eventqueue → dispatch (leader gate) → routing → delivery → handlers
+    subscription (one per node) → eventqueue (merged queue) → gate (leader gate) → routing
+    → delivery (lanes, attempts) → handlers → deadletter (what could not be handled)
 
 and the path that makes it on time: subscription (``expire`` events) → scheduler → schedule → a touch
 of each key on its primary at its due time, which makes Redis expire it then.
 
 :class:`Daemon` builds each part from the configuration, owns every
-long-running task, serves the HTTP endpoints and, when asked to stop, shuts
+service (each one task, see :mod:`expiryd.tasks`), serves the HTTP endpoints and, when asked to stop, shuts
 down in the order that loses least: stop taking events, let the batch in hand
 finish within the grace period, release the lease so another replica takes
 over at once, then close the subscriptions::
@@ -20,6 +21,7 @@ over at once, then close the subscriptions::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -27,20 +29,21 @@ from typing import Any
 from .config import Config, RouteConfig
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .deadletter import DeadLetters
-from .dispatch import Dispatcher, Replay
 from .election import Elector, term_key
 from .eventqueue import EventQueue
 from .fanin import FanIn
+from .gate import LeaderGate
 from .handlers import build_handler
 from .httpserver import HttpServer, Reply
 from .metrics import Metrics
 from .notifications import required_classes
 from .payload import PayloadKeys
 from .progress import ProgressStore, progress_key
-from .replay import ReplayBuffer
+from .replay import NoReplay, Replay, ReplayBuffer
 from .routing import Route, Router
 from .schedule import Schedule
 from .scheduler import NoSchedule, Scheduler
+from .tasks import Service, cancel_and_wait
 from .topology import Topology
 
 __all__ = ["Daemon"]
@@ -97,13 +100,13 @@ class Daemon:
                 metrics=self.metrics,
                 internal_keys=internal_keys,
             )
-        self._dispatcher = Dispatcher(
+        self._gate = LeaderGate(
             queue=self._queue,
             leadership=self._elector,
             router=router,
             replica=config.id,
             metrics=self.metrics,
-            replay=self._replay_settings(),
+            replay=self._replay(),
             dead_letters=DeadLetters(client=self._data, stream=config.dead_letter.stream,
                                      maxlen=config.dead_letter.maxlen),
             overflow_wait=config.pipeline.overflow_wait,
@@ -125,46 +128,38 @@ class Daemon:
                                HttpServer(listen=metrics_listen, endpoints={"/metrics": self._metrics_reply})]
 
     async def run(self, *, stop: asyncio.Event) -> int:
-        """Run until ``stop`` is set or a core task fails; return the exit code."""
-        for listener in self._listeners:
-            await listener.start()
-        log.info("started", extra={"listen": self.config.http.listen, "metrics_listen": self.config.http.metrics_listen,
-                                   "routes": len(self._routes)})
-        fanin = asyncio.create_task(self._fanin.run(), name="fan-in")
-        election = asyncio.create_task(self._elector.run(), name="election")
-        dispatching = self._dispatcher.start()
-        stopping = asyncio.create_task(stop.wait(), name="stop signal")
-        core = {fanin, election, dispatching, stopping}
-        if self._scheduler is not None:
-            core.add(self._scheduler.start())
-        done, _ = await asyncio.wait(core, return_when=asyncio.FIRST_COMPLETED)
-        failed = [task for task in done if task is not stopping]
-        for task in failed:
-            log.error("core task ended unexpectedly: shutting down",
-                      extra={"task": task.get_name()}, exc_info=task.exception())
-        stopping.cancel()
-        await self._shut_down(fanin=fanin, election=election)
+        """Run until ``stop`` is set or a service fails; return the exit code."""
+        async with contextlib.AsyncExitStack() as stack:
+            # Closed in the reverse order: the gate first (it finishes the batch in hand and
+            # records progress), then the scheduler, the election (which releases the lease, so
+            # another replica takes over at once), the subscriptions, and the connections.
+            for listener in self._listeners:
+                await stack.enter_async_context(listener)
+            stack.push_async_callback(self._data.aclose)
+            for master in self._masters:
+                stack.push_async_callback(master.aclose)
+            for route in self._routes:
+                stack.push_async_callback(route.handler.aclose)
+            stack.push_async_callback(self._topology.aclose)
+            services: list[Service] = [self._fanin, self._elector, *self._optional_services(), self._gate]
+            for service in services:
+                await stack.enter_async_context(service)
+            log.info("started", extra={"listen": self.config.http.listen,
+                                       "metrics_listen": self.config.http.metrics_listen, "routes": len(self._routes)})
+            stopping = asyncio.create_task(stop.wait(), name="stop signal")
+            done, _ = await asyncio.wait({stopping, *(service.task for service in services)},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            failed = [task for task in done if task is not stopping]
+            for task in failed:
+                log.error("core task ended unexpectedly: shutting down",
+                          extra={"task": task.get_name()}, exc_info=task.exception())
+            await cancel_and_wait([stopping])
+            log.info("shutting down", extra={"grace": self.config.pipeline.shutdown_grace})
+        log.info("stopped")
         return 1 if failed else 0
 
-    async def _shut_down(self, *, fanin: asyncio.Task[None], election: asyncio.Task[None]) -> None:
-        log.info("shutting down", extra={"grace": self.config.pipeline.shutdown_grace})
-        await self._dispatcher.stop()
-        if self._scheduler is not None:
-            await self._scheduler.aclose()
-        election.cancel()
-        await asyncio.gather(election, return_exceptions=True)
-        await self._elector.resign()
-        fanin.cancel()
-        await asyncio.gather(fanin, return_exceptions=True)
-        await self._topology.close()
-        for route in self._routes:
-            await route.handler.close()
-        for master in self._masters:
-            await master.aclose()
-        await self._data.aclose()
-        for listener in self._listeners:
-            await listener.stop()
-        log.info("stopped")
+    def _optional_services(self) -> list[Service]:
+        return [] if self._scheduler is None else [self._scheduler]
 
     def _learn(self, address: NodeAddress, keys: list[bytes]) -> None:
         if self._scheduler is not None:
@@ -176,16 +171,17 @@ class Daemon:
                      concurrency=config.concurrency, queue_size=config.queue_size, batch=config.batch,
                      retry=config.retry, payload=payload, events=frozenset(config.events))
 
-    def _replay_settings(self) -> Replay | None:
+    def _replay(self) -> Replay | NoReplay:
         settings = self.config.replay
         if not settings.enabled:
-            return None
+            return NoReplay()
         assert settings.window is not None  # load_config fills both in
         return Replay(
             buffer=ReplayBuffer(window=settings.window, max_events=settings.max_events),
             store=self._progress,
             tolerance=settings.clock_tolerance,
             record_interval=self.config.election.renew_interval,
+            metrics=self.metrics,
         )
 
     async def _may_lead(self) -> bool:

@@ -11,17 +11,41 @@ and why it is there: ``route``, ``error`` and ``attempts``::
 
 Inspect them with ``XRANGE {expiryd}:dead-letter - +``; re-drive them by
 reading entries and calling the receiver yourself.
+
+A delivery hands a failed batch to :meth:`DeadLetters.take`, which tries the
+stream a few times while this replica still leads. If even that fails, each
+event is logged at error level as JSON and the batch is ``DROPPED``: never
+lost silently::
+
+    outcome = await dead_letters.take(route="orders", events=events, error="HTTP 400", attempts=1,
+                                      leading=delivery_leads, pause=delivery_pause, backoff=0.2)
 """
 
 from __future__ import annotations
 
+import enum
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .connections import REDIS_FAILURES, describe_error
 from .events import Event
 
-__all__ = ["DeadLetters"]
+__all__ = ["DeadLetters", "Outcome"]
+
+log = logging.getLogger("expiryd.deadletter")
 
 _MAX_ERROR_LENGTH = 1000
+# Tries of the stream itself: it lives on the cluster, so a failover takes a few seconds at most.
+_WRITE_ATTEMPTS = 3
+
+
+class Outcome(enum.Enum):
+    """What became of a batch handed to the dead-letter stream."""
+
+    DEAD_LETTERED = "dead_lettered"
+    DROPPED = "dropped"  # the stream could not be written: logged, and finished
+    ABANDONED = "abandoned"  # leadership ended first: unfinished, for the next leader
 
 
 class DeadLetters:
@@ -29,6 +53,36 @@ class DeadLetters:
         self.stream = stream
         self._client = client
         self._maxlen = maxlen
+
+    async def take(
+        self,
+        *,
+        route: str,
+        events: list[Event],
+        error: str,
+        attempts: int,
+        leading: Callable[[], bool],
+        pause: Callable[[float], Awaitable[None]],
+        backoff: float,
+    ) -> Outcome:
+        """Write the batch to the stream, trying again after ``backoff`` × the try while ``leading()``."""
+        for attempt in range(1, _WRITE_ATTEMPTS + 1):
+            if not leading():
+                return Outcome.ABANDONED
+            try:
+                await self.write(route=route, events=events, error=error, attempts=attempts)
+            except REDIS_FAILURES as write_error:
+                log.warning("cannot write to the dead-letter stream", extra={
+                    "route": route, "attempt": attempt, "error": describe_error(write_error)})
+                await pause(backoff * attempt)
+                continue
+            log.warning("events dead-lettered", extra={
+                "route": route, "events": len(events), "attempts": attempts, "error": error, "stream": self.stream})
+            return Outcome.DEAD_LETTERED
+        for event in events:
+            log.error("event dropped: handler failed and the dead-letter stream cannot be written", extra={
+                "route": route, "event": event.to_json(), "error": error})
+        return Outcome.DROPPED
 
     async def write(self, *, route: str, events: list[Event], error: str, attempts: int) -> None:
         pipe = self._client.pipeline(transaction=False)

@@ -1,36 +1,26 @@
 """Delivery: a route's events go from its queue to its handler, with batching, retries and a dead-letter.
 
-A :class:`RouteDelivery` serves one route for one leadership term. It splits
-the route's events over ``concurrency`` lanes by key, so the events of one key
-always go through the same lane, one batch after another, in the order they
-arrived. Each lane takes up to ``batch.size`` events, waiting up to
-``batch.max_wait`` for the batch to fill, and calls the handler::
+A :class:`RouteDelivery` serves one route for one leadership term. Its
+events wait in the route's lanes (see :mod:`expiryd.lanes`: split by key,
+bounded, shed only when the subscriptions are stuck); one worker per lane takes
+up to ``batch.size`` events, waiting up to ``batch.max_wait`` for the batch to
+fill, and calls the handler::
 
-    delivery = RouteDelivery(route=route, term=7, leadership=elector, completion=completion,
+    delivery = RouteDelivery(route=route, term=7, replica="1", leadership=elector, completion=completion,
                              dead_letters=dead_letters, metrics=metrics, upstream_blocked=queue.blocked_for,
-                             shed_after=2.5)
+                             shed_after=2.5, grace=10.0)
     delivery.start()
     await delivery.submit(pendings)      # waits for room; sheds only when the subscriptions are stuck
     ...
-    await delivery.drain(grace=10.0)     # shutting down: finish what is queued
-    await delivery.abandon(grace=10.0)   # stepped down: leave the queue to the next leader
+    await delivery.aclose()              # shutting down: finish what is queued within the grace period
+    delivery.abandon()                   # or, stepped down: leave the queue to the next leader,
+    await delivery.aclose()              # and give the calls in flight the grace period
 
-**Failures.** A failed attempt is retried after an exponential backoff with
-full jitter (``retry.backoff`` doubling up to ``retry.max_backoff``), up to
+**Failures.** A failed attempt is retried after :func:`backoff`: exponential
+with full jitter (``retry.backoff`` doubling up to ``retry.max_backoff``), up to
 ``retry.max_attempts`` attempts; then the batch goes to the dead-letter stream
-with the error and the attempt count. A :class:`PermanentFailure` goes there at
-once. If even the dead-letter stream cannot be written, each event is logged
-at error level as JSON and counted as ``dropped``: never lost silently.
-
-**Backpressure.** A lane holds at most its share of ``queue_size``. When it is
-full, :meth:`submit` waits, which holds back the leader gate, and the merged
-queue behind it absorbs the burst. Only when a node subscription has waited
-for room in the merged queue for ``shed_after`` (half the time it may wait
-before it drops for every route), so that the gate is truly stuck behind this
-route, does the lane shed what does not fit: counted as ``dropped`` for the
-route, and logged. So a burst is absorbed whole as long as the handlers make
-room for each read within ``shed_after``, and one stuck route cannot make the
-others lose events.
+with the error and the attempt count (see :mod:`expiryd.deadletter`). A
+:class:`PermanentFailure` goes there at once.
 
 **Leadership.** The term is read before every attempt: a lane whose leader
 stepped down stops, and what it had not finished stays unfinished, for the
@@ -45,39 +35,44 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
 from .completion import Completion, Pending
+from .config import RetryConfig
 from .connections import REDIS_FAILURES, describe_error
-from .deadletter import DeadLetters
+from .deadletter import DeadLetters, Outcome
 from .events import EXPIRED, Event
 from .handlers import PermanentFailure, RetryLater
+from .lanes import Lanes
 from .metrics import Metrics
 from .routing import Route
+from .tasks import cancel_and_wait
 
-__all__ = ["Leadership", "RouteDelivery"]
+__all__ = ["Leadership", "RouteDelivery", "backoff"]
 
 log = logging.getLogger("expiryd.delivery")
 
-_DEAD_LETTER_ATTEMPTS = 3
 _SHED_LOG_INTERVAL = 1.0
-_UPSTREAM_CHECK_INTERVAL = 0.1
 
 
 class Leadership(Protocol):
     def term(self) -> int | None: ...
 
 
-class _Lane:
-    """A queue of events for one lane."""
+def backoff(attempt: int, *, retry: RetryConfig, error: Exception, jitter: float) -> float:
+    """Seconds to wait after failed attempt ``attempt`` (1-based); ``jitter`` is uniform in [0, 1).
 
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.items: deque[Pending] = deque()
-        self.ready = asyncio.Event()
-        self.room = asyncio.Event()
+    Full jitter over ``retry.backoff`` doubling per attempt, capped at
+    ``retry.max_backoff``; a :class:`RetryLater` with ``after`` is waited for at
+    least that long (within the cap)::
+
+        backoff(3, retry=RetryConfig(backoff=0.2, max_backoff=5.0), error=err, jitter=random.random())
+    """
+    delay = jitter * min(retry.max_backoff, retry.backoff * 2 ** (attempt - 1))
+    if isinstance(error, RetryLater) and error.after is not None:
+        delay = max(delay, min(error.after, retry.max_backoff))
+    return delay
 
 
 class RouteDelivery:
@@ -93,6 +88,7 @@ class RouteDelivery:
         metrics: Metrics,
         upstream_blocked: Callable[[], float],
         shed_after: float,
+        grace: float,
     ) -> None:
         self.route = route
         self._term = term
@@ -100,12 +96,10 @@ class RouteDelivery:
         self._leadership = leadership
         self._completion = completion
         self._dead_letters = dead_letters
-        self._upstream_blocked = upstream_blocked
-        self._shed_after = shed_after
-        share = -(-route.queue_size // route.concurrency)
-        self._lanes = [_Lane(share) for _ in range(route.concurrency)]
+        self._grace = grace
+        self._lanes = Lanes(count=route.concurrency, queue_size=route.queue_size,
+                            upstream_blocked=upstream_blocked, shed_after=shed_after)
         self._tasks: list[asyncio.Task[None]] = []
-        self._closing = False
         self._abandoned = asyncio.Event()
         self._shed_unlogged = 0
         self._shed_logged_at = 0.0
@@ -113,8 +107,9 @@ class RouteDelivery:
         self._depth = metrics.route_queue_depth.labels(route=name)
         self._ok = metrics.events_processed.labels(route=name, outcome="ok")
         self._retried = metrics.events_processed.labels(route=name, outcome="retried")
-        self._dead_lettered = metrics.events_processed.labels(route=name, outcome="dead_lettered")
-        self._dropped = metrics.events_processed.labels(route=name, outcome="dropped")
+        self._outcomes = {outcome: metrics.events_processed.labels(route=name, outcome=outcome.value)
+                          for outcome in (Outcome.DEAD_LETTERED, Outcome.DROPPED)}
+        self._dropped = self._outcomes[Outcome.DROPPED]
         self._attempts_ok = metrics.handler_attempts.labels(route=name, result="ok")
         self._attempts_failed = metrics.handler_attempts.labels(route=name, result="error")
         self._handle_seconds = metrics.event_handle_seconds.labels(route=name)
@@ -123,67 +118,32 @@ class RouteDelivery:
         self._unscheduled = metrics.events_unscheduled.labels(route=name)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work(lane), name=f"route {self.route.name} lane {i}")
-                       for i, lane in enumerate(self._lanes)]
+        self._tasks = [asyncio.create_task(self._work(index), name=f"route {self.route.name} lane {index}")
+                       for index in range(len(self._lanes))]
 
     async def submit(self, pendings: list[Pending]) -> None:
-        """Queue events for their lanes, in order, waiting for room as described above."""
-        if len(self._lanes) == 1:
-            await self._admit(self._lanes[0], pendings)
-            return
-        by_lane: dict[int, list[Pending]] = {}
-        for pending in pendings:
-            by_lane.setdefault(hash(pending.expiration.key) % len(self._lanes), []).append(pending)
-        for index, group in by_lane.items():
-            await self._admit(self._lanes[index], group)
+        """Queue events for their lanes, in order, waiting for room (see :mod:`expiryd.lanes`)."""
+        shed = await self._lanes.submit(pendings)
+        self._depth.set(self._lanes.depth())
+        if shed:
+            self._shed(shed)
 
-    async def drain(self, *, grace: float) -> None:
-        """Take no more events; finish the queued ones within ``grace``, then stop."""
-        self._closing = True
-        for lane in self._lanes:
-            lane.ready.set()
-        await self._stop_within(grace)
-
-    async def abandon(self, *, grace: float) -> None:
-        """Drop the queued events unfinished; give calls in flight up to ``grace``, then stop."""
-        self._closing = True
+    def abandon(self) -> None:
+        """Stepped down: forget the queued events, unfinished, and stop every attempt at its next look."""
         self._abandoned.set()
-        for lane in self._lanes:
-            lane.items.clear()
-            lane.ready.set()
-            lane.room.set()
-        self._report_depth()
-        await self._stop_within(grace)
+        self._lanes.clear()
+        self._depth.set(0)
 
-    async def _stop_within(self, grace: float) -> None:
+    async def aclose(self) -> None:
+        """Take no more events; finish the queued ones (none, if abandoned) within the grace period, then stop."""
+        self._lanes.close()
         if self._tasks:
-            _, late = await asyncio.wait(self._tasks, timeout=grace)
+            _, late = await asyncio.wait(self._tasks, timeout=self._grace)
             if late:
                 log.warning("grace period over: abandoning batches in flight",
-                            extra={"route": self.route.name, "lanes": len(late), "grace": grace})
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+                            extra={"route": self.route.name, "lanes": len(late), "grace": self._grace})
+            await cancel_and_wait(self._tasks)
         self._tasks = []
-
-    async def _admit(self, lane: _Lane, group: list[Pending]) -> None:
-        start = 0
-        while start < len(group):
-            room = lane.capacity - len(lane.items)
-            if room > 0:
-                accepted = group[start:start + room]
-                lane.items.extend(accepted)
-                lane.ready.set()
-                start += len(accepted)
-                self._report_depth()
-                continue
-            if self._upstream_blocked() >= self._shed_after:
-                self._shed(group[start:])
-                return
-            lane.room.clear()
-            with contextlib.suppress(TimeoutError):
-                # Wake now and then to look at the merged queue again.
-                await asyncio.wait_for(lane.room.wait(), _UPSTREAM_CHECK_INTERVAL)
 
     def _shed(self, pendings: list[Pending]) -> None:
         self._dropped.inc(len(pendings))
@@ -196,40 +156,17 @@ class RouteDelivery:
             self._shed_unlogged = 0
             self._shed_logged_at = now
 
-    def _report_depth(self) -> None:
-        self._depth.set(sum(len(lane.items) for lane in self._lanes))
-
-    async def _work(self, lane: _Lane) -> None:
+    async def _work(self, lane: int) -> None:
+        size, max_wait = self.route.batch.size, self.route.batch.max_wait
         while True:
-            batch = await self._take(lane)
+            batch = await self._lanes.take(lane, size=size, max_wait=max_wait)
             if not batch:
                 return
+            self._depth.set(self._lanes.depth())
             await self._deliver(batch)
             # A handler that never waits (log) would otherwise hold the event loop
             # for as long as its lane has events.
             await asyncio.sleep(0)
-
-    async def _take(self, lane: _Lane) -> list[Pending]:
-        """The next batch: up to batch.size events, waiting up to batch.max_wait for it to fill."""
-        size, max_wait = self.route.batch.size, self.route.batch.max_wait
-        while not lane.items:
-            if self._closing:
-                return []
-            lane.ready.clear()
-            await lane.ready.wait()
-        if max_wait > 0 and len(lane.items) < size:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + max_wait
-            while len(lane.items) < size and not self._closing and (left := deadline - loop.time()) > 0:
-                lane.ready.clear()
-                try:
-                    await asyncio.wait_for(lane.ready.wait(), left)
-                except TimeoutError:
-                    break
-        batch = [lane.items.popleft() for _ in range(min(size, len(lane.items)))]
-        self._report_depth()
-        lane.room.set()
-        return batch
 
     async def _deliver(self, batch: list[Pending]) -> None:
         keys = [pending.expiration.key for pending in batch]
@@ -254,7 +191,7 @@ class RouteDelivery:
                 self._retried.inc(len(batch))
                 log.warning("handler failed: retrying", extra={
                     "route": self.route.name, "events": len(batch), "attempt": attempt, "error": describe_error(error)})
-                await self._pause(self._backoff(attempt, error))
+                await self._pause(backoff(attempt, retry=self.route.retry, error=error, jitter=random.random()))
                 continue
             await self._delete_payloads(keys)
             self._ok.inc(len(batch))
@@ -298,13 +235,6 @@ class RouteDelivery:
     def _leading(self) -> bool:
         return not self._abandoned.is_set() and self._leadership.term() == self._term
 
-    def _backoff(self, attempt: int, error: Exception) -> float:
-        retry = self.route.retry
-        delay = random.uniform(0, min(retry.max_backoff, retry.backoff * 2 ** (attempt - 1)))
-        if isinstance(error, RetryLater) and error.after is not None:
-            delay = max(delay, min(error.after, retry.max_backoff))
-        return delay
-
     async def _pause(self, seconds: float) -> None:
         """Sleep between attempts, waking at once if this term's work is abandoned."""
         with contextlib.suppress(TimeoutError):
@@ -320,27 +250,12 @@ class RouteDelivery:
                 "route": self.route.name, "events": len(keys), "error": describe_error(error)})
 
     async def _dead_letter(self, batch: list[Pending], events: list[Event], error: Exception, attempts: int) -> None:
-        reason = describe_error(error)
-        for attempt in range(1, _DEAD_LETTER_ATTEMPTS + 1):
-            if not self._leading():
-                return
-            try:
-                await self._dead_letters.write(route=self.route.name, events=events, error=reason, attempts=attempts)
-            except REDIS_FAILURES as write_error:
-                log.warning("cannot write to the dead-letter stream", extra={
-                    "route": self.route.name, "attempt": attempt, "error": describe_error(write_error)})
-                await self._pause(self.route.retry.backoff * attempt)
-                continue
-            log.warning("events dead-lettered", extra={
-                "route": self.route.name, "events": len(events), "attempts": attempts, "error": reason,
-                "stream": self._dead_letters.stream})
-            self._dead_lettered.inc(len(batch))
-            self._finish(batch)
+        outcome = await self._dead_letters.take(
+            route=self.route.name, events=events, error=describe_error(error), attempts=attempts,
+            leading=self._leading, pause=self._pause, backoff=self.route.retry.backoff)
+        if outcome is Outcome.ABANDONED:
             return
-        for event in events:
-            log.error("event dropped: handler failed and the dead-letter stream cannot be written", extra={
-                "route": self.route.name, "event": event.to_json(), "error": reason})
-        self._dropped.inc(len(batch))
+        self._outcomes[outcome].inc(len(batch))
         self._finish(batch)
 
     def _finish(self, batch: list[Pending]) -> None:

@@ -10,9 +10,9 @@ them. Each new term gets a fencing token greater than any earlier term's; it
 is stamped on every event so that a receiver can refuse a stale leader::
 
     elector = Elector(masters=[cluster_client], settings=config.election, metrics=metrics)
-    task = asyncio.create_task(elector.run())
+    elector.start()
     term = elector.term()      # the fencing token while leading safely, else None
-    await elector.resign()     # on shutdown: release the lock for the next replica
+    await elector.aclose()     # on shutdown: release the lock at once, for the next replica
 
 ``term()`` reads the monotonic clock, so a leader that wakes from a long pause
 (SIGSTOP, a stalled VM) stops acting at its first look, before the renewal
@@ -35,6 +35,7 @@ from pottery.exceptions import ExtendUnlockedLock, PrimitiveError
 from .config import ElectionConfig
 from .connections import REDIS_FAILURES, describe_error
 from .metrics import Metrics
+from .tasks import Service
 
 __all__ = ["Elector", "term_key"]
 
@@ -61,7 +62,9 @@ def term_key(lock_name: str) -> str:
     return f"{lock_name}:term"
 
 
-class Elector:
+class Elector(Service):
+    name = "election"
+
     def __init__(
         self,
         *,
@@ -99,7 +102,7 @@ class Elector:
             return self._term
         return None
 
-    async def run(self) -> None:
+    async def _run(self) -> None:
         while True:
             self.heartbeat = time.monotonic()
             if self._term is None:
@@ -109,7 +112,7 @@ class Elector:
             else:
                 await self._renew_or_step_down()
 
-    async def resign(self) -> None:
+    async def _close(self) -> None:
         """Give up the lease at once, so another replica can take over within its retry interval."""
         if self._term is not None:
             self._step_down("shutdown")

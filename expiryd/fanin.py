@@ -10,10 +10,11 @@ for the next topology read instead would lose what it expires in between.
 Every expiryd replica runs the fan-in, leader or not, so that a follower that
 takes over has no gap in its subscriptions::
 
-    fanin = FanIn(topology=topology, queue=queue, metrics=metrics, options=options, settings=config.redis)
-    task = asyncio.create_task(fanin.run())
+    fanin = FanIn(topology=topology, queue=queue, metrics=metrics, options=options, settings=config.redis,
+                  overflow_wait=5.0)
+    fanin.start()
     ...
-    task.cancel()          # stops every subscription before returning
+    await fanin.aclose()   # stops every subscription
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from .events import EXPIRED
 from .metrics import Metrics
 from .notifications import EXPIRED_CLASSES
 from .subscription import NodeSubscription
+from .tasks import Service
 from .topology import ClusterView, Topology, TopologyUnavailable
 
 __all__ = ["FanIn"]
@@ -38,7 +40,9 @@ __all__ = ["FanIn"]
 log = logging.getLogger("expiryd.fanin")
 
 
-class FanIn:
+class FanIn(Service):
+    name = "fan-in"
+
     def __init__(
         self,
         *,
@@ -99,16 +103,17 @@ class FanIn:
     def request_refresh(self) -> None:
         self._refresh_now.set()
 
-    async def run(self) -> None:
-        try:
-            while True:
-                self._refresh_now.clear()
-                await self._refresh()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._refresh_now.wait(), self._settings.topology_interval)
-        finally:
-            await asyncio.gather(*(s.stop() for s in self._subscriptions.values()))
-            self._subscriptions.clear()
+    async def _run(self) -> None:
+        while True:
+            self._refresh_now.clear()
+            await self._refresh()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_now.wait(), self._settings.topology_interval)
+
+    async def _close(self) -> None:
+        subscriptions = list(self._subscriptions.values())
+        self._subscriptions.clear()
+        await asyncio.gather(*(subscription.aclose() for subscription in subscriptions))
 
     async def _refresh(self) -> None:
         try:
@@ -134,7 +139,7 @@ class FanIn:
     async def _reconcile(self, nodes: frozenset[NodeAddress]) -> None:
         for address in sorted(set(self._subscriptions) - nodes):
             log.info("node left or failed: unsubscribing", extra={"node": str(address)})
-            await self._subscriptions.pop(address).stop()
+            await self._subscriptions.pop(address).aclose()
         for address in sorted(nodes - set(self._subscriptions)):
             log.info("new node: subscribing", extra={"node": str(address)})
             subscription = NodeSubscription(

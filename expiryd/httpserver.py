@@ -5,9 +5,8 @@ small HTTP/1.1 server on asyncio streams, one request per connection. Each path
 maps to a function that returns the status code and the body::
 
     server = HttpServer(listen="127.0.0.1:9101", endpoints={"/leader": lambda: Reply(200, b"leader\\n")})
-    await server.start()
-    ...
-    await server.stop()
+    async with server:     # binds, or raises OSError
+        ...                # until aclose()
 
 Because the server runs on the event loop itself, a wedged loop cannot answer
 ``/healthz`` at all, which is exactly what a liveness probe should see.
@@ -20,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Self
 
 __all__ = ["HttpServer", "Reply"]
 
@@ -54,10 +54,17 @@ class HttpServer:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self._host, self._port)
 
-    async def stop(self) -> None:
+    async def aclose(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -1,6 +1,6 @@
 """Where the leader got to, kept in Redis beside the lease.
 
-The leader writes one :class:`~expiryd.replay.ProgressMark` per node to the
+The leader writes one :class:`ProgressMark` per node to the
 hash ``<lock_name>:progress``, in the same hash slot as the lease and the term
 when the lock name has a hash tag (the default does). The write is a Lua
 script that first compares the stored term with the writer's, so a stale
@@ -18,13 +18,16 @@ highest term (then the latest time) among the masters that answer.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from .election import term_key
-from .replay import ProgressMark
+from .events import EXPIRED, Expiration
 
-__all__ = ["ProgressStore", "progress_key"]
+__all__ = ["ProgressMark", "ProgressStore", "progress_key"]
 
 # KEYS: term key, progress key. ARGV: term, then node/mark pairs.
 _WRITE_IF_CURRENT_TERM = """
@@ -37,6 +40,34 @@ end
 redis.call('PEXPIRE', KEYS[2], 86400000)
 return 1
 """
+
+
+@dataclass(frozen=True)
+class ProgressMark:
+    """The last event a leader finished on one node."""
+
+    key: bytes
+    received_at: float
+    term: int
+    # An expired and an hexpired event of one key can arrive in the same read, with the same time.
+    kind: str = EXPIRED
+
+    def to_json(self) -> str:
+        document = {"key_b64": base64.b64encode(self.key).decode("ascii"),
+                    "received_at": self.received_at, "term": self.term}
+        if self.kind != EXPIRED:  # marks written before kinds existed read back as expired
+            document["kind"] = self.kind
+        return json.dumps(document)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ProgressMark:
+        document = json.loads(text)
+        return cls(base64.b64decode(document["key_b64"]), float(document["received_at"]), int(document["term"]),
+                   str(document.get("kind", EXPIRED)))
+
+    @classmethod
+    def of(cls, expiration: Expiration, term: int) -> ProgressMark:
+        return cls(expiration.key, expiration.received_at, term, expiration.kind)
 
 
 def progress_key(lock_name: str) -> str:

@@ -32,44 +32,21 @@ events are replayed.
 
 from __future__ import annotations
 
-import base64
-import json
+import asyncio
+import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .events import EXPIRED, Expiration
+from .connections import REDIS_FAILURES
+from .events import Expiration
+from .metrics import Metrics
+from .progress import ProgressMark, ProgressStore
 
-__all__ = ["ProgressMark", "ReplayBuffer"]
+__all__ = ["NoReplay", "ProgressMark", "Replay", "ReplayBuffer"]
 
-
-@dataclass(frozen=True)
-class ProgressMark:
-    """The last event a leader finished on one node."""
-
-    key: bytes
-    received_at: float
-    term: int
-    # An expired and an hexpired event of one key can arrive in the same read, with the same time.
-    kind: str = EXPIRED
-
-    def to_json(self) -> str:
-        document = {"key_b64": base64.b64encode(self.key).decode("ascii"),
-                    "received_at": self.received_at, "term": self.term}
-        if self.kind != EXPIRED:  # marks written before kinds existed read back as expired
-            document["kind"] = self.kind
-        return json.dumps(document)
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> ProgressMark:
-        document = json.loads(text)
-        return cls(base64.b64decode(document["key_b64"]), float(document["received_at"]), int(document["term"]),
-                   str(document.get("kind", EXPIRED)))
-
-    @classmethod
-    def of(cls, expiration: Expiration, term: int) -> ProgressMark:
-        return cls(expiration.key, expiration.received_at, term, expiration.kind)
+log = logging.getLogger("expiryd.replay")
 
 
 class ReplayBuffer:
@@ -78,7 +55,7 @@ class ReplayBuffer:
         self.max_events = max_events
         self._history: deque[Expiration] = deque()
         self.per_node: Counter[str] = Counter()
-        self.evicted = 0
+        self._evicted = 0
 
     def __len__(self) -> int:
         return len(self._history)
@@ -96,8 +73,13 @@ class ReplayBuffer:
         while history and history[0].received_at < horizon:
             self._forget(history.popleft())
         while len(history) > self.max_events:
-            self.evicted += 1
+            self._evicted += 1
             self._forget(history.popleft())
+
+    def take_evicted(self) -> int:
+        """How many events were evicted by count since the last call."""
+        evicted, self._evicted = self._evicted, 0
+        return evicted
 
     def oldest_age(self, now: float | None = None) -> float:
         if not self._history:
@@ -154,3 +136,106 @@ def _covers(start: _Start, index: int, expiration: Expiration) -> bool:
         return index <= start.after_index
     assert start.after_time is not None
     return expiration.received_at <= start.after_time
+
+
+class Replay:
+    """A leader gate's replay: the buffer it remembers batches in, and the progress store.
+
+    The gate hands it values: every batch it sees (:meth:`remember`), the
+    marks of its own last term when it takes over (:meth:`unfinished`), and a
+    term's marks to record (:meth:`record`)::
+
+        replay = Replay(buffer=ReplayBuffer(window=15.0, max_events=200_000), store=store,
+                        tolerance=2.0, record_interval=1.0, metrics=metrics)
+        replay.remember(batch)
+        pending = await replay.unfinished(term=8, own=marks_of_term_7)
+        await replay.record(term=8, marks=completion.take_marks())
+    """
+
+    def __init__(self, *, buffer: ReplayBuffer, store: ProgressStore, tolerance: float, record_interval: float,
+                 metrics: Metrics) -> None:
+        self.record_interval = record_interval
+        self._buffer = buffer
+        self._store = store
+        self._tolerance = tolerance
+        self._metrics = metrics
+        self._unwritten: tuple[int, dict[str, ProgressMark]] | None = None
+        self._reported_nodes: set[str] = set()
+
+    def remember(self, batch: list[Expiration]) -> None:
+        if batch:
+            self._buffer.append(batch)
+
+    async def unfinished(self, *, term: int, own: dict[str, ProgressMark]) -> list[Expiration]:
+        """What the buffer holds beyond the last recorded marks, or beyond ``own`` where those are newer."""
+        marks = await self._read_marks(own)
+        pending = self._buffer.after(marks, tolerance=self._tolerance)
+        log.warning("replaying events no leader finished", extra={
+            "term": term, "events": len(pending), "progress": "unreadable" if marks is None else "read"})
+        self._metrics.replayed_events.inc(len(pending))
+        return pending
+
+    async def record(self, *, term: int, marks: dict[str, ProgressMark] | None) -> None:
+        """Write ``marks`` for ``term``; None means none moved, but a failed write of this term is tried again."""
+        if marks is None:
+            if self._unwritten is None or self._unwritten[0] != term:
+                return
+            marks = self._unwritten[1]
+        self._unwritten = None
+        try:
+            written = await asyncio.wait_for(self._store.write(term=term, marks=marks), self.record_interval)
+        except REDIS_FAILURES as error:
+            self._unwritten = (term, marks)
+            self._metrics.progress_writes.labels(result="error").inc()
+            log.warning("cannot record progress", extra={"term": term, "reason": error.__class__.__name__})
+            return
+        self._metrics.progress_writes.labels(result="ok" if written else "stale_term").inc()
+
+    def report(self) -> None:
+        """Forget what is past the window, and report the buffer's size, age and evictions."""
+        buffer = self._buffer
+        buffer.trim()
+        gauge = self._metrics.replay_buffer_events
+        for node in self._reported_nodes - buffer.per_node.keys():
+            gauge.labels(node=node).set(0)
+        self._reported_nodes = set(buffer.per_node)
+        for node, count in buffer.per_node.items():
+            gauge.labels(node=node).set(count)
+        self._metrics.replay_buffer_oldest_seconds.set(buffer.oldest_age())
+        evicted = buffer.take_evicted()
+        if evicted:
+            self._metrics.replay_buffer_evicted.inc(evicted)
+            log.warning("replay buffer full: oldest events evicted before the window ended",
+                        extra={"evicted": evicted, "max_events": buffer.max_events})
+
+    async def _read_marks(self, own: dict[str, ProgressMark]) -> dict[str, ProgressMark] | None:
+        """The recorded marks, each replaced by ``own`` where that is newer; None if unreadable."""
+        try:
+            marks = await asyncio.wait_for(self._store.read(), self.record_interval * 2)
+        except (*REDIS_FAILURES, ValueError, KeyError) as error:
+            log.error("cannot read the last leader's progress: replaying the whole buffer",
+                      extra={"reason": error.__class__.__name__})
+            return None
+        for node, mark in own.items():
+            if node not in marks or mark.term >= marks[node].term:
+                marks[node] = mark
+        return marks
+
+
+class NoReplay:
+    """Replay switched off: nothing is remembered, replayed or recorded."""
+
+    # Nothing to record: the gate's recorder only wakes now and then.
+    record_interval = 60.0
+
+    def remember(self, batch: list[Expiration]) -> None:
+        pass
+
+    async def unfinished(self, *, term: int, own: dict[str, ProgressMark]) -> list[Expiration]:
+        return []
+
+    async def record(self, *, term: int, marks: dict[str, ProgressMark] | None) -> None:
+        pass
+
+    def report(self) -> None:
+        pass

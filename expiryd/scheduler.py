@@ -58,7 +58,7 @@ from .events import EXPIRED, Expiration
 from .metrics import Metrics
 from .routing import Router
 from .schedule import Admission, Schedule
-from .tasks import until_first_failure
+from .tasks import Service, until_first_failure
 from .topology import ClusterView
 
 __all__ = ["DueTimes", "NoSchedule", "Scheduler", "redis_glob"]
@@ -102,7 +102,9 @@ def redis_glob(pattern: str) -> bytes:
     return text.encode("utf-8")
 
 
-class Scheduler:
+class Scheduler(Service):
+    name = "scheduler"
+
     def __init__(
         self,
         *,
@@ -134,22 +136,14 @@ class Scheduler:
         self._lookup_clients: dict[NodeAddress, aioredis.Redis] = {}
         self._touch_clients: dict[NodeAddress, aioredis.Redis] = {}
         self._owners: tuple[ClusterView, list[NodeAddress | None]] | None = None
-        self._task: asyncio.Task[None] | None = None
         admissions = metrics.schedule_admissions
         self._admitted = {admission: admissions.labels(result=admission.value) for admission in Admission}
         self._touches = metrics.schedule_touches
 
-    def start(self) -> asyncio.Task[None]:
-        """Start learning, firing and recovering; return a task that ends only if one of them fails."""
-        self._task = asyncio.create_task(
-            until_first_failure(self._look_up_learned(), self._fire(), self._recover()), name="scheduler")
-        return self._task
+    async def _run(self) -> None:
+        await until_first_failure(self._look_up_learned(), self._fire(), self._recover())
 
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    async def _close(self) -> None:
         clients = [*self._lookup_clients.values(), *self._touch_clients.values()]
         self._lookup_clients.clear()
         self._touch_clients.clear()

@@ -11,7 +11,7 @@ runs until its owner (the fan-in) stops it::
     subscription = NodeSubscription(address=..., options=..., queue=..., metrics=..., ...)
     subscription.start()
     ...
-    await subscription.stop()
+    await subscription.aclose()
 
 Why the socket is read by hand: Pub/Sub is at-most-once, and a subscriber that
 reads too slowly is disconnected by Redis, losing its whole output buffer.
@@ -44,7 +44,7 @@ from .eventqueue import EventQueue
 from .events import EXPIRED, HEXPIRED, Expiration
 from .metrics import Metrics
 from .notifications import SCHEDULE_CLASS, ensure_notifications
-from .tasks import until_first_failure
+from .tasks import Service, until_first_failure
 
 __all__ = ["CHANNEL", "EXPIRE_CHANNEL", "HEXPIRED_CHANNEL", "NodeSubscription"]
 
@@ -68,7 +68,7 @@ class SubscriptionRefused(SubscriptionLost):
     """The server answered a command of the subscription with an error."""
 
 
-class NodeSubscription:
+class NodeSubscription(Service):
     def __init__(
         self,
         *,
@@ -99,21 +99,14 @@ class NodeSubscription:
         self._on_trouble = on_trouble
         self._classes = notification_classes
         self._on_expire = on_expire
-        self._task: asyncio.Task[None] | None = None
+        self.name = f"subscription {self._node}"
         self._last_read = 0.0
         self._last_overflow_log = 0.0
         self._warned: set[str] = set()
         self.subscribed = False
         self.subscribed_since: float | None = None  # monotonic; None while not subscribed
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"subscription {self._node}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    async def _close(self) -> None:
         self._set_subscribed(False)
         self._metrics.forget_node(self._node)
 

@@ -1,22 +1,37 @@
-"""Running coroutines that loop forever as one unit, for the components that own several.
+"""One lifecycle for every long-running part of expiryd: ``start()``, then ``aclose()``.
 
-A component whose work is a few endless loops (a node subscription's reader and
-watchdog; the scheduler's lookups, firing and recovery) runs them as one task:
-cancelling that task cancels them all, and the first that fails ends the rest
-and surfaces its error to whoever awaits the task::
+A :class:`Service` owns exactly one task, made from its ``_run()`` coroutine.
+``start()`` creates it; ``aclose()`` cancels it, waits for it, then lets the
+service release what it holds (``_close()``). ``async with`` does both, and a
+:class:`~expiryd.daemon.Daemon` closes its services in order with an
+``AsyncExitStack``. The task never ends by itself unless something failed, so
+whoever owns the service watches ``service.task`` for that::
 
-    task = asyncio.create_task(until_first_failure(read(), watch()))
-    ...
-    task.cancel()       # every loop is cancelled and awaited
+    async with Scheduler(...) as scheduler:      # start()
+        await asyncio.wait([scheduler.task, stop_requested])
+    # aclose(): the task is cancelled and awaited, the scheduler's clients closed
+
+A service whose work is several endless loops runs them as one task with
+:func:`until_first_failure`: cancelling it cancels them all, and the first that
+fails ends the rest and surfaces its error.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
+from collections.abc import Coroutine, Iterable
+from types import TracebackType
+from typing import Any, Self
 
-__all__ = ["until_first_failure"]
+__all__ = ["Service", "cancel_and_wait", "until_first_failure"]
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
+    """Cancel the tasks and wait until every one has ended; their errors are not raised."""
+    pending = [task for task in tasks if task is not None]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def until_first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
@@ -27,6 +42,45 @@ async def until_first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:
         for task in done:
             task.result()
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(tasks)
+
+
+class Service:
+    """A part of expiryd that runs one task from ``start()`` until ``aclose()``."""
+
+    #: The task's name, in logs and in asyncio's debug output.
+    name = "service"
+
+    _task: asyncio.Task[None] | None = None
+
+    @property
+    def task(self) -> asyncio.Task[None]:
+        """The running task: it ends only when the service failed, or after ``aclose()``."""
+        if self._task is None:
+            raise RuntimeError(f"{self.name} is not started")
+        return self._task
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def aclose(self) -> None:
+        """Stop the task, wait for it, then release what the service holds."""
+        task, self._task = self._task, None
+        await cancel_and_wait([task])
+        await self._close()
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        """What to release once the task has ended (connections, a lease); nothing by default."""

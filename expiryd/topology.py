@@ -125,7 +125,7 @@ class Topology:
         self._options = options
         self._connected: tuple[NodeAddress, aioredis.Redis] | None = None
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the connection kept for the next read."""
         if self._connected is not None:
             _, client = self._connected
@@ -161,7 +161,7 @@ class Topology:
         try:
             raw = await client.execute_command("CLUSTER", "NODES")
         except Exception:
-            await self.close()
+            await self.aclose()
             raise
         text = raw.decode() if isinstance(raw, bytes) else str(raw)
         nodes = parse_cluster_nodes(text)
@@ -173,7 +173,7 @@ class Topology:
         """The kept client if it is for ``address``, else a new one kept in its place."""
         if self._connected is not None and self._connected[0] == address:
             return self._connected[1]
-        await self.close()
+        await self.aclose()
         client = self._options.client(address)
         self._connected = (address, client)
         return client

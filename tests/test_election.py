@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+
+from pottery.exceptions import ExtendUnlockedLock
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from expiryd.config import ElectionConfig
+from expiryd.election import Elector
+from expiryd.metrics import Metrics
 
 from .harness import expire_keys, leaders, wait_for_single_leader, wait_until, wait_until_eligible
 
@@ -117,3 +125,154 @@ def test_a_leader_paused_past_its_lease_does_not_act_when_it_wakes(shared_cluste
     assert all(e["term"] == old_term for e in old.events())
     assert wait_until(lambda: old.logged("stepped down"), timeout=5, what="the paused leader to step down")
 
+
+
+# In process: the elector's step-down timing against a lock that answers as told.
+
+
+class FakeMaster:
+    """Enough of a Redis client for the term: GET, and the raise-term script."""
+
+    def __init__(self) -> None:
+        self.term = 0
+
+    def register_script(self, script: str) -> None:
+        """pottery registers its scripts at construction; the fake lock never runs them."""
+
+    async def get(self, key: str) -> int:
+        return self.term
+
+    async def eval(self, script: str, numkeys: int, key: str, proposed: int) -> int:
+        self.term = proposed
+        return 1
+
+
+class FakeLock:
+    def __init__(self) -> None:
+        self.extend_error: Exception | None = None
+        self.extend_hangs = False
+        self.free = True
+        self.released = 0
+
+    async def acquire(self, *, blocking: bool) -> bool:
+        return self.free
+
+    async def extend(self) -> None:
+        if self.extend_hangs:
+            await asyncio.sleep(3600)
+        if self.extend_error is not None:
+            raise self.extend_error
+
+    async def release(self) -> None:
+        self.released += 1
+
+
+def lease_gone() -> ExtendUnlockedLock:
+    return ExtendUnlockedLock(key="{expiryd}:leader", masters=set())
+
+
+def elector_with_fake_lock(**timings: float) -> tuple[Elector, FakeLock, Metrics]:
+    settings = ElectionConfig(**{"lease": 5.0, "renew_interval": 0.05, "renew_deadline": 0.3,
+                                 "retry_interval": 0.05, **timings})
+    metrics = Metrics()
+    elector = Elector(masters=[FakeMaster()], settings=settings, metrics=metrics)
+    lock = FakeLock()
+    elector._lock = lock  # type: ignore[assignment]
+    return elector, lock, metrics
+
+
+async def leading(elector: Elector) -> int:
+    while (term := elector.term()) is None:
+        await asyncio.sleep(0.005)
+    return term
+
+
+def stepdowns(metrics: Metrics, reason: str) -> float:
+    return metrics.registry.get_sample_value("expiryd_leader_stepdowns_total", {"reason": reason}) or 0.0
+
+
+def test_a_leader_whose_renewals_hang_stops_acting_by_the_renew_deadline():
+    async def scenario() -> tuple[float, Metrics, FakeLock]:
+        elector, lock, metrics = elector_with_fake_lock()
+        async with elector:
+            await leading(elector)
+            lock.extend_hangs, lock.free = True, False
+            started = time.monotonic()
+            while elector.term() is not None:
+                await asyncio.sleep(0.005)
+            stopped_after = time.monotonic() - started
+            while not stepdowns(metrics, "renew_deadline_passed"):
+                await asyncio.sleep(0.005)
+        return stopped_after, metrics, lock
+
+    stopped_after, metrics, lock = asyncio.run(scenario())
+    # No later than the deadline after the last renewal; orders of magnitude inside the 5 s lease.
+    assert stopped_after <= 1.0
+    assert lock.released >= 1
+
+
+def test_term_is_none_once_the_deadline_passes_even_before_the_loop_notices():
+    async def scenario() -> tuple[int, int | None]:
+        elector, lock, _ = elector_with_fake_lock(renew_interval=60.0, renew_deadline=0.1)
+        async with elector:
+            term = await leading(elector)
+            # The renewal loop sleeps for a minute: only the monotonic clock can stop this leader.
+            await asyncio.sleep(0.15)
+            return term, elector.term()
+
+    term, after = asyncio.run(scenario())
+    assert term == 1 and after is None
+
+
+def test_a_lease_found_gone_at_renewal_steps_down_at_once():
+    async def scenario() -> Metrics:
+        elector, lock, metrics = elector_with_fake_lock(renew_deadline=60.0)
+        async with elector:
+            await leading(elector)
+            lock.extend_error, lock.free = lease_gone(), False
+            while elector.term() is not None:
+                await asyncio.sleep(0.005)
+        return metrics
+
+    assert stepdowns(asyncio.run(scenario()), "lease_lost") == 1
+
+
+def test_a_failed_renewal_within_the_deadline_keeps_the_leader():
+    async def scenario() -> tuple[int | None, Metrics]:
+        elector, lock, metrics = elector_with_fake_lock(renew_deadline=60.0)
+        async with elector:
+            await leading(elector)
+            lock.extend_error = RedisConnectionError("blip")
+            await asyncio.sleep(0.2)
+            return elector.term(), metrics
+
+    term, metrics = asyncio.run(scenario())
+    assert term == 1
+    assert metrics.registry.get_sample_value("expiryd_lock_renewals_total", {"result": "error"}) >= 1
+
+
+def test_closing_the_elector_releases_the_lease_at_once():
+    async def scenario() -> tuple[FakeLock, Metrics]:
+        elector, lock, metrics = elector_with_fake_lock(renew_deadline=60.0)
+        async with elector:
+            await leading(elector)
+        return lock, metrics
+
+    lock, metrics = asyncio.run(scenario())
+    assert lock.released == 1 and stepdowns(metrics, "shutdown") == 1
+
+
+def test_each_new_term_is_greater_than_the_last():
+    async def scenario() -> list[int]:
+        elector, lock, _ = elector_with_fake_lock(renew_deadline=60.0)
+        terms = []
+        async with elector:
+            terms.append(await leading(elector))
+            lock.extend_error, lock.free = lease_gone(), False
+            while elector.term() is not None:
+                await asyncio.sleep(0.005)
+            lock.extend_error, lock.free = None, True
+            terms.append(await leading(elector))
+        return terms
+
+    assert asyncio.run(scenario()) == [1, 2]

@@ -302,7 +302,7 @@ def test_a_stream_batch_sent_to_a_node_that_does_not_own_the_stream_follows_move
         handler = StreamHandler(client=client, name=stream, maxlen=1_000, owns_client=True)
         await handler.handle(events)
         now_owner = client.nodes_manager.get_node_from_slot(slot).port
-        await handler.close()
+        await handler.aclose()
         return now_owner
 
     assert asyncio.run(write_through_a_stale_slot_table()) == owner.port

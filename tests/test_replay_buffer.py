@@ -62,7 +62,7 @@ def test_the_buffer_forgets_by_age_and_by_count():
     buffer.append([Expiration(b"c", "A", now + 0.1)])
     buffer.trim(now=now)
     assert keys(buffer.after(None, tolerance=1.0)) == ["b", "c"]
-    assert buffer.evicted == 1
+    assert buffer.take_evicted() == 1
     assert dict(buffer.per_node) == {"A": 1, "B": 1}
 
 

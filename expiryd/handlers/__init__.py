@@ -9,7 +9,7 @@ keeps failing::
 
     handler = build_handler(route_config, cluster=cluster_client)
     await handler.handle(events)
-    await handler.close()
+    await handler.aclose()
 """
 
 from __future__ import annotations

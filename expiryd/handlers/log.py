@@ -2,7 +2,7 @@
 
     handler = LogHandler(path=None)             # standard output
     await handler.handle([event])               # {"key": "order:42", "node": ..., "term": 7, ...}
-    await handler.close()
+    await handler.aclose()
 
 Standard output carries only event lines; expiryd's own log goes to standard
 error, so ``expiryd ... > events.jsonl`` captures exactly the events.
@@ -29,6 +29,6 @@ class LogHandler:
         self._stream.write("\n".join(lines) + "\n")
         self._stream.flush()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         if self._owns_stream:
             self._stream.close()

@@ -39,5 +39,5 @@ class PythonHandler:
         if inspect.isawaitable(result):
             await result
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         return None

@@ -168,7 +168,7 @@ class StreamHandler:
 
         return connection, release
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         if self._owns_client:
             await self._client.aclose()
 

@@ -59,7 +59,7 @@ class WebhookHandler:
             raise RetryLater(f"HTTP {status}", after=_retry_after(response))
         raise PermanentFailure(f"HTTP {status}")
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         await self._client.aclose()
 
 

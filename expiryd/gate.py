@@ -1,0 +1,210 @@
+"""The leader gate: events leave the merged queue, and only the leader hands them on.
+
+The :class:`LeaderGate` takes batches from the merged queue. While this
+replica follows, it remembers each batch for replay and lets it go. While it
+leads, it routes each expiration and submits it to the route's delivery (see
+:mod:`expiryd.delivery`), which batches, retries and dead-letters.
+:class:`~expiryd.completion.Completion` follows which expirations are
+finished, and every ``replay.record_interval`` the gate records the resulting
+per-node marks, so that the next leader knows where this one stopped.
+
+When this replica becomes leader, it starts a delivery per route for the new
+term, replays what the last leader left unfinished (see :mod:`expiryd.replay`),
+then goes on with the queue, so per-node order is kept across the change. When
+it stops leading, the term's deliveries are abandoned in the background: their
+queued events stay unfinished, for the next leader::
+
+    gate = LeaderGate(queue=queue, leadership=elector, router=router, replica="1", metrics=metrics,
+                      replay=Replay(...) or NoReplay(), dead_letters=dead_letters, overflow_wait=5.0,
+                      grace=10.0, due_times=scheduler)
+    gate.start()
+    ...
+    await gate.aclose()    # finish what the routes hold within the grace period, record progress
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from .completion import Completion, Pending
+from .deadletter import DeadLetters
+from .delivery import Leadership, RouteDelivery
+from .eventqueue import EventQueue
+from .events import Expiration
+from .metrics import Metrics
+from .progress import ProgressMark
+from .routing import Route, Router
+from .scheduler import DueTimes
+from .tasks import Service, until_first_failure
+
+__all__ = ["LeaderGate", "ReplayLike"]
+
+log = logging.getLogger("expiryd.gate")
+
+# Replayed events go to the routes in chunks of this size, as if read from the queue.
+_REPLAY_CHUNK = 1024
+
+
+class ReplayLike(Protocol):
+    """:class:`~expiryd.replay.Replay`, or :class:`~expiryd.replay.NoReplay` when replay is off."""
+
+    record_interval: float
+
+    def remember(self, batch: list[Expiration]) -> None: ...
+
+    async def unfinished(self, *, term: int, own: dict[str, ProgressMark]) -> list[Expiration]: ...
+
+    async def record(self, *, term: int, marks: dict[str, ProgressMark] | None) -> None: ...
+
+    def report(self) -> None: ...
+
+
+class LeaderGate(Service):
+    name = "leader gate"
+
+    def __init__(
+        self,
+        *,
+        queue: EventQueue,
+        leadership: Leadership,
+        router: Router,
+        replica: str,
+        metrics: Metrics,
+        replay: ReplayLike,
+        dead_letters: DeadLetters,
+        overflow_wait: float,
+        grace: float,
+        due_times: DueTimes,
+        internal_keys: frozenset[bytes] = frozenset(),
+    ) -> None:
+        self._queue = queue
+        self._leadership = leadership
+        self._router = router
+        self._replica = replica
+        self._metrics = metrics
+        self._replay = replay
+        self._dead_letters = dead_letters
+        self._overflow_wait = overflow_wait
+        self._grace = grace
+        self._due_times = due_times
+        self._internal_keys = internal_keys
+        self._active_term: int | None = None
+        self._shift: _Shift | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
+        # The marks this replica's last term ended with: a new term starts from them.
+        self._own_marks: dict[str, ProgressMark] = {}
+
+    async def _run(self) -> None:
+        await until_first_failure(self._take_batches(), self._record_progress())
+
+    async def _close(self) -> None:
+        """Take no new batch; let the routes finish what they hold within the grace period; record progress."""
+        shift = self._shift
+        if shift is not None:
+            await _close_all(shift.deliveries.values())
+            await self._replay.record(term=shift.term, marks=shift.completion.take_marks())
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+
+    async def _take_batches(self) -> None:
+        while True:
+            batch = await self._queue.get()
+            self._metrics.queue_depth.set(len(self._queue))
+            await self._dispatch(batch)
+            # A get() from a non-empty queue does not suspend: without this, a backlog
+            # would hold the event loop until it is drained, starving lease renewals,
+            # the watchdogs, the route lanes and /metrics.
+            await asyncio.sleep(0)
+
+    async def _dispatch(self, batch: list[Expiration]) -> None:
+        term = self._leadership.term()
+        if term != self._active_term:
+            self._end_shift()
+            self._active_term = term
+            if term is not None:
+                self._begin_shift(term)
+                await self._take_over(term)
+        # Every replica settles its schedule as the keys expire, so a follower's is current when it takes over.
+        self._due_times.settle(batch)
+        self._replay.remember(batch)
+        if term is None:
+            self._metrics.events_skipped.inc(len(batch))
+            return
+        await self._process(batch)
+
+    def _begin_shift(self, term: int) -> None:
+        completion = Completion(term=term, marks=self._own_marks)
+        deliveries = {
+            route: RouteDelivery(route=route, term=term, replica=self._replica, leadership=self._leadership,
+                                 completion=completion, dead_letters=self._dead_letters, metrics=self._metrics,
+                                 upstream_blocked=self._queue.blocked_for, shed_after=self._overflow_wait / 2,
+                                 grace=self._grace)
+            for route in self._router.routes
+        }
+        for delivery in deliveries.values():
+            delivery.start()
+        self._shift = _Shift(term=term, completion=completion, deliveries=deliveries)
+
+    def _end_shift(self) -> None:
+        shift, self._shift = self._shift, None
+        if shift is None:
+            return
+        self._own_marks = shift.completion.close()
+        for delivery in shift.deliveries.values():
+            delivery.abandon()
+        task = asyncio.create_task(_close_all(shift.deliveries.values()), name=f"term {shift.term} step-down")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _take_over(self, term: int) -> None:
+        pending = await self._replay.unfinished(term=term, own=self._own_marks)
+        for start in range(0, len(pending), _REPLAY_CHUNK):
+            await self._process(pending[start : start + _REPLAY_CHUNK])
+
+    async def _process(self, batch: list[Expiration]) -> None:
+        assert self._shift is not None
+        completion = self._shift.completion
+        by_route: dict[Route, list[Pending]] = {}
+        settled: list[Pending] = []
+        unrouted = 0
+        for expiration in batch:
+            pending = completion.add(expiration)
+            if expiration.key in self._internal_keys:
+                settled.append(pending)
+                continue
+            route = self._router.match(expiration.key, expiration.kind)
+            if route is None:
+                unrouted += 1
+                settled.append(pending)
+            else:
+                by_route.setdefault(route, []).append(pending)
+        if unrouted:
+            self._metrics.events_unrouted.inc(unrouted)
+        if settled:
+            completion.finish(settled)
+        for route, pendings in by_route.items():
+            await self._shift.deliveries[route].submit(pendings)
+
+    async def _record_progress(self) -> None:
+        while True:
+            await asyncio.sleep(self._replay.record_interval)
+            self._replay.report()
+            shift = self._shift
+            if shift is not None and self._leadership.term() is not None:
+                await self._replay.record(term=shift.term, marks=shift.completion.take_marks())
+
+
+async def _close_all(deliveries: Iterable[RouteDelivery]) -> None:
+    await asyncio.gather(*(delivery.aclose() for delivery in deliveries))
+
+
+@dataclass
+class _Shift:
+    """One leadership term's work: what is finished, and a delivery per route."""
+
+    term: int
+    completion: Completion
+    deliveries: dict[Route, RouteDelivery]

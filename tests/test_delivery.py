@@ -1,0 +1,242 @@
+"""Route delivery: attempts, backoff, retry-later, dead-letters, shedding and leadership, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from expiryd.completion import Completion, Pending
+from expiryd.config import BatchConfig, RetryConfig
+from expiryd.deadletter import DeadLetters
+from expiryd.delivery import RouteDelivery, backoff
+from expiryd.events import Event, Expiration
+from expiryd.handlers import PermanentFailure, RetryLater
+from expiryd.metrics import Metrics
+from expiryd.routing import Route
+
+FAST_RETRY = RetryConfig(max_attempts=3, backoff=0.001, max_backoff=0.001)
+
+
+class Recorder:
+    """A handler that fails with the given errors first, then records what it gets."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.calls: list[tuple[float, list[Event]]] = []
+
+    async def handle(self, events: list[Event]) -> None:
+        self.calls.append((time.monotonic(), events))
+        if self.failures:
+            raise self.failures.pop(0)
+
+    async def aclose(self) -> None:
+        pass
+
+
+class StreamClient:
+    """A Redis client whose pipelines append XADDs to ``entries``, or fail when ``down``."""
+
+    def __init__(self, *, down: bool = False) -> None:
+        self.down = down
+        self.entries: list[dict[str, Any]] = []
+
+    def pipeline(self, *, transaction: bool) -> StreamClient._Pipeline:
+        return StreamClient._Pipeline(self)
+
+    class _Pipeline:
+        def __init__(self, client: StreamClient) -> None:
+            self._client = client
+            self._queued: list[dict[str, Any]] = []
+
+        def xadd(self, stream: str, fields: dict[str, Any], **options: Any) -> None:
+            self._queued.append(fields)
+
+        async def execute(self) -> None:
+            if self._client.down:
+                raise RedisConnectionError("stream unreachable")
+            self._client.entries += self._queued
+
+
+class Term:
+    def __init__(self, term: int | None = 1) -> None:
+        self.current = term
+
+    def term(self) -> int | None:
+        return self.current
+
+
+def make_route(handler: Recorder, *, retry: RetryConfig = FAST_RETRY, concurrency: int = 1,
+               queue_size: int = 100) -> Route:
+    return Route(name="orders", pattern="*", handler=handler, concurrency=concurrency, queue_size=queue_size,
+                 batch=BatchConfig(size=10), retry=retry)
+
+
+class Setup:
+    def __init__(self, handler: Recorder, *, retry: RetryConfig = FAST_RETRY, stream_down: bool = False,
+                 upstream_blocked: float = 0.0, queue_size: int = 100) -> None:
+        self.metrics = Metrics()
+        self.leadership = Term(1)
+        self.completion = Completion(term=1, marks={})
+        self.stream = StreamClient(down=stream_down)
+        self.delivery = RouteDelivery(
+            route=make_route(handler, retry=retry, queue_size=queue_size), term=1, replica="r1",
+            leadership=self.leadership, completion=self.completion,
+            dead_letters=DeadLetters(client=self.stream, stream="dead", maxlen=100), metrics=self.metrics,
+            upstream_blocked=lambda: upstream_blocked, shed_after=1.0, grace=5.0)
+
+    async def submit(self, *keys: bytes) -> None:
+        await self.delivery.submit([self.completion.add(Expiration(key, "n:1", 1.0)) for key in keys])
+
+    def processed(self, outcome: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "expiryd_events_processed_total", {"route": "orders", "outcome": outcome})
+        return value or 0.0
+
+
+def test_backoff_is_full_jitter_over_a_doubling_delay_capped_at_max_backoff():
+    retry = RetryConfig(backoff=1.0, max_backoff=5.0)
+    error = RuntimeError("x")
+    assert [backoff(attempt, retry=retry, error=error, jitter=1.0) for attempt in (1, 2, 3, 4)] == [1.0, 2.0, 4.0, 5.0]
+    assert backoff(3, retry=retry, error=error, jitter=0.0) == 0.0
+    assert backoff(2, retry=retry, error=error, jitter=0.5) == 1.0
+
+
+def test_retry_later_waits_at_least_its_after_within_max_backoff():
+    retry = RetryConfig(backoff=0.1, max_backoff=5.0)
+    assert backoff(1, retry=retry, error=RetryLater("429", after=3.0), jitter=0.0) == 3.0
+    assert backoff(1, retry=retry, error=RetryLater("429", after=60.0), jitter=0.0) == 5.0
+    assert backoff(1, retry=retry, error=RetryLater("429"), jitter=1.0) == 0.1
+
+
+def test_a_batch_is_handed_to_the_handler_with_the_term_and_replica():
+    async def scenario() -> tuple[Recorder, Setup]:
+        handler = Recorder()
+        setup = Setup(handler)
+        setup.delivery.start()
+        await setup.submit(b"a", b"b")
+        await setup.delivery.aclose()
+        return handler, setup
+
+    handler, setup = asyncio.run(scenario())
+    [(_, events)] = handler.calls
+    assert [(e.key, e.term, e.replica) for e in events] == [(b"a", 1, "r1"), (b"b", 1, "r1")]
+    assert setup.processed("ok") == 2 and setup.completion.unfinished() == 0
+
+
+def test_a_failing_handler_is_retried_then_dead_lettered_with_the_attempt_count():
+    async def scenario() -> tuple[Recorder, Setup]:
+        handler = Recorder(*(RuntimeError("boom") for _ in range(3)))
+        setup = Setup(handler)
+        setup.delivery.start()
+        await setup.submit(b"a")
+        await setup.delivery.aclose()
+        return handler, setup
+
+    handler, setup = asyncio.run(scenario())
+    assert len(handler.calls) == 3
+    [entry] = setup.stream.entries
+    assert entry["key"] == b"a" and entry["attempts"] == "3" and "boom" in entry["error"]
+    assert setup.processed("retried") == 2 and setup.processed("dead_lettered") == 1
+    assert setup.completion.unfinished() == 0
+
+
+def test_a_permanent_failure_is_dead_lettered_without_a_retry():
+    async def scenario() -> tuple[Recorder, Setup]:
+        handler = Recorder(PermanentFailure("HTTP 403"))
+        setup = Setup(handler)
+        setup.delivery.start()
+        await setup.submit(b"a")
+        await setup.delivery.aclose()
+        return handler, setup
+
+    handler, setup = asyncio.run(scenario())
+    assert len(handler.calls) == 1 and setup.stream.entries[0]["attempts"] == "1"
+
+
+def test_retry_later_delays_the_next_attempt_by_at_least_after():
+    async def scenario() -> Recorder:
+        handler = Recorder(RetryLater("HTTP 429", after=0.2))
+        setup = Setup(handler, retry=RetryConfig(max_attempts=3, backoff=0.001, max_backoff=10.0))
+        setup.delivery.start()
+        await setup.submit(b"a")
+        await setup.delivery.aclose()
+        return handler
+
+    (first, _), (second, _) = asyncio.run(scenario()).calls
+    assert second - first >= 0.2
+
+
+def test_events_are_logged_and_counted_dropped_when_the_dead_letter_stream_cannot_be_written(caplog):
+    async def scenario() -> Setup:
+        setup = Setup(Recorder(PermanentFailure("HTTP 400")), stream_down=True)
+        setup.delivery.start()
+        await setup.submit(b"lost-but-logged")
+        await setup.delivery.aclose()
+        return setup
+
+    setup = asyncio.run(scenario())
+    assert setup.processed("dropped") == 1 and setup.completion.unfinished() == 0
+    assert any("lost-but-logged" in str(getattr(r, "event", "")) for r in caplog.records)
+
+
+def test_a_step_down_stops_the_retries_and_leaves_the_events_unfinished():
+    async def scenario() -> tuple[Recorder, Setup]:
+        handler = Recorder(*(RuntimeError("boom") for _ in range(100)))
+        setup = Setup(handler, retry=RetryConfig(max_attempts=100, backoff=0.01, max_backoff=0.01))
+        setup.delivery.start()
+        await setup.submit(b"a")
+        while not handler.calls:
+            await asyncio.sleep(0.001)
+        setup.leadership.current = None
+        await setup.delivery.aclose()
+        return handler, setup
+
+    handler, setup = asyncio.run(scenario())
+    assert len(handler.calls) < 100
+    assert setup.completion.unfinished() == 1 and setup.stream.entries == []
+
+
+def test_abandoned_events_stay_unfinished_and_reach_no_handler():
+    async def scenario() -> tuple[Recorder, Setup]:
+        gate = asyncio.Event()
+
+        class Slow(Recorder):
+            async def handle(self, events: list[Event]) -> None:
+                await gate.wait()
+                await super().handle(events)
+
+        handler = Slow()
+        setup = Setup(handler)
+        setup.delivery = RouteDelivery(
+            route=make_route(handler, concurrency=1), term=1, replica="r1", leadership=setup.leadership,
+            completion=setup.completion, dead_letters=DeadLetters(client=setup.stream, stream="dead", maxlen=9),
+            metrics=setup.metrics, upstream_blocked=lambda: 0.0, shed_after=1.0, grace=5.0)
+        setup.delivery.start()
+        await setup.submit(b"in-flight")
+        await asyncio.sleep(0.01)
+        await setup.submit(b"queued")
+        setup.leadership.current = None
+        setup.delivery.abandon()
+        gate.set()
+        await setup.delivery.aclose()
+        return handler, setup
+
+    handler, setup = asyncio.run(scenario())
+    # The call in flight had its grace period and finished; the queued event is left to the next leader.
+    assert [e.key for _, events in handler.calls for e in events] == [b"in-flight"]
+    assert setup.completion.unfinished() == 1
+
+
+def test_shed_events_are_counted_dropped_and_finished():
+    async def scenario() -> tuple[Setup, list[Pending]]:
+        setup = Setup(Recorder(), upstream_blocked=5.0, queue_size=1)
+        pendings = [setup.completion.add(Expiration(key, "n:1", 1.0)) for key in (b"fits", b"shed")]
+        await setup.delivery.submit(pendings)  # not started: nothing takes from the lane
+        return setup, pendings
+
+    setup, (fits, shed) = asyncio.run(scenario())
+    assert setup.processed("dropped") == 1
+    assert shed.done and not fits.done

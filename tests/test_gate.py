@@ -1,0 +1,181 @@
+"""The leader gate: followers remember, the leader routes, replays on taking over and records progress."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from expiryd.config import BatchConfig
+from expiryd.deadletter import DeadLetters
+from expiryd.eventqueue import EventQueue
+from expiryd.events import Event, Expiration
+from expiryd.gate import LeaderGate
+from expiryd.metrics import Metrics
+from expiryd.progress import ProgressMark
+from expiryd.routing import Route, Router
+from expiryd.scheduler import NoSchedule
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    async def handle(self, events: list[Event]) -> None:
+        self.events += events
+
+    async def aclose(self) -> None:
+        pass
+
+
+class Term:
+    def __init__(self, term: int | None) -> None:
+        self.current = term
+
+    def term(self) -> int | None:
+        return self.current
+
+
+class FakeReplay:
+    """Remembers what the gate hands it; replays ``unfinished`` on taking over."""
+
+    record_interval = 0.01
+
+    def __init__(self, unfinished: list[Expiration] | None = None) -> None:
+        self.remembered: list[bytes] = []
+        self.recorded: list[tuple[int, dict[str, ProgressMark]]] = []
+        self.takeovers: list[tuple[int, dict[str, ProgressMark]]] = []
+        self._unfinished = unfinished or []
+
+    def remember(self, batch: list[Expiration]) -> None:
+        self.remembered += [expiration.key for expiration in batch]
+
+    async def unfinished(self, *, term: int, own: dict[str, ProgressMark]) -> list[Expiration]:
+        self.takeovers.append((term, own))
+        return self._unfinished
+
+    async def record(self, *, term: int, marks: dict[str, ProgressMark] | None) -> None:
+        if marks is not None:
+            self.recorded.append((term, marks))
+
+    def report(self) -> None:
+        pass
+
+
+class Gate:
+    def __init__(self, *, term: int | None, replay: FakeReplay | None = None,
+                 internal_keys: frozenset[bytes] = frozenset()) -> None:
+        self.queue = EventQueue(capacity=1000)
+        self.leadership = Term(term)
+        self.orders, self.other = Recorder(), Recorder()
+        self.metrics = Metrics()
+        self.replay = replay or FakeReplay()
+        routes = [Route(name="orders", pattern="order:*", handler=self.orders, batch=BatchConfig(size=10)),
+                  Route(name="other", pattern="*", handler=self.other)]
+        self.gate = LeaderGate(queue=self.queue, leadership=self.leadership, router=Router(routes), replica="r1",
+                               metrics=self.metrics, replay=self.replay,
+                               dead_letters=DeadLetters(client=None, stream="dead", maxlen=9), overflow_wait=5.0,
+                               grace=5.0, due_times=NoSchedule(), internal_keys=internal_keys)
+
+    def counter(self, name: str) -> float:
+        return self.metrics.registry.get_sample_value(name) or 0.0
+
+
+def expirations(*keys: bytes, node: str = "n:1") -> list[Expiration]:
+    return [Expiration(key, node, float(index)) for index, key in enumerate(keys)]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
+
+
+def run(gate: Gate, scenario: Callable[[Gate], Awaitable[None]]) -> Gate:
+    async def main() -> None:
+        gate.gate.start()
+        try:
+            await asyncio.wait_for(scenario(gate), 10)
+        finally:
+            await gate.gate.aclose()
+
+    asyncio.run(main())
+    return gate
+
+
+def test_a_follower_remembers_every_batch_and_hands_none_to_a_handler():
+    async def scenario(g: Gate) -> None:
+        g.queue.put(expirations(b"order:1", b"x"))
+        await until(lambda: len(g.replay.remembered) == 2)
+
+    g = run(Gate(term=None), scenario)
+    assert g.orders.events == [] and g.other.events == []
+    assert g.counter("expiryd_events_skipped_total") == 2
+
+
+def test_the_leader_hands_each_event_to_the_first_route_whose_glob_matches():
+    async def scenario(g: Gate) -> None:
+        g.queue.put(expirations(b"order:1", b"session:2", b"order:3"))
+        await until(lambda: len(g.orders.events) + len(g.other.events) == 3)
+
+    g = run(Gate(term=4), scenario)
+    assert [e.key for e in g.orders.events] == [b"order:1", b"order:3"]
+    assert [e.key for e in g.other.events] == [b"session:2"]
+    assert {e.term for e in g.orders.events + g.other.events} == {4}
+
+
+def test_expiryds_own_keys_never_reach_a_handler():
+    async def scenario(g: Gate) -> None:
+        g.queue.put(expirations(b"redlock:{expiryd}:leader", b"order:1"))
+        await until(lambda: len(g.orders.events) == 1)
+
+    g = run(Gate(term=4, internal_keys=frozenset({b"redlock:{expiryd}:leader"})), scenario)
+    assert g.other.events == []
+
+
+def test_a_new_leader_replays_what_the_last_left_unfinished_before_new_events():
+    replay = FakeReplay(unfinished=expirations(b"order:missed"))
+
+    async def scenario(g: Gate) -> None:
+        g.queue.put(expirations(b"order:new"))
+        await until(lambda: len(g.orders.events) == 2)
+
+    g = run(Gate(term=7, replay=replay), scenario)
+    assert [e.key for e in g.orders.events] == [b"order:missed", b"order:new"]
+    assert [term for term, _ in replay.takeovers] == [7]
+
+
+def test_the_recorded_marks_name_the_last_event_finished_on_each_node():
+    async def scenario(g: Gate) -> None:
+        g.queue.put(expirations(b"order:1", b"order:2") + expirations(b"order:9", node="n:2"))
+        await until(lambda: bool(g.replay.recorded) and len(g.replay.recorded[-1][1]) == 2)
+
+    g = run(Gate(term=3), scenario)
+    term, marks = g.replay.recorded[-1]
+    assert term == 3
+    assert marks == {"n:1": ProgressMark(b"order:2", 1.0, 3), "n:2": ProgressMark(b"order:9", 0.0, 3)}
+
+
+def test_a_leader_that_steps_down_starts_its_next_term_from_the_marks_it_had_reached():
+    async def scenario(g: Gate) -> None:
+        g.queue.put(expirations(b"order:1"))
+        await until(lambda: len(g.orders.events) == 1)
+        await until(lambda: bool(g.replay.recorded))
+        g.leadership.current = None
+        g.queue.put(expirations(b"order:2"))
+        await until(lambda: b"order:2" in g.replay.remembered)
+        g.leadership.current = 9
+        g.queue.put(expirations(b"order:3"))
+        await until(lambda: len(g.orders.events) == 2)
+
+    g = run(Gate(term=8), scenario)
+    assert [term for term, _ in g.replay.takeovers] == [8, 9]
+    assert g.replay.takeovers[1][1] == {"n:1": ProgressMark(b"order:1", 0.0, 8)}
+
+
+def test_closing_the_gate_finishes_what_the_routes_hold_and_records_the_final_marks():
+    async def scenario(g: Gate) -> None:
+        g.queue.put(expirations(*(f"order:{i}".encode() for i in range(50))))
+        await until(lambda: len(g.queue) == 0)
+
+    g = run(Gate(term=2), scenario)
+    assert len(g.orders.events) == 50
+    assert g.replay.recorded[-1][1]["n:1"].key == b"order:49"

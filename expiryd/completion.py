@@ -46,6 +46,7 @@ class Completion:
         self._changed = False
         self._closed = False
         self._unfinished: dict[str, deque[Pending]] = {}
+        self._frozen: set[str] = set()
 
     def add(self, expiration: Expiration) -> Pending:
         pending = Pending(expiration)
@@ -62,8 +63,53 @@ class Completion:
             nodes.add(pending.expiration.node)
         if self._closed:
             return
-        for node in nodes:
+        for node in nodes - self._frozen:
             self._advance(node)
+
+    def quiet(self, nodes: Iterable[str], *, through: float) -> None:
+        """Move the marks of ``nodes`` that have nothing unfinished up to ``through`` (epoch seconds).
+
+        Everything this replica received from such a node before ``through`` is
+        finished, so the next leader need not replay it, and a replica whose
+        history starts before ``through`` covers this node (see
+        :mod:`expiryd.coverage`) even when the node has expired nothing for a
+        long time. The mark names no event (its key is empty): a new leader
+        replays what it received from ``through`` less the clock tolerance on.
+        """
+        if self._closed:
+            return
+        for node in nodes:
+            if node in self._frozen or self._unfinished.get(node):
+                continue
+            mark = self._marks.get(node)
+            if mark is None or mark.received_at < through:
+                self._marks[node] = ProgressMark(b"", through, self.term)
+                self._changed = True
+
+    def freeze(self, node: str, *, heard_until: float) -> None:
+        """This replica's history of ``node`` has a gap from ``heard_until``: keep its mark before the gap.
+
+        Until :meth:`thaw`, finished events of ``node`` do not move its mark, so
+        a replica that heard the gap can take over and replay it. A quiet mark
+        already past ``heard_until`` moves back to it.
+        """
+        self._frozen.add(node)
+        mark = self._marks.get(node)
+        if mark is not None and mark.received_at > heard_until:
+            self._marks[node] = ProgressMark(b"", heard_until, self.term)
+            self._changed = True
+
+    def thaw(self, node: str) -> None:
+        """The gap in ``node``'s history is accepted: its mark moves again."""
+        self._frozen.discard(node)
+        if node in self._unfinished and not self._closed:
+            self._advance(node)
+
+    def marks(self) -> dict[str, ProgressMark]:
+        return dict(self._marks)
+
+    def frozen(self) -> frozenset[str]:
+        return frozenset(self._frozen)
 
     def take_marks(self) -> dict[str, ProgressMark] | None:
         """Every node's mark, if one moved since the last call; else None."""

@@ -28,6 +28,7 @@ from typing import Any
 
 from .config import Config, RouteConfig
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
+from .coverage import CoverageReporter, CoverageStore, covered_elsewhere, may_lead
 from .deadletter import DeadLetters
 from .election import Elector, term_key
 from .eventqueue import EventQueue
@@ -38,7 +39,7 @@ from .httpserver import HttpServer, Reply
 from .metrics import Metrics
 from .notifications import required_classes
 from .payload import PayloadKeys
-from .progress import ProgressStore, progress_key
+from .progress import ProgressMark, ProgressStore, coverage_key, progress_key
 from .replay import NoReplay, Replay, ReplayBuffer
 from .routing import Route, Router
 from .schedule import Schedule
@@ -71,6 +72,7 @@ class Daemon:
             notification_classes=required_classes(schedule=config.schedule.enabled, kinds=kinds),
             kinds=kinds,
             on_expire=self._learn if config.schedule.enabled else None,
+            on_lost=self._subscription_lost,
         )
         if config.election.masters:
             self._masters: list[Any] = [options.client_for_url(url) for url in config.election.masters]
@@ -79,6 +81,10 @@ class Daemon:
         # Payload keys, streams on the cluster and the dead-letter stream share one client.
         self._data = options.cluster_client(seeds)
         self._progress = ProgressStore(masters=self._masters, lock_name=config.election.lock_name)
+        self._coverage_store = CoverageStore(masters=self._masters, key=coverage_key(config.election.lock_name),
+                                             interval=config.election.renew_interval)
+        self._coverage = CoverageReporter(store=self._coverage_store, replica=config.id,
+                                          since=self._fanin.coverage_since, interval=config.election.renew_interval)
         # on_elected wakes the leader gate: a new leader must not wait for the next event
         # to replay what the last one left.
         self._elector = Elector(masters=self._masters, settings=config.election, metrics=self.metrics,
@@ -113,6 +119,8 @@ class Daemon:
             grace=config.pipeline.shutdown_grace,
             due_times=self._scheduler or NoSchedule(),
             internal_keys=internal_keys,
+            subscribed=self._fanin.subscribed_primaries,
+            covered_elsewhere=self._covered_elsewhere,
         )
         status = {
             "/healthz": self._health_reply,
@@ -141,7 +149,9 @@ class Daemon:
             for route in self._routes:
                 stack.push_async_callback(route.handler.aclose)
             stack.push_async_callback(self._topology.aclose)
-            services: list[Service] = [self._fanin, self._elector, *self._optional_services(), self._gate]
+            # The coverage report is withdrawn before the lease is released: followers then wait for no one.
+            services: list[Service] = [self._fanin, self._elector, self._coverage, *self._optional_services(),
+                                       self._gate]
             for service in services:
                 await stack.enter_async_context(service)
             log.info("started", extra={"listen": self.config.http.listen,
@@ -160,6 +170,9 @@ class Daemon:
 
     def _optional_services(self) -> list[Service]:
         return [] if self._scheduler is None else [self._scheduler]
+
+    def _subscription_lost(self, address: NodeAddress, heard_until: float) -> None:
+        self._gate.subscription_lost(str(address), heard_until=heard_until)
 
     def _learn(self, address: NodeAddress, keys: list[bytes]) -> None:
         if self._scheduler is not None:
@@ -185,14 +198,12 @@ class Daemon:
         )
 
     async def _may_lead(self) -> bool:
-        """Whether this replica's replay buffer is complete enough for it to take over.
+        """Whether this replica's history is complete enough for it to take over (see :mod:`expiryd.coverage`).
 
-        A replica that joined, or reconnected to a primary, after the last
-        leader's final progress record lacks the events in between. Such a
-        replica waits until its subscriptions have run unbroken for
-        ``replay.warmup``, longer than any takeover gap, so that a replica with
-        the whole history wins. When no leader has ever recorded progress there
-        is nothing to miss, and no reason to wait.
+        It may lead when its unbroken subscriptions reach back past the last
+        leader's progress marks, less the clock tolerance, or when no live
+        replica's reach further. A replica that has deferred for ``replay.warmup``
+        leads anyway: the better-placed one is evidently not taking the lease.
         """
         settings = self.config.replay
         assert settings.warmup is not None  # load_config fills it in
@@ -200,12 +211,28 @@ class Daemon:
         self.metrics.subscriptions_unbroken_seconds.set(covered)
         eligible = not settings.enabled or covered >= settings.warmup
         if not eligible:
+            mine = self._coverage.now()
             try:
-                eligible = not await asyncio.wait_for(self._progress.exists(), self.config.election.renew_deadline)
-            except REDIS_FAILURES:
+                marks, others = await asyncio.wait_for(
+                    asyncio.gather(self._progress.read(),
+                                   self._coverage_store.others(replica=self.config.id, now=mine.written_at)),
+                    self.config.election.renew_deadline)
+            except (*REDIS_FAILURES, ValueError, KeyError):
                 eligible = False
+            else:
+                eligible = may_lead(mine, others=others, marks=marks, tolerance=settings.clock_tolerance)
         self.metrics.leader_eligible.set(eligible)
         return eligible
+
+    async def _covered_elsewhere(self, marks: dict[str, ProgressMark]) -> bool:
+        if not self.config.replay.enabled:
+            return False  # nothing could replay the gap
+        try:
+            others = await asyncio.wait_for(self._coverage_store.others(replica=self.config.id, now=time.time()),
+                                            self.config.election.renew_deadline)
+        except REDIS_FAILURES:
+            return False
+        return covered_elsewhere(others=others, marks=marks, tolerance=self.config.replay.clock_tolerance)
 
     def _metrics_reply(self) -> Reply:
         return Reply(200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
@@ -238,4 +265,5 @@ class Daemon:
 
 def _internal_keys(lock_name: str) -> frozenset[bytes]:
     """expiryd's own keys: the lease expires when a leader dies, and that is not an event for a handler."""
-    return frozenset(key.encode() for key in (f"redlock:{lock_name}", term_key(lock_name), progress_key(lock_name)))
+    return frozenset(key.encode() for key in (f"redlock:{lock_name}", term_key(lock_name), progress_key(lock_name),
+                                               coverage_key(lock_name)))

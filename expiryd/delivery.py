@@ -255,6 +255,10 @@ class RouteDelivery:
             leading=self._leading, pause=self._pause, backoff=self.route.retry.backoff)
         if outcome is Outcome.ABANDONED:
             return
+        if outcome is Outcome.DEAD_LETTERED:
+            # The entry holds the payload. A companion left behind would be found by the sweep and
+            # fail again; one whose event was dropped stays, so that the sweep delivers it later.
+            await self._delete_payloads([event.key for event in events])
         self._outcomes[outcome].inc(len(batch))
         self._finish(batch)
 

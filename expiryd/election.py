@@ -177,6 +177,11 @@ class Elector(Service):
         self._last_attempt_error = reason
         log.warning("lease attempt failed", extra={"reason": reason})
 
+    def hand_over(self, reason: str) -> None:
+        """Stop leading now and release the lease, so that a better-placed replica takes over."""
+        if self._term is not None:
+            self._step_down(reason)
+
     def _step_down(self, reason: str) -> None:
         term = self._term
         self._term = None

@@ -59,6 +59,10 @@ class EventQueue:
             return 0.0
         return asyncio.get_running_loop().time() - self._waiters[0].since
 
+    def oldest_waiting(self) -> float | None:
+        """When the oldest expiration still waiting for room was received (epoch seconds); None if none waits."""
+        return min((waiter.remaining[0].received_at for waiter in self._waiters if waiter.remaining), default=None)
+
     def put(self, expirations: list[Expiration]) -> int:
         """Append what fits; return how many expirations did not fit."""
         room = self.capacity - len(self._items)

@@ -55,6 +55,7 @@ class FanIn(Service):
         notification_classes: str = EXPIRED_CLASSES,
         kinds: frozenset[str] = frozenset({EXPIRED}),
         on_expire: Callable[[NodeAddress, list[bytes]], None] | None = None,
+        on_lost: Callable[[NodeAddress, float], None] = lambda address, heard_until: None,
     ) -> None:
         self._topology = topology
         self._kinds = kinds
@@ -65,6 +66,7 @@ class FanIn(Service):
         self._overflow_wait = overflow_wait
         self._classes = notification_classes
         self._on_expire = on_expire
+        self._on_lost = on_lost
         self._view: ClusterView | None = None
         self._subscriptions: dict[NodeAddress, NodeSubscription] = {}
         self._primaries: frozenset[NodeAddress] = frozenset()
@@ -94,6 +96,15 @@ class FanIn(Service):
         """
         return {p: self._subscriptions[p].subscribed_since if p in self._subscriptions else None
                 for p in self._primaries}
+
+    def coverage_since(self) -> dict[str, float | None]:
+        """When each current primary's unbroken subscription began, in epoch seconds; None while it is down."""
+        monotonic_now, now = time.monotonic(), time.time()
+        return {str(primary): None if since is None else now - (monotonic_now - since)
+                for primary, since in self.subscription_starts().items()}
+
+    def subscribed_primaries(self) -> frozenset[str]:
+        return frozenset(node for node, up in self.primary_states().items() if up)
 
     def primary_states(self) -> dict[str, bool]:
         """Whether each current primary is subscribed (what readiness needs)."""
@@ -155,6 +166,7 @@ class FanIn(Service):
                 notification_classes=self._classes,
                 kinds=self._kinds,
                 on_expire=self._on_expire,
+                on_lost=self._on_lost,
             )
             self._subscriptions[address] = subscription
             subscription.start()

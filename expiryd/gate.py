@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -49,6 +49,10 @@ log = logging.getLogger("expiryd.gate")
 _REPLAY_CHUNK = 1024
 
 
+class GateLeadership(Leadership, Protocol):
+    def hand_over(self, reason: str) -> None: ...
+
+
 class ReplayLike(Protocol):
     """:class:`~expiryd.replay.Replay`, or :class:`~expiryd.replay.NoReplay` when replay is off."""
 
@@ -63,6 +67,10 @@ class ReplayLike(Protocol):
     def report(self) -> None: ...
 
 
+async def _never(marks: dict[str, ProgressMark]) -> bool:
+    return False
+
+
 class LeaderGate(Service):
     name = "leader gate"
 
@@ -70,7 +78,7 @@ class LeaderGate(Service):
         self,
         *,
         queue: EventQueue,
-        leadership: Leadership,
+        leadership: GateLeadership,
         router: Router,
         replica: str,
         metrics: Metrics,
@@ -80,6 +88,8 @@ class LeaderGate(Service):
         grace: float,
         due_times: DueTimes,
         internal_keys: frozenset[bytes] = frozenset(),
+        subscribed: Callable[[], frozenset[str]] = frozenset,
+        covered_elsewhere: Callable[[dict[str, ProgressMark]], Awaitable[bool]] = _never,
     ) -> None:
         self._queue = queue
         self._leadership = leadership
@@ -92,6 +102,10 @@ class LeaderGate(Service):
         self._grace = grace
         self._due_times = due_times
         self._internal_keys = internal_keys
+        self._subscribed = subscribed
+        self._covered_elsewhere = covered_elsewhere
+        # The newest receive time the gate has taken from the queue: everything received before it has been seen.
+        self._dispatched_through = 0.0
         self._active_term: int | None = None
         self._shift: _Shift | None = None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -119,7 +133,14 @@ class LeaderGate(Service):
             # the watchdogs, the route lanes and /metrics.
             await asyncio.sleep(0)
 
+    def subscription_lost(self, node: str, *, heard_until: float) -> None:
+        """This replica may have missed what ``node`` published after ``heard_until``: hold its mark there."""
+        if self._shift is not None:
+            self._shift.completion.freeze(node, heard_until=heard_until)
+
     async def _dispatch(self, batch: list[Expiration]) -> None:
+        if batch:
+            self._dispatched_through = max(self._dispatched_through, batch[-1].received_at)
         term = self._leadership.term()
         if term != self._active_term:
             self._end_shift()
@@ -193,8 +214,36 @@ class LeaderGate(Service):
             await asyncio.sleep(self._replay.record_interval)
             self._replay.report()
             shift = self._shift
-            if shift is not None and self._leadership.term() is not None:
-                await self._replay.record(term=shift.term, marks=shift.completion.take_marks())
+            if shift is None or self._leadership.term() != shift.term:
+                continue
+            completion = shift.completion
+            completion.quiet(self._subscribed(), through=self._quiet_through())
+            hand_over = bool(completion.frozen()) and await self._resolve_gaps(completion)
+            await self._replay.record(term=shift.term, marks=completion.take_marks())
+            if hand_over:
+                # The final marks are recorded: the replica that heard the gap replays it from them.
+                self._leadership.hand_over("gap in the subscription history")
+
+    def _quiet_through(self) -> float:
+        waiting = self._queue.oldest_waiting()
+        return self._dispatched_through if waiting is None else min(self._dispatched_through, waiting)
+
+    async def _resolve_gaps(self, completion: Completion) -> bool:
+        """Whether to hand over to a replica that heard what this one missed; if none did, accept the gaps."""
+        frozen = completion.frozen()
+        if await self._covered_elsewhere(completion.marks()):
+            log.warning("this leader missed events another replica heard: handing over",
+                        extra={"nodes": sorted(frozen)})
+            self._metrics.history_gaps.labels(outcome="handed_over").inc(len(frozen))
+            return True
+        subscribed = self._subscribed()
+        for node in sorted(frozen & subscribed):
+            # Back, and no replica heard the gap: what was published in it is lost to Pub/Sub.
+            completion.thaw(node)
+            self._metrics.history_gaps.labels(outcome="uncovered").inc()
+            log.error("events published while this leader was cut off from a node may be lost: "
+                      "no replica heard them", extra={"node": node})
+        return False
 
 
 async def _close_all(deliveries: Iterable[RouteDelivery]) -> None:

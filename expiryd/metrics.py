@@ -110,6 +110,11 @@ class Metrics:
                                        "Events waiting for a route's handler.", ["route"], registry=r)
 
         # Replay
+        self.history_gaps = Counter(
+            "expiryd_leader_history_gaps",
+            "Primaries whose subscription broke while this replica led: handed over to a replica that heard "
+            "the gap, or uncovered (no replica heard it; its events are lost unless a payload sweep finds them).",
+            ["outcome"], registry=r)
         self.replayed_events = Counter("expiryd_replayed_events",
                                        "Events replayed from the buffer after taking over.", registry=r)
         self.replay_buffer_events = Gauge("expiryd_replay_buffer_events",

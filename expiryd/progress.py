@@ -27,7 +27,7 @@ from typing import Any
 from .election import term_key
 from .events import EXPIRED, Expiration
 
-__all__ = ["ProgressMark", "ProgressStore", "progress_key"]
+__all__ = ["ProgressMark", "ProgressStore", "coverage_key", "progress_key"]
 
 # KEYS: term key, progress key. ARGV: term, then node/mark pairs.
 _WRITE_IF_CURRENT_TERM = """
@@ -72,6 +72,11 @@ class ProgressMark:
 
 def progress_key(lock_name: str) -> str:
     return f"{lock_name}:progress"
+
+
+def coverage_key(lock_name: str) -> str:
+    """The hash of every replica's coverage report (see :mod:`expiryd.coverage`)."""
+    return f"{lock_name}:coverage"
 
 
 class ProgressStore:

@@ -84,6 +84,7 @@ class NodeSubscription(Service):
         notification_classes: str,
         kinds: frozenset[str] = frozenset({EXPIRED}),
         on_expire: Callable[[NodeAddress, list[bytes]], None] | None = None,
+        on_lost: Callable[[NodeAddress, float], None] = lambda address, heard_until: None,
     ) -> None:
         self.address = address
         self._channels = [CHANNEL] + ([HEXPIRED_CHANNEL] if HEXPIRED in kinds else [])
@@ -99,6 +100,9 @@ class NodeSubscription(Service):
         self._on_trouble = on_trouble
         self._classes = notification_classes
         self._on_expire = on_expire
+        self._on_lost = on_lost
+        # Epoch seconds: the last time the node was heard from, on either connection.
+        self._heard_at = 0.0
         self.name = f"subscription {self._node}"
         self._last_read = 0.0
         self._last_overflow_log = 0.0
@@ -122,6 +126,8 @@ class NodeSubscription(Service):
                 reason = f"error: {error.__class__.__name__}"
             if self.subscribed:
                 failures = 0
+                # Events published after this may never have reached this replica.
+                self._on_lost(self.address, self._heard_at)
             self._set_subscribed(False)
             self._metrics.node_disconnects.labels(node=self._node, reason=reason.split(":")[0]).inc()
             log.warning("subscription lost", extra={"node": self._node, "reason": reason})
@@ -141,6 +147,7 @@ class NodeSubscription(Service):
                 await asyncio.wait_for(self._subscribe(reader, writer, parser), self._watchdog_timeout)
                 await self._check_notifications(control)
                 self._set_subscribed(True)
+                self._heard_at = time.time()
                 log.info("subscribed", extra={"node": self._node})
                 await until_first_failure(self._read(reader, parser), self._watch(control))
             finally:
@@ -176,11 +183,11 @@ class NodeSubscription(Service):
         on_expire = self._on_expire
         while True:
             data = await reader.read(_READ_SIZE)
+            now = self._heard_at = time.time()
             if not data:
                 raise SubscriptionLost("closed: the server closed the connection")
             self._last_read = time.monotonic()
             parser.feed(data)
-            now = time.time()
             batch = []
             learned = []
             while (reply := parser.gets()) is not False:
@@ -226,6 +233,8 @@ class NodeSubscription(Service):
                 if self._last_read >= sent:
                     continue  # events kept arriving, so the node is alive, only busy
                 raise SubscriptionLost(f"hung: no answer to PING ({error.__class__.__name__})") from None
+            # Only the control connection answered: the subscription's own socket may already be dead.
+            self._heard_at = max(self._heard_at, time.time() - self._watchdog_interval)
             if ticks % _NOTIFICATION_CHECK_EVERY == 0:
                 await self._check_notifications(control)
 

@@ -19,6 +19,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -244,11 +245,12 @@ class SteadyStream:
 
     Every key written is remembered, so a test can check that each was processed. With
     ``hash_fields`` each key is a hash whose one field expires instead (``hexpired``; Redis 7.4+,
-    Valkey 9).
+    Valkey 9). With a ``payload`` template each key carries its number as a hash tag, and its
+    companion key (the key's name as the payload, a day's TTL) is written just before it.
     """
 
     def __init__(self, cluster: LocalCluster, *, prefix: str, rate: int = 200, ttl_ms: int = 400,
-                 hash_fields: bool = False) -> None:
+                 hash_fields: bool = False, payload: str | None = None) -> None:
         import threading
         self.keys: list[bytes] = []
         self._cluster = cluster
@@ -256,6 +258,7 @@ class SteadyStream:
         self._rate = rate
         self._ttl_ms = ttl_ms
         self._hash_fields = hash_fields
+        self._payload = payload
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._write, daemon=True)
 
@@ -278,6 +281,13 @@ class SteadyStream:
         while not self._stop.is_set():
             pipe = client.pipeline(transaction=False)
             for _ in range(per_tick):
+                if self._payload is not None:
+                    key = f"{self._prefix}:{{{len(self.keys)}}}".encode()
+                    companion = self._payload.replace("{key}", key.decode()).encode()
+                    pipe.set(companion, key, px=86_400_000)  # first, on the same connection as the key
+                    pipe.set(key, b"v", px=self._ttl_ms)
+                    self.keys.append(key)
+                    continue
                 key = f"{self._prefix}:{len(self.keys)}".encode()
                 if self._hash_fields:
                     pipe.hset(key, b"f", b"v")
@@ -298,6 +308,30 @@ def all_handled(replicas: list[Replica]) -> list[dict[str, Any]]:
     return [event for replica in replicas for event in replica.events()]
 
 
+def handled_counts(replicas) -> Counter[bytes]:
+    return Counter(event_key(e) for e in all_handled(replicas))
+
+
+def wait_for_all(replicas, keys, timeout=30.0) -> Counter[bytes]:
+    def done():
+        counts = handled_counts(replicas)
+        return counts if all(counts[k] for k in keys) else None
+    try:
+        return wait_until(done, timeout=timeout, interval=0.25, what="every key to be handled")
+    except AssertionError:
+        counts = handled_counts(replicas)
+        missing = [k for k in keys if not counts[k]]
+        raise AssertionError(f"{len(missing)} of {len(keys)} keys never handled, e.g. {missing[:5]}") from None
+
+
+def start_replicas(cluster, config_for, spawn, count=3, **overrides):
+    config = config_for(cluster, **overrides)
+    replicas = [spawn(str(i), config) for i in range(1, count + 1)]
+    for replica in replicas:
+        replica.wait_ready()
+    return config, replicas
+
+
 def wait_until_eligible(replicas: list[Replica], timeout: float = 20.0) -> None:
     """Wait until every running follower's replay buffer has warmed up, so any of them may take over."""
     def eligible() -> bool:
@@ -307,3 +341,36 @@ def wait_until_eligible(replicas: list[Replica], timeout: float = 20.0) -> None:
         except OSError:
             return False  # a replica still starting: not listening yet
     wait_until(eligible, timeout=timeout, interval=0.2, what="followers to be eligible to lead")
+
+
+def local_ports(pid: int) -> set[int]:
+    """The local TCP ports of the process's sockets (from /proc: the tests run on Linux)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+def kill_subscriptions(node: Any, *, of: Replica | None = None) -> int:
+    """CLIENT KILL the Pub/Sub connections on ``node`` (a cluster node): every one, or only ``of`` a replica's."""
+    client = node.client()
+    try:
+        ports = None if of is None else local_ports(of.process.pid)
+        killed = 0
+        for entry in client.client_list(_type="pubsub"):
+            if ports is None or int(entry["addr"].rsplit(":", 1)[1]) in ports:
+                killed += client.client_kill_filter(_id=entry["id"])
+        return killed
+    finally:
+        client.close()

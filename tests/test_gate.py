@@ -30,9 +30,14 @@ class Recorder:
 class Term:
     def __init__(self, term: int | None) -> None:
         self.current = term
+        self.handed_over: list[str] = []
 
     def term(self) -> int | None:
         return self.current
+
+    def hand_over(self, reason: str) -> None:
+        self.handed_over.append(reason)
+        self.current = None
 
 
 class FakeReplay:
@@ -63,7 +68,9 @@ class FakeReplay:
 
 class Gate:
     def __init__(self, *, term: int | None, replay: FakeReplay | None = None,
-                 internal_keys: frozenset[bytes] = frozenset()) -> None:
+                 internal_keys: frozenset[bytes] = frozenset(), heard_elsewhere: bool = False) -> None:
+        self.subscribed = frozenset({"n:1", "n:2"})
+        self.heard_elsewhere = heard_elsewhere
         self.queue = EventQueue(capacity=1000)
         self.leadership = Term(term)
         self.orders, self.other = Recorder(), Recorder()
@@ -74,7 +81,11 @@ class Gate:
         self.gate = LeaderGate(queue=self.queue, leadership=self.leadership, router=Router(routes), replica="r1",
                                metrics=self.metrics, replay=self.replay,
                                dead_letters=DeadLetters(client=None, stream="dead", maxlen=9), overflow_wait=5.0,
-                               grace=5.0, due_times=NoSchedule(), internal_keys=internal_keys)
+                               grace=5.0, due_times=NoSchedule(), internal_keys=internal_keys,
+                               subscribed=lambda: self.subscribed, covered_elsewhere=self._covered_elsewhere)
+
+    async def _covered_elsewhere(self, marks: dict[str, ProgressMark]) -> bool:
+        return self.heard_elsewhere
 
     def counter(self, name: str) -> float:
         return self.metrics.registry.get_sample_value(name) or 0.0
@@ -168,7 +179,7 @@ def test_a_leader_that_steps_down_starts_its_next_term_from_the_marks_it_had_rea
 
     g = run(Gate(term=8), scenario)
     assert [term for term, _ in g.replay.takeovers] == [8, 9]
-    assert g.replay.takeovers[1][1] == {"n:1": ProgressMark(b"order:1", 0.0, 8)}
+    assert g.replay.takeovers[1][1]["n:1"] == ProgressMark(b"order:1", 0.0, 8)
 
 
 def test_closing_the_gate_finishes_what_the_routes_hold_and_records_the_final_marks():
@@ -179,3 +190,41 @@ def test_closing_the_gate_finishes_what_the_routes_hold_and_records_the_final_ma
     g = run(Gate(term=2), scenario)
     assert len(g.orders.events) == 50
     assert g.replay.recorded[-1][1]["n:1"].key == b"order:49"
+
+
+def test_a_quiet_primarys_mark_moves_up_to_the_newest_event_taken_from_the_queue():
+    async def scenario(g: Gate) -> None:
+        g.queue.put([Expiration(b"order:1", "n:1", 50.0)])
+        await until(lambda: bool(g.replay.recorded) and "n:2" in g.replay.recorded[-1][1])
+
+    g = run(Gate(term=3), scenario)
+    assert g.replay.recorded[-1][1]["n:2"] == ProgressMark(b"", 50.0, 3)
+    assert g.replay.recorded[-1][1]["n:1"].received_at == 50.0
+
+
+def test_a_leader_that_lost_a_subscription_another_replica_heard_records_the_mark_before_the_gap_and_hands_over():
+    async def scenario(g: Gate) -> None:
+        g.queue.put([Expiration(b"order:1", "n:1", 10.0)])
+        await until(lambda: len(g.orders.events) == 1)
+        g.gate.subscription_lost("n:1", heard_until=11.0)
+        g.queue.put([Expiration(b"order:after-the-gap", "n:1", 20.0)])
+        await until(lambda: bool(g.leadership.handed_over))
+
+    g = run(Gate(term=3, heard_elsewhere=True), scenario)
+    final = g.replay.recorded[-1][1]
+    assert final["n:1"].received_at <= 11.0  # the replica that heard the gap replays from before it
+    assert g.leadership.handed_over == ["gap in the subscription history"]
+
+
+def test_a_gap_no_other_replica_heard_is_accepted_and_the_mark_moves_on():
+    async def scenario(g: Gate) -> None:
+        g.queue.put([Expiration(b"order:1", "n:1", 10.0)])
+        await until(lambda: len(g.orders.events) == 1)
+        g.gate.subscription_lost("n:1", heard_until=11.0)
+        g.queue.put([Expiration(b"order:after-the-gap", "n:1", 20.0)])
+        await until(lambda: any(m.get("n:1", ProgressMark(b"", 0, 0)).key == b"order:after-the-gap"
+                                for _, m in g.replay.recorded))
+
+    g = run(Gate(term=3), scenario)
+    assert g.leadership.handed_over == []
+    assert g.metrics.registry.get_sample_value("expiryd_leader_history_gaps_total", {"outcome": "uncovered"}) == 1

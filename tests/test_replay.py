@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 from .harness import (
     SteadyStream,
     all_handled,
     event_key,
     expire_keys,
+    start_replicas,
+    wait_for_all,
     wait_for_single_leader,
     wait_until,
     wait_until_eligible,
@@ -17,30 +18,6 @@ from .harness import (
 
 RATE = 200          # keys per second
 RENEW_INTERVAL = 1.0
-
-
-def handled_counts(replicas) -> Counter[bytes]:
-    return Counter(event_key(e) for e in all_handled(replicas))
-
-
-def wait_for_all(replicas, keys, timeout=30.0) -> Counter[bytes]:
-    def done():
-        counts = handled_counts(replicas)
-        return counts if all(counts[k] for k in keys) else None
-    try:
-        return wait_until(done, timeout=timeout, interval=0.25, what="every key to be handled")
-    except AssertionError:
-        counts = handled_counts(replicas)
-        missing = [k for k in keys if not counts[k]]
-        raise AssertionError(f"{len(missing)} of {len(keys)} keys never handled, e.g. {missing[:5]}") from None
-
-
-def start_replicas(cluster, config_for, spawn, count=3, **overrides):
-    config = config_for(cluster, **overrides)
-    replicas = [spawn(str(i), config) for i in range(1, count + 1)]
-    for replica in replicas:
-        replica.wait_ready()
-    return config, replicas
 
 
 def test_repeated_sigkill_of_the_leader_loses_nothing(shared_cluster_each_server, config_for, spawn):

@@ -1,0 +1,139 @@
+"""Coverage: a replica leads when its history reaches back past the marks, or when none reaches further."""
+
+from __future__ import annotations
+
+import math
+import time
+
+from expiryd.coverage import Coverage, Shortfall, covered_elsewhere, may_lead, shortfall
+from expiryd.progress import ProgressMark
+
+from .harness import (
+    SteadyStream,
+    kill_subscriptions,
+    leaders,
+    start_replicas,
+    wait_for_all,
+    wait_for_single_leader,
+    wait_until,
+    wait_until_eligible,
+)
+
+TOLERANCE = 2.0
+
+
+def marks(**times: float) -> dict[str, ProgressMark]:
+    return {node: ProgressMark(b"k", at, 1) for node, at in times.items()}
+
+
+def replica(name: str, **since: float | None) -> Coverage:
+    return Coverage(replica=name, written_at=0.0, since=since)
+
+
+def test_the_shortfall_is_the_worst_primarys_start_less_its_mark():
+    assert shortfall(replica("1", a=90.0, b=95.0), marks(a=100.0, b=100.0)) == Shortfall(0, -5.0)
+
+
+def test_a_primary_without_a_mark_is_measured_against_the_oldest_mark():
+    assert shortfall(replica("1", a=90.0, b=97.0), marks(a=100.0)) == Shortfall(0, -3.0)
+
+
+def test_without_marks_on_any_current_primary_nothing_can_be_missed():
+    assert shortfall(replica("1", a=90.0), marks(gone=100.0)) == Shortfall(0, -math.inf)
+
+
+def test_primaries_not_subscribed_count_before_seconds():
+    assert shortfall(replica("1", a=None, b=90.0), marks(a=100.0, b=100.0)) == Shortfall(1, -10.0)
+    assert shortfall(replica("1", a=None, b=90.0), marks()) < shortfall(replica("2", a=None, b=None), marks())
+
+
+def test_a_replica_that_knows_no_primary_yet_misses_everything():
+    assert shortfall(replica("1"), marks(a=100.0)).missing > 1000
+
+
+def test_a_replica_whose_history_reaches_past_the_marks_less_the_tolerance_may_lead():
+    mine = replica("2", a=97.0)
+    better = replica("1", a=10.0)
+    assert may_lead(mine, others=[better], marks=marks(a=100.0), tolerance=TOLERANCE)
+
+
+def test_a_replica_short_of_the_marks_defers_to_a_live_one_that_reaches_further():
+    mine = replica("2", a=99.0)
+    assert not may_lead(mine, others=[replica("1", a=50.0)], marks=marks(a=100.0), tolerance=TOLERANCE)
+
+
+def test_when_no_replica_covers_the_marks_the_best_placed_leads():
+    # After a restart of the whole deployment: every history starts after the marks.
+    first, second = replica("1", a=200.0), replica("2", a=205.0)
+    recorded = marks(a=100.0)
+    assert may_lead(first, others=[second], marks=recorded, tolerance=TOLERANCE)
+    assert not may_lead(second, others=[first], marks=recorded, tolerance=TOLERANCE)
+
+
+def test_equally_placed_replicas_yield_to_the_lowest_name():
+    recorded = marks(a=100.0)
+    assert may_lead(replica("1", a=200.0), others=[replica("2", a=200.0)], marks=recorded, tolerance=TOLERANCE)
+    assert not may_lead(replica("2", a=200.0), others=[replica("1", a=200.0)], marks=recorded, tolerance=TOLERANCE)
+
+
+def test_a_replica_with_a_primary_down_defers_to_one_subscribed_to_all():
+    assert not may_lead(replica("1", a=None, b=0.0), others=[replica("2", a=300.0, b=300.0)],
+                        marks=marks(a=100.0, b=100.0), tolerance=TOLERANCE)
+
+
+def test_every_replica_missing_the_same_primary_still_elects_one():
+    one, two = replica("1", a=None, b=0.0), replica("2", a=None, b=50.0)
+    recorded = marks(a=100.0, b=100.0)
+    assert may_lead(one, others=[two], marks=recorded, tolerance=TOLERANCE)
+
+
+def test_a_leader_may_hand_over_only_to_a_replica_that_covers_every_mark():
+    recorded = marks(a=100.0, b=100.0)
+    assert covered_elsewhere(others=[replica("2", a=50.0, b=50.0)], marks=recorded, tolerance=TOLERANCE)
+    assert not covered_elsewhere(others=[replica("2", a=50.0, b=99.0)], marks=recorded, tolerance=TOLERANCE)
+    assert not covered_elsewhere(others=[], marks=recorded, tolerance=TOLERANCE)
+
+
+def test_a_report_survives_its_json_form():
+    report = Coverage(replica="r-1", written_at=1.5, since={"10.0.0.7:6379": 2.25, "10.0.0.8:6379": None})
+    assert Coverage.from_json("r-1", report.to_json()) == report
+
+
+# On a real cluster, under load.
+
+RATE = 200  # keys per second
+
+
+def test_the_leaders_subscription_killed_three_times_loses_nothing(shared_cluster, config_for, spawn):
+    config, replicas = start_replicas(shared_cluster, config_for, spawn)
+    primaries = shared_cluster.primaries()
+    with SteadyStream(shared_cluster, prefix="leader-cut", rate=RATE) as stream:
+        for round_number in range(3):
+            leader = wait_for_single_leader(replicas, timeout=15)
+            wait_until_eligible(replicas)
+            time.sleep(1.0)
+            assert kill_subscriptions(primaries[round_number % len(primaries)], of=leader) >= 1
+            time.sleep(1.0)
+        wait_for_single_leader(replicas, timeout=15)
+        time.sleep(1.0)
+    counts = wait_for_all(replicas, stream.keys)
+
+    duplicates = sum(counts[key] - 1 for key in stream.keys)
+    handovers = sum(r.metric("expiryd_leader_history_gaps_total", outcome="handed_over") for r in replicas)
+    print(f"{len(stream.keys)} keys, 3 cuts, {handovers:.0f} hand-overs, {duplicates} duplicates")
+    assert handovers >= 1
+    # Per cut, at most what the leader finished between its cut and its final record.
+    assert duplicates <= 3 * RATE * 3
+
+
+def test_a_leader_keeps_the_lease_when_every_replica_lost_the_same_primary(shared_cluster, config_for, spawn):
+    _, replicas = start_replicas(shared_cluster, config_for, spawn)
+    leader = wait_for_single_leader(replicas)
+    wait_until_eligible(replicas)
+    time.sleep(1.0)
+    kill_subscriptions(shared_cluster.primaries()[0])
+    wait_until(lambda: all(r.http("/readyz")[0] == 200 for r in replicas), timeout=15,
+               what="every replica to subscribe again")
+    time.sleep(2.0)
+    assert leaders(replicas) == [leader]
+    assert leader.metric("expiryd_leader_history_gaps_total", outcome="uncovered") >= 1

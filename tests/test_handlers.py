@@ -20,7 +20,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from expiryd.events import Event
 from expiryd.handlers import StreamHandler
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 
 from .harness import event_key, expire_keys, wait_for_single_leader, wait_until, wait_until_eligible
 from .receiver import Request, WebhookReceiver

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 
 from .harness import Replica, wait_for_single_leader, wait_until, wait_until_eligible, write_config
 

@@ -20,7 +20,7 @@ from typing import Any
 import redis
 
 from expiryd.events import Event
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 
 from .harness import wait_until
 

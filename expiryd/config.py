@@ -32,7 +32,9 @@ from urllib.parse import urlsplit
 import yaml
 
 from .callables import load_callable
+from .errors import ConfigError
 from .events import EXPIRED, KINDS
+from .keys import DEFAULT_DEAD_LETTER_STREAM, DEFAULT_LOCK_NAME
 
 __all__ = [
     "BatchConfig",
@@ -65,16 +67,6 @@ ZERO_OK = "zero_ok"
 Wait = Annotated[float, DURATION, ZERO_OK]
 
 
-class ConfigError(Exception):
-    """A configuration problem, worded as one line for the operator."""
-
-    def __init__(self, source: str, key: str, problem: str) -> None:
-        super().__init__(f"{source}: {key}: {problem}")
-        self.source = source
-        self.key = key
-        self.problem = problem
-
-
 @dataclass(frozen=True)
 class TlsConfig:
     # Used when the URLs say rediss://. No ca_file: the system's trusted CAs.
@@ -102,7 +94,7 @@ class RedisConfig:
 
 @dataclass(frozen=True)
 class ElectionConfig:
-    lock_name: str = "{expiryd}:leader"
+    lock_name: str = DEFAULT_LOCK_NAME
     masters: list[str] = field(default_factory=list)
     lease: Duration = 5.0
     renew_interval: Duration = 1.0
@@ -251,7 +243,7 @@ def _with_handler_defaults(raw: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DeadLetterConfig:
-    stream: str = "{expiryd}:dead-letter"
+    stream: str = DEFAULT_DEAD_LETTER_STREAM
     maxlen: int = 100_000
 
 

@@ -28,15 +28,16 @@ from .config import Config, RouteConfig
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .deadletter import DeadLetters
 from .dispatch import Dispatcher, Replay
-from .election import Elector, term_key
+from .election import Elector
 from .eventqueue import EventQueue
 from .fanin import FanIn
 from .handlers import build_handler
 from .httpserver import HttpServer, Reply
+from .keys import lease_key, progress_key, term_key
 from .metrics import Metrics
 from .notifications import required_classes
 from .payload import PayloadKeys
-from .progress import ProgressStore, progress_key
+from .progress import ProgressStore
 from .replay import ReplayBuffer
 from .routing import Route, Router
 from .schedule import Schedule
@@ -242,4 +243,4 @@ class Daemon:
 
 def _internal_keys(lock_name: str) -> frozenset[bytes]:
     """expiryd's own keys: the lease expires when a leader dies, and that is not an event for a handler."""
-    return frozenset(key.encode() for key in (f"redlock:{lock_name}", term_key(lock_name), progress_key(lock_name)))
+    return frozenset(key.encode() for key in (lease_key(lock_name), term_key(lock_name), progress_key(lock_name)))

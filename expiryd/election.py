@@ -34,9 +34,10 @@ from pottery.exceptions import ExtendUnlockedLock, PrimitiveError
 
 from .config import ElectionConfig
 from .connections import REDIS_FAILURES, describe_error
+from .keys import term_key
 from .metrics import Metrics
 
-__all__ = ["Elector", "term_key"]
+__all__ = ["Elector"]
 
 log = logging.getLogger("expiryd.election")
 
@@ -54,11 +55,6 @@ return 0
 
 async def _always() -> bool:
     return True
-
-
-def term_key(lock_name: str) -> str:
-    """The key holding the last term. With the default lock name it shares the lock's hash slot."""
-    return f"{lock_name}:term"
 
 
 class Elector:

@@ -21,10 +21,10 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from .election import term_key
+from .keys import progress_key, term_key
 from .replay import ProgressMark
 
-__all__ = ["ProgressStore", "progress_key"]
+__all__ = ["ProgressStore"]
 
 # KEYS: term key, progress key. ARGV: term, then node/mark pairs.
 _WRITE_IF_CURRENT_TERM = """
@@ -37,10 +37,6 @@ end
 redis.call('PEXPIRE', KEYS[2], 86400000)
 return 1
 """
-
-
-def progress_key(lock_name: str) -> str:
-    return f"{lock_name}:progress"
 
 
 class ProgressStore:

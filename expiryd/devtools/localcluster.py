@@ -43,6 +43,7 @@ import redis
 import redis.cluster
 from redis.crc import key_slot
 
+from ..errors import RedisNotInstalled
 from ..topology import ClusterNodeInfo, parse_cluster_nodes
 
 __all__ = [
@@ -59,10 +60,6 @@ __all__ = [
 
 Server = Literal["redis", "valkey"]
 SERVERS: tuple[Server, ...] = ("redis", "valkey")
-
-
-class RedisNotInstalled(RuntimeError):
-    """The server binary (``redis-server`` or ``valkey-server``) or ``redis-cli`` cannot be found."""
 
 
 def server_binary(server: Server) -> str:

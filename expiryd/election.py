@@ -32,7 +32,7 @@ from typing import Any
 from pottery import AIORedlock
 from pottery.exceptions import ExtendUnlockedLock, PrimitiveError
 
-from .config import ElectionConfig
+from .config import RETRY_JITTER, ElectionConfig
 from .connections import REDIS_FAILURES, describe_error
 from .keys import term_key
 from .metrics import Metrics
@@ -101,7 +101,7 @@ class Elector:
             if self._term is None:
                 if await self._may_lead():
                     await self._try_to_lead()
-                await asyncio.sleep(self._settings.retry_interval * random.uniform(0.8, 1.2))
+                await asyncio.sleep(self._settings.retry_interval * random.uniform(*RETRY_JITTER))
             else:
                 await self._renew_or_step_down()
 

@@ -173,9 +173,7 @@ class Daemon:
 
     def _route(self, config: RouteConfig) -> Route:
         payload = None if config.payload is None else PayloadKeys(template=config.payload, client=self._data)
-        return Route(name=config.label, pattern=config.match, handler=build_handler(config, cluster=self._data),
-                     concurrency=config.concurrency, queue_size=config.queue_size, batch=config.batch,
-                     retry=config.retry, payload=payload, events=frozenset(config.events))
+        return Route(config=config, handler=build_handler(config, cluster=self._data), payload=payload)
 
     def _replay_settings(self) -> Replay | None:
         settings = self.config.replay

@@ -12,7 +12,6 @@ from expiryd.events import Event, Expiration
 from expiryd.handlers import LogHandler
 from expiryd.notifications import merged_classes, missing_classes, required_classes
 from expiryd.replay import ProgressMark
-from expiryd.routing import Route, Router
 from expiryd.scheduler import redis_glob
 from expiryd.topology import ClusterView, parse_cluster_nodes
 
@@ -50,21 +49,6 @@ def test_queue_get_waits_for_a_put():
     assert asyncio.run(scenario()) == [b"late"]
 
 
-def test_router_takes_the_first_matching_glob_on_raw_bytes():
-    router = Router([Route(name="a", pattern="order:*", handler=None),  # type: ignore[arg-type]
-                     Route(name="b", pattern="*", handler=None)])  # type: ignore[arg-type]
-    assert router.match(b"order:\xff").name == "a"
-    assert router.match(b"session:1").name == "b"
-    assert Router([]).match(b"x") is None
-
-
-def test_glob_classes_and_single_character_wildcards():
-    route = Route(name="r", pattern="job:[ab]?:*", handler=None)  # type: ignore[arg-type]
-    assert route.matches(b"job:a1:x")
-    assert not route.matches(b"job:c1:x")
-    assert not route.matches(b"job:a12")
-
-
 def test_event_json_uses_key_b64_only_for_non_utf8_keys():
     text = Event(b"order:1", "n:1", 1.5, 3, "r").to_json()
     binary = Event(b"\xff\x00", "n:1", 1.5, 3, "r").to_json()
@@ -95,17 +79,6 @@ def test_hash_class_is_required_only_for_hexpired_and_added_to_what_is_set():
     assert merged_classes("", "Exh") == "Exh"
     assert merged_classes("Kg$x", "Exh") == "Kg$xEh"
     assert merged_classes("KEA", "Exh") == "KEA"  # A already includes h and x
-
-
-def test_a_route_gets_only_the_event_kinds_it_lists():
-    expired_only = Route(name="plain", pattern="*", handler=None)  # type: ignore[arg-type]
-    both = Route(name="both", pattern="cart:*", handler=None,  # type: ignore[arg-type]
-                 events=frozenset({"expired", "hexpired"}))
-    router = Router([both, expired_only])
-    assert router.match(b"cart:1", "hexpired") is both
-    assert router.match(b"other:1", "hexpired") is None
-    assert router.match(b"other:1") is expired_only
-    assert Router([expired_only]).match(b"cart:1", "hexpired") is None
 
 
 def test_the_event_kind_is_written_to_json_and_stream_fields():

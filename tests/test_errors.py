@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
 
 import expiryd.config
@@ -21,8 +17,6 @@ from expiryd.errors import (
     RetryLater,
     TopologyUnavailable,
 )
-
-HEAVY = ("yaml", "redis", "httpx", "pottery")
 
 
 @pytest.mark.parametrize("error", [ConfigError, PermanentFailure, RetryLater, TopologyUnavailable, RedisNotInstalled])
@@ -57,16 +51,3 @@ def test_retry_later_takes_after_by_keyword_only() -> None:
     assert RetryLater("HTTP 503").after is None
     with pytest.raises(TypeError):
         RetryLater("HTTP 429", 2.0)  # type: ignore[misc]
-
-
-def loaded_client_libraries(statement: str) -> list[str]:
-    """Which of yaml, redis, httpx and pottery a fresh interpreter has loaded after ``statement``."""
-    check = f"{statement}; import json, sys; print(json.dumps(sorted({set(HEAVY)!r} & set(sys.modules))))"
-    result = subprocess.run([sys.executable, "-c", check], check=False, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    names: list[str] = json.loads(result.stdout)
-    return names
-
-
-def test_importing_the_errors_loads_no_client_library() -> None:
-    assert loaded_client_libraries("import expiryd.errors") == []

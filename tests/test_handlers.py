@@ -18,9 +18,9 @@ from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from expiryd.devtools.localcluster import LocalCluster
 from expiryd.events import Event
 from expiryd.handlers import LogHandler, StreamHandler
-from expiryd.devtools.localcluster import LocalCluster
 
 from .harness import event_key, expire_keys, wait_for_single_leader, wait_until, wait_until_eligible
 from .receiver import Request, WebhookReceiver

@@ -57,20 +57,17 @@ def validate(config: Config, source: str) -> None:
     gap = takeover_gap(election)
     replay = config.replay
     assert replay.warmup is not None and replay.window is not None
-    if replay.enabled and replay.warmup <= gap:
-        raise ConfigError(
-            source,
-            "replay.warmup",
-            f"must be longer than the takeover gap, {_GAP_FORMULA} "
-            f"({gap:g}s), or a replica that joined after the last leader's final record could take over",
-        )
-    if replay.enabled and replay.window <= gap:
-        raise ConfigError(
-            source,
-            "replay.window",
-            f"must be longer than the takeover gap, {_GAP_FORMULA} "
-            f"({gap:g}s), or events expiring while nobody leads leave the buffer before they are replayed",
-        )
+    # Each must outlast the takeover gap, or else:
+    for setting, seconds, otherwise in (
+        ("warmup", replay.warmup, "a replica that joined after the last leader's final record could take over"),
+        ("window", replay.window, "events expiring while nobody leads leave the buffer before they are replayed"),
+    ):
+        if replay.enabled and seconds <= gap:
+            raise ConfigError(
+                source,
+                f"replay.{setting}",
+                f"must be longer than the takeover gap, {_GAP_FORMULA} ({gap:g}s), or {otherwise}",
+            )
     _check_schedule(config.schedule, source)
     if config.log.format not in ("json", "text"):
         raise ConfigError(source, "log.format", f"expected json or text, got {config.log.format!r}")

@@ -35,7 +35,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 from tests.harness import Replica, free_port, set_keys_due_at, wait_for_single_leader, wait_until, write_config
 from tests.receiver import WebhookReceiver
 

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from expiryd.localcluster import LocalCluster, Server
+from expiryd.devtools.localcluster import LocalCluster, Server
 from tests.harness import Replica, wait_until, write_config
 
 from .latency import handler_times, percentile

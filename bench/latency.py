@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 from tests.harness import Replica, rss_mb, set_keys_due_at, wait_until, write_config
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

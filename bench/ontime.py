@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 from tests.harness import Replica, rss_mb, set_keys_due_at, wait_until, write_config
 
 from .latency import cpu_seconds, due_time, handler_times, percentile, read_times, stop_after, usage

@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 from tests.harness import Replica, set_keys_due_at, wait_until, write_config
 
 from .latency import due_time

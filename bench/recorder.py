@@ -15,7 +15,7 @@ import functools
 import os
 import time
 
-from expiryd.events import Event
+from expiryd import Event
 
 
 async def record(events: list[Event]) -> None:

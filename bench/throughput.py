@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 from tests.harness import Replica, set_keys_due_at, wait_for_single_leader, wait_until, write_config
 
 READERS = ("bare redis-py subscriber", "redis-cli (C)", "expiryd (log)")

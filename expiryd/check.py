@@ -17,9 +17,10 @@ from typing import Any
 
 from .config import Config
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
-from .election import term_key
+from .errors import TopologyUnavailable
+from .keys import lease_key, term_key
 from .notifications import NotificationStatus, ensure_notifications, required_classes
-from .topology import ClusterView, Topology, TopologyUnavailable
+from .topology import ClusterView, Topology
 
 __all__ = ["run_check"]
 
@@ -106,7 +107,7 @@ async def _report_lease(config: Config, options: RedisOptions, seeds: list[NodeA
     where = f"{len(settings.masters)} independent masters" if settings.masters else "the cluster"
     client: Any = options.client_for_url(settings.masters[0]) if settings.masters else options.cluster_client(seeds)
     try:
-        holder_ttl = await client.pttl(f"redlock:{settings.lock_name}")
+        holder_ttl = await client.pttl(lease_key(settings.lock_name))
         term = await client.get(term_key(settings.lock_name))
     except REDIS_FAILURES as error:
         _line("lease", f"{settings.lock_name!r} on {where}: cannot read ({error.__class__.__name__})")

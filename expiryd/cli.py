@@ -22,8 +22,8 @@ from . import __version__
 from .check import run_check
 from .config import Config, ConfigError, load_config
 from .daemon import Daemon
-from .demo import run_demo
-from .localcluster import SERVERS
+from .devtools.demo import run_demo
+from .devtools.localcluster import SERVERS
 from .logs import configure_logging
 
 __all__ = ["main"]

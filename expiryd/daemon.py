@@ -30,16 +30,17 @@ from .config import Config, RouteConfig
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .coverage import CoverageReporter, CoverageStore, covered_elsewhere, may_lead
 from .deadletter import DeadLetters
-from .election import Elector, term_key
+from .election import Elector
 from .eventqueue import EventQueue
 from .fanin import FanIn
 from .gate import LeaderGate
 from .handlers import build_handler
 from .httpserver import HttpServer, Reply
+from .keys import coverage_key, lease_key, progress_key, term_key
 from .metrics import Metrics
 from .notifications import required_classes
 from .payload import PayloadKeys
-from .progress import ProgressMark, ProgressStore, coverage_key, progress_key
+from .progress import ProgressMark, ProgressStore
 from .replay import NoReplay, Replay, ReplayBuffer
 from .routing import Route, Router
 from .schedule import Schedule
@@ -180,9 +181,7 @@ class Daemon:
 
     def _route(self, config: RouteConfig) -> Route:
         payload = None if config.payload is None else PayloadKeys(template=config.payload, client=self._data)
-        return Route(name=config.label, pattern=config.match, handler=build_handler(config, cluster=self._data),
-                     concurrency=config.concurrency, queue_size=config.queue_size, batch=config.batch,
-                     retry=config.retry, payload=payload, events=frozenset(config.events))
+        return Route(config=config, handler=build_handler(config, cluster=self._data), payload=payload)
 
     def _replay(self) -> Replay | NoReplay:
         settings = self.config.replay
@@ -265,5 +264,5 @@ class Daemon:
 
 def _internal_keys(lock_name: str) -> frozenset[bytes]:
     """expiryd's own keys: the lease expires when a leader dies, and that is not an event for a handler."""
-    return frozenset(key.encode() for key in (f"redlock:{lock_name}", term_key(lock_name), progress_key(lock_name),
+    return frozenset(key.encode() for key in (lease_key(lock_name), term_key(lock_name), progress_key(lock_name),
                                                coverage_key(lock_name)))

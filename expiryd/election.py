@@ -32,12 +32,13 @@ from typing import Any
 from pottery import AIORedlock
 from pottery.exceptions import ExtendUnlockedLock, PrimitiveError
 
-from .config import ElectionConfig
+from .config import RETRY_JITTER, ElectionConfig
 from .connections import REDIS_FAILURES, describe_error
+from .keys import term_key
 from .metrics import Metrics
 from .tasks import Service
 
-__all__ = ["Elector", "term_key"]
+__all__ = ["Elector"]
 
 log = logging.getLogger("expiryd.election")
 
@@ -55,11 +56,6 @@ return 0
 
 async def _always() -> bool:
     return True
-
-
-def term_key(lock_name: str) -> str:
-    """The key holding the last term. With the default lock name it shares the lock's hash slot."""
-    return f"{lock_name}:term"
 
 
 class Elector(Service):
@@ -108,7 +104,7 @@ class Elector(Service):
             if self._term is None:
                 if await self._may_lead():
                     await self._try_to_lead()
-                await asyncio.sleep(self._settings.retry_interval * random.uniform(0.8, 1.2))
+                await asyncio.sleep(self._settings.retry_interval * random.uniform(*RETRY_JITTER))
             else:
                 await self._renew_or_step_down()
 

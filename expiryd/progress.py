@@ -24,10 +24,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .election import term_key
 from .events import EXPIRED, Expiration
+from .keys import progress_key, term_key
 
-__all__ = ["ProgressMark", "ProgressStore", "coverage_key", "progress_key"]
+__all__ = ["ProgressMark", "ProgressStore"]
 
 # KEYS: term key, progress key. ARGV: term, then node/mark pairs.
 _WRITE_IF_CURRENT_TERM = """
@@ -68,15 +68,6 @@ class ProgressMark:
     @classmethod
     def of(cls, expiration: Expiration, term: int) -> ProgressMark:
         return cls(expiration.key, expiration.received_at, term, expiration.kind)
-
-
-def progress_key(lock_name: str) -> str:
-    return f"{lock_name}:progress"
-
-
-def coverage_key(lock_name: str) -> str:
-    """The hash of every replica's coverage report (see :mod:`expiryd.coverage`)."""
-    return f"{lock_name}:coverage"
 
 
 class ProgressStore:

@@ -5,7 +5,7 @@ bytes, so keys that are not valid UTF-8 route like any other. A route takes
 ``expired`` events unless it lists other kinds (``hexpired``, a hash field's
 expiry)::
 
-    router = Router([Route(name="orders", pattern="order:*", handler=handler, concurrency=4)])
+    router = Router([Route(config=RouteConfig(match="order:*", name="orders", concurrency=4), handler=handler)])
     router.match(b"order:42")                    # the "orders" route
     router.match(b"session:9")                   # None: counted as unrouted, not processed
     router.match(b"order:42", kind="hexpired")   # None: "orders" takes only expired events
@@ -17,7 +17,7 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 
-from .config import BatchConfig, RetryConfig
+from .config import BatchConfig, RetryConfig, RouteConfig
 from .events import EXPIRED
 from .handlers import Handler
 from .payload import PayloadKeys
@@ -25,23 +25,49 @@ from .payload import PayloadKeys
 __all__ = ["Route", "Router"]
 
 
-@dataclass(eq=False)
+# Compared and hashed by identity: the leader gate keys each term's deliveries and batches by route.
+@dataclass(eq=False, kw_only=True)
 class Route:
-    """A glob, the handler its events go to, and how they are delivered (see :mod:`expiryd.delivery`)."""
+    """A route's settings, the handler its events go to and its payload keys (see :mod:`expiryd.delivery`)."""
 
-    name: str
-    pattern: str
+    config: RouteConfig
     handler: Handler
-    concurrency: int = 1
-    queue_size: int = 10_000
-    batch: BatchConfig = field(default_factory=BatchConfig)
-    retry: RetryConfig = field(default_factory=RetryConfig)
     payload: PayloadKeys | None = None
-    events: frozenset[str] = frozenset({EXPIRED})
+    # Looked up for every event, so built once rather than from the settings each time.
+    _events: frozenset[str] = field(init=False, repr=False)
     _regex: re.Pattern[bytes] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._regex = re.compile(fnmatch.translate(self.pattern).encode("utf-8"))
+        self._events = frozenset(self.config.events)
+        self._regex = re.compile(fnmatch.translate(self.config.match).encode("utf-8"))
+
+    @property
+    def name(self) -> str:
+        return self.config.label
+
+    @property
+    def pattern(self) -> str:
+        return self.config.match
+
+    @property
+    def concurrency(self) -> int:
+        return self.config.concurrency
+
+    @property
+    def queue_size(self) -> int:
+        return self.config.queue_size
+
+    @property
+    def batch(self) -> BatchConfig:
+        return self.config.batch
+
+    @property
+    def retry(self) -> RetryConfig:
+        return self.config.retry
+
+    @property
+    def events(self) -> frozenset[str]:
+        return self._events
 
     def matches(self, key: bytes) -> bool:
         return self._regex.match(key) is not None

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error
+from .errors import TopologyUnavailable
 
 __all__ = ["ClusterView", "Topology", "TopologyUnavailable", "parse_cluster_nodes"]
 
@@ -29,10 +30,6 @@ SLOTS = 16384
 
 # Flags that mean a node cannot serve a subscription now.
 _UNUSABLE = frozenset({"fail", "handshake", "noaddr"})
-
-
-class TopologyUnavailable(Exception):
-    """No known node answered ``CLUSTER NODES``."""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 
-from expiryd.events import Event
+from expiryd import Event
 
 
 def _append(events: list[Event], handler: str) -> None:

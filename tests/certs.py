@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from expiryd.localcluster import TlsFiles
+from expiryd.devtools.localcluster import TlsFiles
 
 
 def make_certificates(directory: Path) -> TlsFiles:

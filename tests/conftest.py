@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from expiryd.localcluster import SERVERS, LocalCluster
+from expiryd.devtools.localcluster import SERVERS, LocalCluster
 
 from .harness import Replica, write_config
 

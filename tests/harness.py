@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 
 WARMUP = 8.0  # replay.warmup's default
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from expiryd.localcluster import TlsFiles, free_ports
+from expiryd.devtools.localcluster import TlsFiles, free_ports
 
 from .harness import wait_until
 

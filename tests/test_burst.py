@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 
 from .harness import Replica, rss_mb, set_keys_due_at, wait_for_single_leader, wait_until
 

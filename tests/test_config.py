@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from expiryd.config import ConfigError, load_config, parse_duration
+from expiryd.config import ConfigError, load_config, parse_duration, takeover_gap
 
 MINIMAL = """
 redis:
@@ -136,6 +136,24 @@ def test_bad_config_names_file_key_and_problem(tmp_path, text, key, problem):
     assert caught.value.key == key
     assert problem in caught.value.problem
 
+
+@pytest.mark.parametrize(("setting", "consequence"), [
+    ("warmup", "a replica that joined after the last leader's final record could take over"),
+    ("window", "events expiring while nobody leads leave the buffer before they are replayed"),
+])
+def test_replay_timings_shorter_than_the_takeover_gap_are_refused_with_the_gap_spelled_out(tmp_path, setting,
+                                                                                          consequence):
+    with pytest.raises(ConfigError) as caught:
+        load_config(path=write(tmp_path, MINIMAL + f"replay:\n  {setting}: 6s\n"), environ={})
+    assert caught.value.key == f"replay.{setting}"
+    assert caught.value.problem == ("must be longer than the takeover gap, lease + 1.2 x retry_interval + "
+                                    f"renew_interval (6.6s), or {consequence}")
+
+
+def test_derived_replay_timings_follow_the_election_timings(tmp_path):
+    config = load_config(path=write(tmp_path, MINIMAL + "election:\n  lease: 10s\n"), environ={})
+    assert takeover_gap(config.election) == 11.6
+    assert (config.replay.warmup, config.replay.window) == (13.0, 25.0)
 
 def test_a_signed_webhook_over_plain_http_off_this_host_is_refused_unless_allowed(tmp_path):
     (tmp_path / "secret").write_text("s3cret")

@@ -9,7 +9,7 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from expiryd.completion import Completion, Pending
-from expiryd.config import BatchConfig, RetryConfig
+from expiryd.config import BatchConfig, RetryConfig, RouteConfig
 from expiryd.deadletter import DeadLetters
 from expiryd.delivery import RouteDelivery, backoff
 from expiryd.events import Event, Expiration
@@ -70,8 +70,8 @@ class Term:
 
 def make_route(handler: Recorder, *, retry: RetryConfig = FAST_RETRY, concurrency: int = 1,
                queue_size: int = 100) -> Route:
-    return Route(name="orders", pattern="*", handler=handler, concurrency=concurrency, queue_size=queue_size,
-                 batch=BatchConfig(size=10), retry=retry)
+    return Route(config=RouteConfig(match="*", name="orders", concurrency=concurrency, queue_size=queue_size,
+                                    batch=BatchConfig(size=10), retry=retry), handler=handler)
 
 
 class Setup:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from expiryd.config import BatchConfig
+from expiryd.config import BatchConfig, RouteConfig
 from expiryd.deadletter import DeadLetters
 from expiryd.eventqueue import EventQueue
 from expiryd.events import Event, Expiration
@@ -76,8 +76,9 @@ class Gate:
         self.orders, self.other = Recorder(), Recorder()
         self.metrics = Metrics()
         self.replay = replay or FakeReplay()
-        routes = [Route(name="orders", pattern="order:*", handler=self.orders, batch=BatchConfig(size=10)),
-                  Route(name="other", pattern="*", handler=self.other)]
+        routes = [Route(config=RouteConfig(match="order:*", name="orders", batch=BatchConfig(size=10)),
+                        handler=self.orders),
+                  Route(config=RouteConfig(match="*", name="other"), handler=self.other)]
         self.gate = LeaderGate(queue=self.queue, leadership=self.leadership, router=Router(routes), replica="r1",
                                metrics=self.metrics, replay=self.replay,
                                dead_letters=DeadLetters(client=None, stream="dead", maxlen=9), overflow_wait=5.0,

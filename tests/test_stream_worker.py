@@ -19,8 +19,8 @@ from typing import Any
 
 import redis
 
+from expiryd.devtools.localcluster import LocalCluster
 from expiryd.events import Event
-from expiryd.localcluster import LocalCluster
 
 from .harness import wait_until
 

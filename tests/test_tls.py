@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from expiryd.localcluster import LocalCluster, TlsFiles
+from expiryd.devtools.localcluster import LocalCluster, TlsFiles
 
 from .certs import make_certificates
 from .harness import expire_keys, wait_for_single_leader, wait_until

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 
 from .harness import expire_keys, keys_on_every_primary, wait_for_single_leader, wait_until
 

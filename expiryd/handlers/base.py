@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from typing import Protocol
 
+from ..errors import PermanentFailure, RetryLater
 from ..events import Event
 
 __all__ = ["Handler", "PermanentFailure", "RetryLater", "encode_json"]
@@ -27,18 +28,6 @@ class Handler(Protocol):
     async def handle(self, events: list[Event]) -> None: ...
 
     async def aclose(self) -> None: ...
-
-
-class PermanentFailure(Exception):
-    """The batch cannot succeed however often it is retried: dead-letter it now."""
-
-
-class RetryLater(Exception):
-    """A failure worth retrying, no sooner than ``after`` seconds (when given)."""
-
-    def __init__(self, message: str, *, after: float | None = None) -> None:
-        super().__init__(message)
-        self.after = after
 
 
 # An encoder of our own: importing pottery wraps json.dumps for every caller, which

@@ -1,10 +1,10 @@
 """The ``python`` handler: call a function of yours with each batch of events.
 
 The function is named ``"package.module:function"`` and takes one argument, a
-list of :class:`expiryd.events.Event`. An ``async def`` function runs on the
+list of :class:`expiryd.Event`. An ``async def`` function runs on the
 event loop; a plain function runs in a worker thread, so it may block without
 stalling expiryd. Raising retries the batch; raising
-:class:`expiryd.handlers.PermanentFailure` dead-letters it at once::
+:class:`expiryd.PermanentFailure` dead-letters it at once::
 
     # myapp/expiry.py
     def cancel_orders(events):

@@ -43,6 +43,9 @@ import redis
 import redis.cluster
 from redis.crc import key_slot
 
+from ..errors import RedisNotInstalled
+from ..topology import ClusterNodeInfo, parse_cluster_nodes
+
 __all__ = [
     "SERVERS",
     "ClusterNode",
@@ -57,10 +60,6 @@ __all__ = [
 
 Server = Literal["redis", "valkey"]
 SERVERS: tuple[Server, ...] = ("redis", "valkey")
-
-
-class RedisNotInstalled(RuntimeError):
-    """The server binary (``redis-server`` or ``valkey-server``) or ``redis-cli`` cannot be found."""
 
 
 def server_binary(server: Server) -> str:
@@ -312,7 +311,7 @@ class LocalCluster:
         client = self._any_live_client()
         for line in _cluster_nodes(client):
             if line.primary_id == primary.node_id and "slave" in line.flags:
-                return self.node(line.address)
+                return self.node(str(line.address))
         raise LookupError(f"{primary.address} has no replica")
 
     def wait_for_primary_change(self, old: ClusterNode, *, timeout: float = 20.0) -> ClusterNode:
@@ -394,9 +393,9 @@ class LocalCluster:
             if "fail" in line.flags:
                 continue
             if "master" in line.flags and line.slots:
-                roles["master"].add(line.address)
+                roles["master"].add(str(line.address))
             if "slave" in line.flags:
-                roles["slave"].add(line.address)
+                roles["slave"].add(str(line.address))
         return roles
 
 
@@ -412,24 +411,9 @@ class SlotOwners:
         raise LookupError(f"no node serves slot {slot}")
 
 
-@dataclass(frozen=True)
-class _NodesLine:
-    node_id: str
-    address: str
-    flags: frozenset[str]
-    primary_id: str
-    slots: tuple[str, ...]
-
-
-def _cluster_nodes(client: redis.Redis) -> list[_NodesLine]:
+def _cluster_nodes(client: redis.Redis) -> tuple[ClusterNodeInfo, ...]:
     raw = client.execute_command("CLUSTER", "NODES")
-    text = raw.decode() if isinstance(raw, bytes) else str(raw)
-    lines = []
-    for row in text.strip().splitlines():
-        parts = row.split()
-        address = parts[1].split("@")[0]
-        lines.append(_NodesLine(parts[0], address, frozenset(parts[2].split(",")), parts[3], tuple(parts[8:])))
-    return lines
+    return parse_cluster_nodes(raw.decode() if isinstance(raw, bytes) else str(raw))
 
 
 def _started(node: ClusterNode) -> bool:

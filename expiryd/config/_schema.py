@@ -1,0 +1,219 @@
+"""What can be configured: one frozen dataclass per section, every setting with its default.
+
+The loader (:mod:`expiryd.config._load`) walks these classes, so a field's name
+is its key in the YAML file, in the environment and in error messages::
+
+    config = Config(redis=RedisConfig(nodes=["redis://10.0.0.7:6379"]),
+                    routes=[RouteConfig(match="order:*", log=LogHandlerConfig())])
+    config.election.lease             # 5.0 (seconds)
+    takeover_gap(config.election)     # 6.6 (seconds)
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from ..events import EXPIRED
+from ..keys import DEFAULT_DEAD_LETTER_STREAM, DEFAULT_LOCK_NAME
+
+# Marks a float field as a duration in seconds, written as "500ms", "5s" or "1m".
+DURATION = "duration"
+Duration = Annotated[float, DURATION]
+# A duration that may also be zero ("do not wait").
+ZERO_OK = "zero_ok"
+Wait = Annotated[float, DURATION, ZERO_OK]
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    # Used when the URLs say rediss://. No ca_file: the system's trusted CAs.
+    ca_file: str | None = None
+    # A client certificate and its key, for servers that require one (mutual TLS).
+    cert_file: str | None = None
+    key_file: str | None = None
+    check_hostname: bool = True
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    nodes: list[str] = field(default_factory=list)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    username: str | None = None
+    password_file: str | None = None
+    ensure_notifications: bool = True
+    topology_interval: Duration = 1.0
+    connect_timeout: Duration = 2.0
+    watchdog_interval: Duration = 1.0
+    watchdog_timeout: Duration = 2.0
+    # Filled from EXPIRYD_REDIS_PASSWORD or password_file, never from YAML or flags.
+    password: str | None = field(default=None, repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class ElectionConfig:
+    lock_name: str = DEFAULT_LOCK_NAME
+    masters: list[str] = field(default_factory=list)
+    lease: Duration = 5.0
+    renew_interval: Duration = 1.0
+    renew_deadline: Duration = 3.0
+    retry_interval: Duration = 0.5
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    queue_size: int = 100_000
+    overflow_wait: Duration = 5.0
+    shutdown_grace: Duration = 10.0
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    enabled: bool = True
+    # None: derived from the election timings (see _with_derived_replay).
+    window: Duration | None = None
+    warmup: Duration | None = None
+    max_events: int = 200_000
+    clock_tolerance: Duration = 2.0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    # Touch each routed key at its due time, so it expires then and not when Redis's own cycle finds it.
+    enabled: bool = True
+    # Keys held at most (about 150 MB per million on every replica); more fire on Redis's timing.
+    max_keys: int = 1_000_000
+    # Keys due further ahead wait for a rescan that finds them within the horizon.
+    horizon: Duration = 3600.0
+    # How often every primary is scanned again for routed keys (and for those beyond the horizon).
+    rescan_interval: Duration = 600.0
+    # Keys a recovery scan visits per second, per replica.
+    scan_rate: int = 20_000
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = "127.0.0.1:9101"
+    # When set, /metrics is served here only, and no longer on listen.
+    metrics_listen: str | None = None
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = "json"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class LogHandlerConfig:
+    path: str | None = None
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str
+    timeout: Duration = 10.0
+    headers: dict[str, str] = field(default_factory=dict)
+    # The signing secret: from the environment variable named here, or from a file.
+    secret_env: str | None = None
+    secret_file: str | None = None
+    # Allows sending a signed request over plain http to a host other than loopback.
+    allow_insecure: bool = False
+    secret: str | None = field(default=None, repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    name: str
+    maxlen: int = 1_000_000
+    # Another Redis server (redis://host:port/db or rediss://); by default the stream lives on the cluster.
+    url: str | None = None
+    # For a rediss:// url; the cluster's redis.tls does not apply to another server.
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    password: str | None = field(default=None, repr=False, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    size: int = 100
+    max_wait: Wait = 0.0
+
+
+@dataclass(frozen=True)
+class RetryConfig:
+    max_attempts: int = 5
+    backoff: Duration = 0.5
+    max_backoff: Duration = 30.0
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    match: str
+    name: str | None = None
+    concurrency: int = 1
+    queue_size: int = 10_000
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    retry: RetryConfig = field(default_factory=RetryConfig)
+    # A template naming the key that holds the event's data, e.g. "{key}:payload".
+    payload: str | None = None
+    log: LogHandlerConfig | None = None
+    webhook: WebhookConfig | None = None
+    stream: StreamConfig | None = None
+    # "package.module:function", called with a list of events; sync functions run in a thread.
+    python: str | None = None
+    # The keyevents this route takes: expired (a key expired), hexpired (fields of a hash expired).
+    events: list[str] = field(default_factory=lambda: [EXPIRED])
+
+    @property
+    def label(self) -> str:
+        """The route's name in metrics and logs: ``name``, or the glob itself."""
+        return self.name or self.match
+
+
+HANDLER_KINDS = ("log", "webhook", "stream", "python")
+
+# Where a route leaves them out, concurrency and batch.size depend on its handler, as measured in
+# bursts of 100k-200k keys (BENCHMARKS.md, "Handlers"): a webhook call is an HTTP request and a
+# stream batch one round trip to the stream's node, so with one lane of 100 events both mostly
+# waited; bigger batches, and more of them in flight, went 1.7x (webhook) and 1.2-1.4x (stream)
+# faster. Log and python routes keep RouteConfig's defaults.
+HANDLER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "webhook": {"concurrency": 2, "batch": {"size": 500}},
+    "stream": {"concurrency": 4, "batch": {"size": 500}},
+}
+
+
+@dataclass(frozen=True)
+class DeadLetterConfig:
+    stream: str = DEFAULT_DEAD_LETTER_STREAM
+    maxlen: int = 100_000
+
+
+@dataclass(frozen=True)
+class Config:
+    id: str = field(default_factory=socket.gethostname)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    election: ElectionConfig = field(default_factory=ElectionConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    dead_letter: DeadLetterConfig = field(default_factory=DeadLetterConfig)
+    routes: list[RouteConfig] = field(default_factory=list)
+    source: str = field(default="defaults", compare=False, metadata={"internal": True})
+
+
+# A follower waits election.retry_interval times a factor drawn from this range between lease
+# attempts, so that replicas started together do not keep trying at the same instant. The upper
+# end is how late a follower can try after the lease is free, which the takeover gap must allow for.
+RETRY_JITTER = (0.8, 1.2)
+
+
+def takeover_gap(election: ElectionConfig) -> float:
+    """The longest a dead leader's last progress record can precede its successor's takeover."""
+    return election.lease + election.retry_interval * RETRY_JITTER[1] + election.renew_interval

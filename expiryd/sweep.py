@@ -50,6 +50,7 @@ from .events import EXPIRED, Expiration
 from .metrics import Metrics
 from .payload import PayloadKeys
 from .routing import Route, Router
+from .tasks import until_first_failure
 from .topology import ClusterView
 
 __all__ = ["Emit", "InFlight", "Leadership", "SweepSettings", "Sweeper", "scan_pattern"]
@@ -82,6 +83,13 @@ class SweepSettings:
     count: int = 1_000
     # Candidates waiting for their second look; a scan pauses while this many wait.
     max_candidates: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "scan_rate", "count", "max_candidates"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"sweep.{name} must be positive")
+        if self.confirm_after < 0:
+            raise ValueError("sweep.confirm_after must not be negative")
 
 
 @dataclass(slots=True)
@@ -144,6 +152,7 @@ class Sweeper:
         self._candidates: dict[bytes, _Candidate] = {}
         self._handed: dict[bytes, _Handed] = {}
         self._sweep_number = 0
+        self._leading: int | None = None  # the term the candidates were found in
         self._check_failures = 0
         self._clients: dict[NodeAddress, aioredis.Redis] = {}
         self._owners: tuple[ClusterView, list[NodeAddress | None]] | None = None
@@ -154,7 +163,7 @@ class Sweeper:
         if not self._settings.enabled or not self._targets:
             return None
         self._metrics.sweep_interval.set(self._settings.interval)
-        self._task = asyncio.create_task(self._run(), name="sweeper")
+        self._task = asyncio.create_task(until_first_failure(self._sweep_loop(), self._confirm_loop()), name="sweeper")
         return self._task
 
     async def aclose(self) -> None:
@@ -177,29 +186,33 @@ class Sweeper:
     ) -> None:
         await self.aclose()
 
-    async def _run(self) -> None:
-        leading: int | None = None
+    async def _sweep_loop(self) -> None:
         next_sweep = 0.0
         while True:
             term = self._leadership.term()
-            if term != leading:
+            if term != self._leading:
                 # What a former term found or emitted may have been abandoned with it: look again.
                 self._forget()
-                leading = term
+                self._leading = term
                 next_sweep = time.monotonic()
-            if term is None:
-                await asyncio.sleep(_IDLE_WAKE)
-                continue
             now = time.monotonic()
-            if now >= next_sweep:
+            if term is not None and now >= next_sweep:
                 next_sweep = now + self._settings.interval
                 await self._sweep(term)
                 continue
-            await self._confirm_due(term)
-            wake = next_sweep
-            if self._candidates:
-                wake = min(wake, next(iter(self._candidates.values())).confirm_at)
-            await asyncio.sleep(min(max(wake - time.monotonic(), 0.0), _IDLE_WAKE))
+            await asyncio.sleep(min(max(next_sweep - now, 0.0), _IDLE_WAKE))
+
+    async def _confirm_loop(self) -> None:
+        # Apart from the scans, so that one slow or unreachable primary holds up no other's candidates.
+        while True:
+            term = self._leadership.term()
+            wake = _IDLE_WAKE
+            if term is not None and term == self._leading:
+                await self._confirm_due(term)
+                if self._candidates:
+                    first = next(iter(self._candidates.values()))
+                    wake = min(max(first.confirm_at - time.monotonic(), 0.0), _IDLE_WAKE)
+            await asyncio.sleep(wake)
 
     def _forget(self) -> None:
         self._candidates.clear()
@@ -216,17 +229,15 @@ class Sweeper:
         self._sweep_number += 1
         failures_before = self._check_failures
         started = time.monotonic()
-        complete = True
         primaries = sorted(view.primaries)
         for node in list(self._clients):
             if node not in view.primaries:
                 await self._drop_client(node)
-        for node in primaries:
-            for target in self._targets:
-                scanned = await self._scan(node, target, term)
-                if scanned is None:
-                    return  # leadership changed: the next leader sweeps
-                complete = complete and scanned
+        # Primaries in parallel: scan_rate bounds each node's load, and a sweep lasts as long as its largest node.
+        results = await asyncio.gather(*(self._scan_node(node, term) for node in primaries))
+        if None in results:
+            return  # leadership changed: the next leader sweeps
+        complete = all(results)
         if complete and self._check_failures == failures_before:
             self._metrics.sweeps.labels(result="complete").inc()
             self._metrics.sweep_last_complete.set(time.time())
@@ -242,6 +253,15 @@ class Sweeper:
         else:
             self._metrics.sweeps.labels(result="error").inc()
 
+    async def _scan_node(self, node: NodeAddress, term: int) -> bool | None:
+        complete = True
+        for target in self._targets:
+            scanned = await self._scan(node, target, term)
+            if scanned is None:
+                return None
+            complete = complete and scanned
+        return complete
+
     async def _scan(self, node: NodeAddress, target: _Target, term: int) -> bool | None:
         """Make candidates of ``target``'s companions on ``node``; False if the scan broke off, None on a new term."""
         client = self._client(node)
@@ -256,7 +276,6 @@ class Sweeper:
                 await self._consider(node, target, names)
                 if self._leadership.term() != term:
                     return None
-                await self._confirm_due(term)
                 if cursor == 0:
                     return True
                 await asyncio.sleep(pause)
@@ -292,13 +311,11 @@ class Sweeper:
                 self._candidates[key] = _Candidate(route, companion, node, confirm_at)
 
     async def _make_room(self, term: int) -> bool:
-        """Wait while the candidates are at their bound, confirming them; False on a new term."""
+        """Wait while the candidates are at their bound (the confirmations drain them); False on a new term."""
         while len(self._candidates) >= self._settings.max_candidates:
             if self._leadership.term() != term:
                 return False
-            first = next(iter(self._candidates.values()))
-            await asyncio.sleep(min(max(first.confirm_at - time.monotonic(), 0.0), _IDLE_WAKE))
-            await self._confirm_due(term)
+            await asyncio.sleep(_IDLE_WAKE)
         return self._leadership.term() == term
 
     # Confirming

@@ -20,12 +20,12 @@ from redis.asyncio.cluster import RedisCluster
 from expiryd.companions import Companions
 from expiryd.connections import NodeAddress, RedisOptions
 from expiryd.events import Event, Expiration
-from expiryd.localcluster import LocalCluster
+from expiryd.localcluster import LocalCluster, free_ports
 from expiryd.metrics import Metrics
 from expiryd.payload import PayloadKeys
 from expiryd.routing import Route, Router
 from expiryd.sweep import Sweeper, SweepSettings, scan_pattern
-from expiryd.topology import Topology
+from expiryd.topology import ClusterNodeInfo, ClusterView, Topology
 
 FAST = SweepSettings(interval=0.3, confirm_after=0.4, scan_rate=1_000_000, count=1_000)
 
@@ -392,3 +392,49 @@ def test_an_event_not_swept_carries_no_swept_field() -> None:
     event = Event(b"k", "n:1", 1.5, 3, "r")
     assert "swept" not in event.to_json()
     assert "swept" not in event.to_fields()
+
+
+def test_a_sweep_that_cannot_reach_a_primary_fails_and_still_delivers_what_the_others_hold(
+    shared_cluster: LocalCluster,
+) -> None:
+    p = prefix()
+    key = f"{p}:{{1}}".encode()
+    orphan(shared_cluster, key)
+
+    async def scenario() -> Sweep:
+        options = RedisOptions(connect_timeout=0.2, command_timeout=0.2)
+        topology = Topology(seeds=[NodeAddress("127.0.0.1", shared_cluster.nodes[0].port)], options=options)
+        real = await topology.read()
+        await topology.close()
+        dead = ClusterNodeInfo("dead", NodeAddress("127.0.0.1", free_ports(1)[0]), frozenset({"master"}), None, ())
+        view = ClusterView(nodes=(*real.nodes, dead), answered_by=real.answered_by)
+        sweep = Sweep(started=time.monotonic(), leadership=Term(1), metrics=Metrics())
+
+        async def emit(route: Route, expirations: list[Expiration]) -> None:
+            sweep.emitted.append((time.monotonic(), route, expirations))
+
+        sweeper = Sweeper(
+            settings=FAST,
+            router=Router([payload_route("r", f"{p}:{{*}}")]),
+            options=options,
+            leadership=sweep.leadership,
+            view=lambda: view,
+            in_flight=sweep.in_flight.__contains__,
+            emit=emit,
+            metrics=sweep.metrics,
+        )
+        async with sweeper:
+            deadline = time.monotonic() + 15  # redis-py retries a refused connection for about 5 s
+            while sweep.sweeps("error") < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        return sweep
+
+    sweep = asyncio.run(scenario())
+    assert sweep.keys() == [key]
+    assert sweep.sweeps("error") >= 1 and sweep.sweeps("complete") == 0
+    assert sweep.metrics.registry.get_sample_value("expiryd_sweep_last_complete_timestamp_seconds") == 0
+
+
+def test_settings_that_would_never_sweep_are_refused() -> None:
+    with pytest.raises(ValueError, match="scan_rate"):
+        SweepSettings(scan_rate=0)

@@ -10,6 +10,7 @@
     python -m bench profile               # a py-spy profile of the leader at 10,000 keys/s (not in "all")
     python -m bench profile --route stream
     python -m bench hexpired              # hash-field expirations against key expirations, on Valkey (not in "all")
+    python -m bench sweep                 # one orphan sweep over 1M companion keys: time and Redis CPU (not in "all")
 
 Run from the repository root, with expiryd installed (``make setup``).
 """
@@ -26,14 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import handlers, hash_fields, latency, ontime, profile, takeover, throughput
+from . import handlers, hash_fields, latency, ontime, profile, sweep, takeover, throughput
 
 SCENARIOS = ("throughput", "latency", "takeover", "handlers", "ontime")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenario", choices=(*SCENARIOS, "all", "profile", "hexpired"))
+    parser.add_argument("scenario", choices=(*SCENARIOS, "all", "profile", "hexpired", "sweep"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the scripts work")
     parser.add_argument("--json", type=Path, default=None, help="where to write raw numbers")
     parser.add_argument("--rounds", type=int, default=5, help="takeover: SIGKILLs and SIGTERMs per variant")
@@ -60,6 +61,9 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list
         return hash_fields.run(rate=100 if smoke else 500, seconds=2.0 if smoke else 8.0,
                                burst=500 if smoke else 10_000, background=1_000 if smoke else 100_000,
                                wait=10.0 if smoke else 120.0)
+    if scenario == "sweep":
+        return sweep.run(companions=2_000 if smoke else 1_000_000, orphans=20 if smoke else 1_000,
+                         rates=[1_000_000] if smoke else [20_000, 1_000_000])
     if scenario == "takeover":
         variants = ["replay on"] if smoke else list(takeover.VARIANTS)
         rounds = 1 if smoke else rounds

@@ -38,6 +38,8 @@ class Expiration:
     kind: str = EXPIRED
     # Epoch seconds; set once by the leader gate, None when the schedule did not know the key.
     due_at: float | None = None
+    # Found by the orphan sweep (expiryd.sweep): no subscriber heard its key expire.
+    swept: bool = False
 
 
 @dataclass(slots=True)
@@ -53,6 +55,8 @@ class Event:
     kind: str = EXPIRED
     # When the key's TTL ran out (epoch seconds, ms precision), if the schedule knew it.
     due_at: float | None = None
+    # Delivered because the orphan sweep found its companion key left behind, not from an expired event.
+    swept: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The event as a JSON object.
@@ -61,7 +65,8 @@ class Event:
         ``key_b64`` (standard base64), so binary keys survive any JSON consumer.
         The payload follows the same rule (``payload`` or ``payload_b64``), and
         is ``null`` when the payload key did not exist. ``kind`` is ``expired``
-        or ``hexpired``. ``due_at`` is present when the key's due time was known.
+        or ``hexpired``. ``due_at`` is present when the key's due time was known;
+        ``swept`` (``true``) only when the orphan sweep found the event.
         """
         document: dict[str, Any] = {}
         binary_field(document, "key", self.key)
@@ -72,6 +77,8 @@ class Event:
         document["received_at"] = self.received_at
         if self.due_at is not None:
             document["due_at"] = round(self.due_at, 3)
+        if self.swept:
+            document["swept"] = True
         if self.has_payload:
             if self.payload is None:
                 document["payload"] = None
@@ -91,6 +98,8 @@ class Event:
         }
         if self.due_at is not None:
             fields["due_at"] = f"{self.due_at:.3f}"
+        if self.swept:
+            fields["swept"] = "1"
         if self.payload is not None:
             fields["payload"] = self.payload
         return fields

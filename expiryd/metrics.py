@@ -141,6 +141,22 @@ class Metrics:
         self.schedule_scans = Counter("expiryd_schedule_scans", "Recovery scans of a primary by result.",
                                       ["result"], registry=r)
 
+        # Orphan sweep
+        self.swept_events = Counter(
+            "expiryd_swept_events",
+            "Expirations no subscriber heard, found by the sweep as payload companion keys left behind.",
+            ["route"], registry=r)
+        self.sweep_keys_scanned = Counter("expiryd_sweep_keys_scanned",
+                                          "Companion-named keys the sweep's SCANs returned.", registry=r)
+        self.sweeps = Counter("expiryd_sweeps", "Sweeps by result: complete, or error (a node's scan broke off).",
+                              ["result"], registry=r)
+        self.sweep_last_complete = Gauge(
+            "expiryd_sweep_last_complete_timestamp_seconds",
+            "When the last sweep that scanned every primary ended (epoch seconds; 0: none yet).", registry=r)
+        self.sweep_interval = Gauge(
+            "expiryd_sweep_interval_seconds",
+            "The sweep's configured interval while the sweeper runs; 0 when it is off.", registry=r)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -34,6 +34,22 @@ class PayloadKeys:
     def key_for(self, key: bytes) -> bytes:
         return key.join(self._parts)
 
+    @property
+    def parts(self) -> tuple[bytes, ...]:
+        """The template's literal text around each ``{key}``: ``(b"", b":payload")`` for ``{key}:payload``."""
+        return tuple(self._parts)
+
+    def key_of(self, companion: bytes) -> bytes | None:
+        """The key whose companion is named ``companion``, or None when the name does not fit the template."""
+        parts = self._parts
+        slots = len(parts) - 1
+        fixed = sum(len(part) for part in parts)
+        if slots == 0 or len(companion) < fixed or (len(companion) - fixed) % slots:
+            return None
+        start = len(parts[0])
+        key = companion[start:start + (len(companion) - fixed) // slots]
+        return key if key.join(parts) == companion else None
+
     async def fetch(self, keys: list[bytes]) -> list[bytes | None]:
         """Each key's payload, or None where its companion key does not exist."""
         pipe = self._client.pipeline(transaction=False)

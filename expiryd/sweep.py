@@ -1,0 +1,430 @@
+"""The orphan sweep: deliver the expirations that no subscriber heard, found as companion keys left behind.
+
+Pub/Sub is at-most-once: an ``expired`` event published while no replica was
+subscribed to its node (all of expiryd down, or cut off from that node) is gone.
+On a route with a payload template the loss leaves a trace, because the
+companion key outlives its key and is deleted only after the handler
+succeeded: a companion whose key no longer exists, and which is not being
+delivered, is an expiration that was never delivered.
+
+While this replica leads, the :class:`Sweeper` SCANs every primary for the
+companions of every payload route, every ``interval`` and once right after
+becoming leader, at ``scan_rate`` keys a second. A companion whose key is gone
+(an ``EXISTS`` on the key's primary) is a *candidate*. It becomes an *orphan*
+only if, at a second look ``confirm_after`` seconds later, the key is still
+gone, the companion still exists and the leader gate says the key is not in
+flight. The delay covers what the first look cannot tell apart from an orphan:
+a key that just expired (the first ``EXISTS`` may even be what expired it),
+whose event is on its way and whose companion the handler is about to delete,
+and a writer that has written the companion but not yet the key. Orphans go to
+the gate's ``emit`` as expirations marked ``swept``::
+
+    sweeper = Sweeper(settings=SweepSettings(), router=router, options=options, leadership=elector,
+                      view=fanin.view, in_flight=gate.in_flight, emit=gate.emit_swept, metrics=metrics)
+    sweeper.start()
+    ...
+    await sweeper.aclose()
+
+An orphan is emitted once per leadership term and companion: a companion that
+stays after its delivery (the event was dead-lettered) is not delivered again
+every interval, but a new leader delivers it once more, as it would replay any
+event whose outcome it cannot know.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import redis.asyncio as aioredis
+from redis.crc import key_slot
+
+from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error
+from .events import EXPIRED, Expiration
+from .metrics import Metrics
+from .payload import PayloadKeys
+from .routing import Route, Router
+from .tasks import until_first_failure
+from .topology import ClusterView
+
+__all__ = ["Emit", "InFlight", "Leadership", "SweepSettings", "Sweeper", "scan_pattern"]
+
+log = logging.getLogger("expiryd.sweep")
+
+_IDLE_WAKE = 0.1  # how often an idle sweeper looks at the leadership again
+_CONFIRM_CHUNK = 5_000
+# Orphans remembered so that a companion left after its delivery is not delivered again this term.
+_MAX_HANDED = 1_000_000
+
+Emit = Callable[[Route, list[Expiration]], Awaitable[None]]
+InFlight = Callable[[bytes], bool]
+
+
+class Leadership(Protocol):
+    def term(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    enabled: bool = True
+    # Seconds between the starts of two sweeps.
+    interval: float = 60.0
+    # Longer than an expired event takes to reach the leader and have its companion deleted.
+    confirm_after: float = 10.0
+    # Keys a second each primary's SCAN visits, at most: a sweep must not crowd out the cluster's clients.
+    scan_rate: int = 20_000
+    # SCAN's COUNT.
+    count: int = 1_000
+    # Candidates waiting for their second look; a scan pauses while this many wait.
+    max_candidates: int = 100_000
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "scan_rate", "count", "max_candidates"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"sweep.{name} must be positive")
+        if self.confirm_after < 0:
+            raise ValueError("sweep.confirm_after must not be negative")
+
+
+@dataclass(slots=True)
+class _Candidate:
+    route: Route
+    companion: bytes
+    node: NodeAddress
+    confirm_at: float  # monotonic
+
+
+@dataclass(slots=True)
+class _Handed:
+    expire_time: int  # the companion's PEXPIRETIME when it was emitted: a rewritten companion differs
+    seen_in: int  # the last sweep that found it
+
+
+@dataclass(frozen=True)
+class _Target:
+    match: bytes
+    payload: PayloadKeys
+
+
+def scan_pattern(payload: PayloadKeys) -> bytes:
+    """The SCAN MATCH pattern for every companion ``payload`` names: the template, its key part ``*``."""
+    return b"*".join(_glob_literal(part) for part in payload.parts)
+
+
+def _glob_literal(text: bytes) -> bytes:
+    for special in (b"\\", b"*", b"?", b"[", b"]"):
+        text = text.replace(special, b"\\" + special)
+    return text
+
+
+class Sweeper:
+    def __init__(
+        self,
+        *,
+        settings: SweepSettings,
+        router: Router,
+        options: RedisOptions,
+        leadership: Leadership,
+        view: Callable[[], ClusterView | None],
+        in_flight: InFlight,
+        emit: Emit,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._router = router
+        self._options = options
+        self._leadership = leadership
+        self._view = view
+        self._in_flight = in_flight
+        self._emit = emit
+        self._metrics = metrics
+        targets: dict[tuple[bytes, ...], _Target] = {}
+        for route in router.routes:
+            if route.payload is not None and EXPIRED in route.events:
+                targets.setdefault(route.payload.parts, _Target(scan_pattern(route.payload), route.payload))
+        self._targets = list(targets.values())
+        self._candidates: dict[bytes, _Candidate] = {}
+        self._handed: dict[bytes, _Handed] = {}
+        self._sweep_number = 0
+        self._leading: int | None = None  # the term the candidates were found in
+        self._check_failures = 0
+        self._clients: dict[NodeAddress, aioredis.Redis] = {}
+        self._owners: tuple[ClusterView, list[NodeAddress | None]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> asyncio.Task[None] | None:
+        """Start sweeping whenever this replica leads; the task ends only on a bug. None when switched off."""
+        if not self._settings.enabled or not self._targets:
+            return None
+        self._metrics.sweep_interval.set(self._settings.interval)
+        self._task = asyncio.create_task(until_first_failure(self._sweep_loop(), self._confirm_loop()), name="sweeper")
+        return self._task
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._metrics.sweep_interval.set(0)
+        self._forget()
+        clients = list(self._clients.values())
+        self._clients.clear()
+        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _sweep_loop(self) -> None:
+        next_sweep = 0.0
+        while True:
+            term = self._leadership.term()
+            if term != self._leading:
+                # What a former term found or emitted may have been abandoned with it: look again.
+                self._forget()
+                self._leading = term
+                next_sweep = time.monotonic()
+            now = time.monotonic()
+            if term is not None and now >= next_sweep:
+                next_sweep = now + self._settings.interval
+                await self._sweep(term)
+                continue
+            await asyncio.sleep(min(max(next_sweep - now, 0.0), _IDLE_WAKE))
+
+    async def _confirm_loop(self) -> None:
+        # Apart from the scans, so that one slow or unreachable primary holds up no other's candidates.
+        while True:
+            term = self._leadership.term()
+            wake = _IDLE_WAKE
+            if term is not None and term == self._leading:
+                await self._confirm_due(term)
+                if self._candidates:
+                    first = next(iter(self._candidates.values()))
+                    wake = min(max(first.confirm_at - time.monotonic(), 0.0), _IDLE_WAKE)
+            await asyncio.sleep(wake)
+
+    def _forget(self) -> None:
+        self._candidates.clear()
+        self._handed.clear()
+
+    # Scanning
+
+    async def _sweep(self, term: int) -> None:
+        view = self._view()
+        if view is None or not view.primaries:
+            self._metrics.sweeps.labels(result="error").inc()
+            log.warning("no topology to sweep yet")
+            return
+        self._sweep_number += 1
+        failures_before = self._check_failures
+        started = time.monotonic()
+        primaries = sorted(view.primaries)
+        for node in list(self._clients):
+            if node not in view.primaries:
+                await self._drop_client(node)
+        # Primaries in parallel: scan_rate bounds each node's load, and a sweep lasts as long as its largest node.
+        results = await asyncio.gather(*(self._scan_node(node, term) for node in primaries))
+        if None in results:
+            return  # leadership changed: the next leader sweeps
+        complete = all(results)
+        if complete and self._check_failures == failures_before:
+            self._metrics.sweeps.labels(result="complete").inc()
+            self._metrics.sweep_last_complete.set(time.time())
+            self._handed = {key: handed for key, handed in self._handed.items() if handed.seen_in == self._sweep_number}
+            log.info(
+                "sweep complete",
+                extra={
+                    "primaries": len(primaries),
+                    "seconds": round(time.monotonic() - started, 3),
+                    "candidates": len(self._candidates),
+                },
+            )
+        else:
+            self._metrics.sweeps.labels(result="error").inc()
+
+    async def _scan_node(self, node: NodeAddress, term: int) -> bool | None:
+        complete = True
+        for target in self._targets:
+            scanned = await self._scan(node, target, term)
+            if scanned is None:
+                return None
+            complete = complete and scanned
+        return complete
+
+    async def _scan(self, node: NodeAddress, target: _Target, term: int) -> bool | None:
+        """Make candidates of ``target``'s companions on ``node``; False if the scan broke off, None on a new term."""
+        client = self._client(node)
+        pause = self._settings.count / self._settings.scan_rate
+        cursor = 0
+        try:
+            while True:
+                if not await self._make_room(term):
+                    return None
+                cursor, names = await client.scan(cursor, match=target.match, count=self._settings.count)
+                self._metrics.sweep_keys_scanned.inc(len(names))
+                await self._consider(node, target, names)
+                if self._leadership.term() != term:
+                    return None
+                if cursor == 0:
+                    return True
+                await asyncio.sleep(pause)
+        except REDIS_FAILURES as error:
+            log.warning("sweep scan broke off", extra={"node": str(node), "error": describe_error(error)})
+            await self._drop_client(node)
+            return False
+
+    async def _consider(self, node: NodeAddress, target: _Target, names: list[Any]) -> None:
+        found: list[tuple[bytes, Route, bytes]] = []
+        for name in names:
+            if not isinstance(name, bytes):
+                continue
+            key = target.payload.key_of(name)
+            if key is None:
+                continue
+            # A companion is the first matching route's only; another template's companion is not.
+            route = self._router.match(key)
+            if route is None or route.payload is None or route.payload.parts != target.payload.parts:
+                continue
+            found.append((key, route, name))
+        if not found:
+            return
+        replies = await self._on_owners([("EXISTS", key) for key, _, _ in found])
+        confirm_at = time.monotonic() + self._settings.confirm_after
+        for (key, route, companion), exists in zip(found, replies, strict=True):
+            if exists != 0:
+                continue  # the key lives (or its check failed): nothing to say
+            handed = self._handed.get(key)
+            if handed is not None:
+                handed.seen_in = self._sweep_number
+            if key not in self._candidates:
+                self._candidates[key] = _Candidate(route, companion, node, confirm_at)
+
+    async def _make_room(self, term: int) -> bool:
+        """Wait while the candidates are at their bound (the confirmations drain them); False on a new term."""
+        while len(self._candidates) >= self._settings.max_candidates:
+            if self._leadership.term() != term:
+                return False
+            await asyncio.sleep(_IDLE_WAKE)
+        return self._leadership.term() == term
+
+    # Confirming
+
+    async def _confirm_due(self, term: int) -> None:
+        while self._candidates:
+            now = time.monotonic()
+            due: list[tuple[bytes, _Candidate]] = []
+            for key, candidate in self._candidates.items():
+                if candidate.confirm_at > now or len(due) >= _CONFIRM_CHUNK:
+                    break
+                due.append((key, candidate))
+            if not due:
+                return
+            for key, _ in due:
+                del self._candidates[key]
+            await self._confirm(due, term)
+
+    async def _confirm(self, due: list[tuple[bytes, _Candidate]], term: int) -> None:
+        commands: list[tuple[str, bytes]] = []
+        for key, candidate in due:
+            commands += [("EXISTS", key), ("PEXPIRETIME", candidate.companion)]
+        replies = await self._on_owners(commands)
+        if self._leadership.term() != term:
+            return
+        now = time.time()
+        orphans: dict[Route, list[Expiration]] = {}
+        for index, (key, candidate) in enumerate(due):
+            exists, expire_time = replies[2 * index], replies[2 * index + 1]
+            if exists != 0 or not isinstance(expire_time, int) or expire_time == -2:
+                continue  # back, delivered (its companion deleted) or unknown: not an orphan
+            if self._in_flight(key):
+                continue
+            handed = self._handed.get(key)
+            if handed is not None and handed.expire_time == expire_time:
+                continue  # emitted before this term, and its companion stayed (dead-lettered)
+            if len(self._handed) < _MAX_HANDED or handed is not None:
+                self._handed[key] = _Handed(expire_time, self._sweep_number)
+            orphans.setdefault(candidate.route, []).append(
+                Expiration(key, str(candidate.node), now, EXPIRED, None, True)
+            )
+        for route, expirations in orphans.items():
+            if self._leadership.term() != term:
+                return
+            try:
+                await self._emit(route, expirations)
+            except Exception as error:
+                for expiration in expirations:
+                    self._handed.pop(expiration.key, None)
+                self._metrics.sweeps.labels(result="error").inc()
+                log.exception(
+                    "cannot hand swept expirations to the route",
+                    extra={"route": route.name, "events": len(expirations), "error": describe_error(error)},
+                )
+                continue
+            self._metrics.swept_events.labels(route=route.name).inc(len(expirations))
+            log.info(
+                "delivering expirations no subscriber heard", extra={"route": route.name, "events": len(expirations)}
+            )
+
+    # Connections
+
+    async def _on_owners(self, commands: list[tuple[str, bytes]]) -> list[Any]:
+        """Each command's reply, sent to the primary owning its key's slot; an exception where that failed."""
+        replies: list[Any] = [None] * len(commands)
+        owners = self._slot_owners()
+        by_node: dict[NodeAddress, list[int]] = {}
+        for index, (_, key) in enumerate(commands):
+            owner = owners[key_slot(key)] if owners is not None else None
+            if owner is None:
+                replies[index] = LookupError("no primary serves the slot")
+                self._check_failures += 1
+            else:
+                by_node.setdefault(owner, []).append(index)
+
+        async def run(node: NodeAddress, indexes: list[int]) -> None:
+            pipe = self._client(node).pipeline(transaction=False)
+            for index in indexes:
+                pipe.execute_command(*commands[index])
+            try:
+                results = await pipe.execute(raise_on_error=False)
+            except REDIS_FAILURES as error:
+                log.warning("sweep cannot check keys", extra={"node": str(node), "error": describe_error(error)})
+                await self._drop_client(node)
+                results = [error] * len(indexes)
+            for index, result in zip(indexes, results, strict=True):
+                if isinstance(result, BaseException):
+                    self._check_failures += 1
+                replies[index] = result
+
+        await asyncio.gather(*(run(node, indexes) for node, indexes in by_node.items()))
+        return replies
+
+    def _slot_owners(self) -> list[NodeAddress | None] | None:
+        view = self._view()
+        if view is None:
+            return None
+        if self._owners is None or self._owners[0] is not view:
+            self._owners = (view, view.slot_owners())
+        return self._owners[1]
+
+    def _client(self, node: NodeAddress) -> aioredis.Redis:
+        client = self._clients.get(node)
+        if client is None:
+            client = self._clients[node] = self._options.client(node, pipelined=True)
+        return client
+
+    async def _drop_client(self, node: NodeAddress) -> None:
+        client = self._clients.pop(node, None)
+        if client is not None:
+            with contextlib.suppress(*REDIS_FAILURES):
+                await client.aclose()

@@ -1,0 +1,440 @@
+"""The orphan sweep against a real cluster: companions left behind by expirations nobody heard.
+
+Nothing subscribes here, so a key that expires is an orphan by construction.
+Intervals and confirmation delays are a fraction of a second; each test's
+routes match only its own keys, so the shared cluster's other keys pass by.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+from redis.asyncio.cluster import RedisCluster
+
+from expiryd.companions import Companions
+from expiryd.connections import NodeAddress, RedisOptions
+from expiryd.events import Event, Expiration
+from expiryd.localcluster import LocalCluster, free_ports
+from expiryd.metrics import Metrics
+from expiryd.payload import PayloadKeys
+from expiryd.routing import Route, Router
+from expiryd.sweep import Sweeper, SweepSettings, scan_pattern
+from expiryd.topology import ClusterNodeInfo, ClusterView, Topology
+
+FAST = SweepSettings(interval=0.3, confirm_after=0.4, scan_rate=1_000_000, count=1_000)
+
+
+class Term:
+    def __init__(self, term: int | None = 1) -> None:
+        self.value = term
+
+    def term(self) -> int | None:
+        return self.value
+
+
+@dataclass
+class Sweep:
+    started: float
+    leadership: Term
+    metrics: Metrics
+    in_flight: set[bytes] = field(default_factory=set)
+    emitted: list[tuple[float, Route, list[Expiration]]] = field(default_factory=list)
+
+    def keys(self) -> list[bytes]:
+        return [expiration.key for _, _, batch in self.emitted for expiration in batch]
+
+    def expirations(self) -> list[Expiration]:
+        return [expiration for _, _, batch in self.emitted for expiration in batch]
+
+    def sweeps(self, result: str) -> float:
+        return self.metrics.registry.get_sample_value("expiryd_sweeps_total", {"result": result}) or 0.0
+
+
+@contextlib.asynccontextmanager
+async def sweeping(
+    cluster: LocalCluster, routes: list[Route], *, settings: SweepSettings = FAST, term: int | None = 1
+) -> AsyncIterator[Sweep]:
+    options = RedisOptions()
+    topology = Topology(seeds=[NodeAddress("127.0.0.1", cluster.nodes[0].port)], options=options)
+    view = await topology.read()
+    await topology.close()
+    sweep = Sweep(started=time.monotonic(), leadership=Term(term), metrics=Metrics())
+
+    async def emit(route: Route, expirations: list[Expiration]) -> None:
+        sweep.emitted.append((time.monotonic(), route, expirations))
+
+    sweeper = Sweeper(
+        settings=settings,
+        router=Router(routes),
+        options=options,
+        leadership=sweep.leadership,
+        view=lambda: view,
+        in_flight=sweep.in_flight.__contains__,
+        emit=emit,
+        metrics=sweep.metrics,
+    )
+    async with sweeper:
+        yield sweep
+
+
+def payload_route(name: str, pattern: str, template: str = "{key}:payload") -> Route:
+    return Route(name=name, pattern=pattern, handler=None, payload=PayloadKeys(template=template, client=None))  # type: ignore[arg-type]
+
+
+def plain_route(name: str, pattern: str) -> Route:
+    return Route(name=name, pattern=pattern, handler=None)  # type: ignore[arg-type]
+
+
+def prefix() -> str:
+    return "sw" + uuid.uuid4().hex[:10]
+
+
+def orphan(cluster: LocalCluster, key: bytes, payload: bytes = b"data") -> None:
+    """A companion whose key has already gone, as when the key expired while no one listened."""
+    client = cluster.client()
+    client.set(key + b":payload", payload, ex=600)
+    client.close()
+
+
+def test_a_companion_whose_key_expired_is_emitted_once_marked_swept_after_the_confirmation(
+    shared_cluster: LocalCluster,
+) -> None:
+    p = prefix()
+    key = f"{p}:{{1}}".encode()
+    client = shared_cluster.client()
+    client.set(key + b":payload", b"data", ex=600)
+    client.set(key, b"1", px=50)
+    time.sleep(0.1)
+    client.close()
+
+    async def scenario() -> Sweep:
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")]) as sweep:
+            await asyncio.sleep(2.0)  # several intervals: the companion stays, nothing deletes it
+        return sweep
+
+    sweep = asyncio.run(scenario())
+    assert sweep.keys() == [key]
+    at, route, [expiration] = sweep.emitted[0]
+    assert route.name == "r"
+    assert at - sweep.started >= FAST.confirm_after
+    assert expiration.swept and expiration.kind == "expired"
+    assert expiration.node == shared_cluster.node_for_key(key).address
+    assert sweep.metrics.registry.get_sample_value("expiryd_swept_events_total", {"route": "r"}) == 1
+
+
+def test_a_key_not_yet_expired_is_not_emitted(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    key = f"{p}:{{1}}".encode()
+
+    async def scenario() -> Sweep:
+        client = shared_cluster.client()
+        client.set(key + b":payload", b"data", ex=600)
+        client.set(key, b"1", ex=60)
+        client.close()
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")]) as sweep:
+            await asyncio.sleep(1.0)
+        return sweep
+
+    sweep = asyncio.run(scenario())
+    assert sweep.sweeps("complete") >= 2
+    assert sweep.emitted == []
+
+
+def test_a_key_in_flight_is_not_emitted(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    key = f"{p}:{{1}}".encode()
+    orphan(shared_cluster, key)
+
+    async def scenario() -> Sweep:
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")]) as sweep:
+            sweep.in_flight.add(key)
+            await asyncio.sleep(1.0)
+        return sweep
+
+    assert asyncio.run(scenario()).emitted == []
+
+
+def test_a_companion_deleted_before_the_confirmation_is_not_emitted(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    key = f"{p}:{{1}}".encode()
+    orphan(shared_cluster, key)
+    settings = SweepSettings(interval=60, confirm_after=0.8, scan_rate=1_000_000)
+
+    async def scenario() -> Sweep:
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")], settings=settings) as sweep:
+            while sweep.sweeps("complete") < 1:
+                await asyncio.sleep(0.01)
+            # Normal delivery finished between the two looks: the handler's success deleted it.
+            client = shared_cluster.client()
+            client.delete(key + b":payload")
+            client.close()
+            await asyncio.sleep(1.2)
+        return sweep
+
+    assert asyncio.run(scenario()).emitted == []
+
+
+def test_a_companion_written_just_before_its_key_is_not_emitted(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    key = f"{p}:{{1}}".encode()
+    orphan(shared_cluster, key)
+    settings = SweepSettings(interval=60, confirm_after=0.8, scan_rate=1_000_000)
+
+    async def scenario() -> Sweep:
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")], settings=settings) as sweep:
+            while sweep.sweeps("complete") < 1:
+                await asyncio.sleep(0.01)
+            client = shared_cluster.client()
+            client.set(key, b"1", ex=60)
+            client.close()
+            await asyncio.sleep(1.2)
+        return sweep
+
+    assert asyncio.run(scenario()).emitted == []
+
+
+def test_a_cancelled_key_is_never_swept(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    key = f"{p}:{{1}}"
+
+    async def scenario() -> Sweep:
+        client = RedisCluster(host="127.0.0.1", port=shared_cluster.nodes[0].port)
+        companions = Companions(client=client)
+        await companions.schedule(key, b"data", ttl=0.2)
+        assert await companions.cancel(key)
+        await client.aclose()
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")]) as sweep:
+            await asyncio.sleep(1.0)
+        return sweep
+
+    assert asyncio.run(scenario()).emitted == []
+
+
+def test_companions_of_non_payload_routes_and_of_no_route_are_ignored(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    plain = f"{p}:{{a1}}".encode()  # matched first by a route without payload
+    unrouted = f"{p}x:{{1}}".encode()  # matched by no route
+    other_template = f"{p}:{{b1}}".encode()  # its route's companions are named payload:{key}
+    routed = f"{p}:{{c1}}".encode()
+    for key in (plain, unrouted, other_template, routed):
+        orphan(shared_cluster, key)
+    routes = [
+        plain_route("plain", f"{p}:{{a*}}"),
+        payload_route("other", f"{p}:{{b*}}", template="payload:{key}"),
+        payload_route("r", f"{p}:{{*}}"),
+    ]
+
+    async def scenario() -> Sweep:
+        async with sweeping(shared_cluster, routes) as sweep:
+            await asyncio.sleep(1.0)
+        return sweep
+
+    assert asyncio.run(scenario()).keys() == [routed]
+
+
+def test_binary_keys_survive(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    key = p.encode() + b":{\xff\x00\x80*?[}"
+    orphan(shared_cluster, key)
+
+    async def scenario() -> Sweep:
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:*")]) as sweep:
+            await asyncio.sleep(1.0)
+        return sweep
+
+    assert asyncio.run(scenario()).keys() == [key]
+
+
+def test_the_scan_covers_every_primary(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    owners = shared_cluster.slot_owners()
+    by_node: dict[str, bytes] = {}
+    for i in range(1000):
+        key = f"{p}:{{{i}}}".encode()
+        by_node.setdefault(owners.owner(key).address, key)
+    assert len(by_node) == len(shared_cluster.primaries())
+    for key in by_node.values():
+        orphan(shared_cluster, key)
+
+    async def scenario() -> Sweep:
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")]) as sweep:
+            await asyncio.sleep(1.0)
+        return sweep
+
+    sweep = asyncio.run(scenario())
+    assert {expiration.node: expiration.key for expiration in sweep.expirations()} == by_node
+
+
+def test_a_follower_does_not_sweep(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    orphan(shared_cluster, f"{p}:{{1}}".encode())
+
+    async def scenario() -> Sweep:
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")], term=None) as sweep:
+            await asyncio.sleep(0.8)
+        return sweep
+
+    sweep = asyncio.run(scenario())
+    assert sweep.emitted == [] and sweep.sweeps("complete") == 0
+
+
+def test_a_candidate_of_a_former_term_is_not_emitted(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    key = f"{p}:{{1}}".encode()
+    orphan(shared_cluster, key)
+    settings = SweepSettings(interval=60, confirm_after=0.5, scan_rate=1_000_000)
+
+    async def scenario() -> Sweep:
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")], settings=settings) as sweep:
+            while sweep.sweeps("complete") < 1:
+                await asyncio.sleep(0.01)
+            sweep.leadership.value = None
+            await asyncio.sleep(0.8)
+        return sweep
+
+    assert asyncio.run(scenario()).emitted == []
+
+
+def test_a_new_term_delivers_an_orphan_again(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    key = f"{p}:{{1}}".encode()
+    orphan(shared_cluster, key)
+
+    async def scenario() -> Sweep:
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")]) as sweep:
+            while not sweep.emitted:
+                await asyncio.sleep(0.01)
+            sweep.leadership.value = 2
+            await asyncio.sleep(1.0)
+        return sweep
+
+    assert asyncio.run(scenario()).keys() == [key, key]
+
+
+def test_a_complete_sweep_sets_its_timestamp_and_counts_the_keys_it_scanned(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    for i in range(3):
+        orphan(shared_cluster, f"{p}:{{{i}}}".encode())
+
+    async def scenario() -> Sweep:
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")]) as sweep:
+            before = time.time()
+            while sweep.sweeps("complete") < 1:
+                await asyncio.sleep(0.01)
+            registry = sweep.metrics.registry
+            assert registry.get_sample_value("expiryd_sweep_last_complete_timestamp_seconds") >= before
+            assert registry.get_sample_value("expiryd_sweep_keys_scanned_total") >= 3
+            assert registry.get_sample_value("expiryd_sweep_interval_seconds") == FAST.interval
+        return sweep
+
+    sweep = asyncio.run(scenario())
+    assert sweep.metrics.registry.get_sample_value("expiryd_sweep_interval_seconds") == 0
+
+
+# Pure logic
+
+
+@pytest.mark.parametrize(
+    ("template", "pattern"),
+    [
+        ("{key}:payload", b"*:payload"),
+        ("payload:{key}", b"payload:*"),
+        ("p[1]*?\\:{key}", b"p\\[1\\]\\*\\?\\\\:*"),
+        ("{key}|{key}", b"*|*"),
+    ],
+)
+def test_the_scan_pattern_is_the_template_with_its_literals_escaped(template: str, pattern: bytes) -> None:
+    assert scan_pattern(PayloadKeys(template=template, client=None)) == pattern
+
+
+@pytest.mark.parametrize(
+    ("template", "key"),
+    [
+        ("{key}:payload", b"order:{42}"),
+        ("payload:{key}", b"\xff\x00"),
+        ("{key}:payload", b"a:payload"),
+        ("<{key}|{key}>", b"x{key}y"),
+        ("{key}:payload", b""),
+    ],
+)
+def test_the_key_of_a_companion_is_the_one_it_was_named_for(template: str, key: bytes) -> None:
+    payloads = PayloadKeys(template=template, client=None)
+    assert payloads.key_of(payloads.key_for(key)) == key
+
+
+@pytest.mark.parametrize(
+    ("template", "name"),
+    [
+        ("{key}:payload", b"order:{42}"),
+        ("{key}:payload", b"order:{42}:payloa"),
+        ("payload:{key}", b"order:{42}:payload"),
+        ("<{key}|{key}>", b"<a|b>"),
+        ("<{key}|{key}>", b"<ab>"),
+    ],
+)
+def test_a_name_that_does_not_fit_the_template_has_no_key(template: str, name: bytes) -> None:
+    assert PayloadKeys(template=template, client=None).key_of(name) is None
+
+
+def test_a_swept_event_says_so_in_json_and_stream_fields() -> None:
+    swept = Event(b"k", "n:1", 1.5, 3, "r", swept=True)
+    assert swept.to_json()["swept"] is True
+    assert swept.to_fields()["swept"] == "1"
+
+
+def test_an_event_not_swept_carries_no_swept_field() -> None:
+    event = Event(b"k", "n:1", 1.5, 3, "r")
+    assert "swept" not in event.to_json()
+    assert "swept" not in event.to_fields()
+
+
+def test_a_sweep_that_cannot_reach_a_primary_fails_and_still_delivers_what_the_others_hold(
+    shared_cluster: LocalCluster,
+) -> None:
+    p = prefix()
+    key = f"{p}:{{1}}".encode()
+    orphan(shared_cluster, key)
+
+    async def scenario() -> Sweep:
+        options = RedisOptions(connect_timeout=0.2, command_timeout=0.2)
+        topology = Topology(seeds=[NodeAddress("127.0.0.1", shared_cluster.nodes[0].port)], options=options)
+        real = await topology.read()
+        await topology.close()
+        dead = ClusterNodeInfo("dead", NodeAddress("127.0.0.1", free_ports(1)[0]), frozenset({"master"}), None, ())
+        view = ClusterView(nodes=(*real.nodes, dead), answered_by=real.answered_by)
+        sweep = Sweep(started=time.monotonic(), leadership=Term(1), metrics=Metrics())
+
+        async def emit(route: Route, expirations: list[Expiration]) -> None:
+            sweep.emitted.append((time.monotonic(), route, expirations))
+
+        sweeper = Sweeper(
+            settings=FAST,
+            router=Router([payload_route("r", f"{p}:{{*}}")]),
+            options=options,
+            leadership=sweep.leadership,
+            view=lambda: view,
+            in_flight=sweep.in_flight.__contains__,
+            emit=emit,
+            metrics=sweep.metrics,
+        )
+        async with sweeper:
+            deadline = time.monotonic() + 15  # redis-py retries a refused connection for about 5 s
+            while sweep.sweeps("error") < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+        return sweep
+
+    sweep = asyncio.run(scenario())
+    assert sweep.keys() == [key]
+    assert sweep.sweeps("error") >= 1 and sweep.sweeps("complete") == 0
+    assert sweep.metrics.registry.get_sample_value("expiryd_sweep_last_complete_timestamp_seconds") == 0
+
+
+def test_settings_that_would_never_sweep_are_refused() -> None:
+    with pytest.raises(ValueError, match="scan_rate"):
+        SweepSettings(scan_rate=0)

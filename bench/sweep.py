@@ -19,13 +19,14 @@ from typing import Any
 
 import redis
 
+from expiryd.config import RouteConfig, SweepConfig
 from expiryd.connections import NodeAddress, RedisOptions
+from expiryd.devtools.localcluster import LocalCluster
 from expiryd.events import Expiration
-from expiryd.localcluster import LocalCluster
 from expiryd.metrics import Metrics
 from expiryd.payload import PayloadKeys
 from expiryd.routing import Route, Router
-from expiryd.sweep import Sweeper, SweepSettings
+from expiryd.sweep import Sweeper
 from expiryd.topology import Topology
 
 _WRITE_CHUNK = 10_000
@@ -61,7 +62,7 @@ async def _one_sweep(cluster: LocalCluster, *, rate: int, companions: int, orpha
     options = RedisOptions()
     topology = Topology(seeds=[NodeAddress("127.0.0.1", cluster.nodes[0].port)], options=options)
     view = await topology.read()
-    await topology.close()
+    await topology.aclose()
     emitted: list[Expiration] = []
 
     async def emit(route: Route, expirations: list[Expiration]) -> None:
@@ -73,10 +74,12 @@ async def _one_sweep(cluster: LocalCluster, *, rate: int, companions: int, orpha
 
     metrics = Metrics()
     route = Route(
-        name="bench", pattern="swb:*", handler=None, payload=PayloadKeys(template="{key}:payload", client=None)
-    )  # type: ignore[arg-type]
+        config=RouteConfig(match="swb:*", name="bench", payload="{key}:payload"),
+        handler=None,  # type: ignore[arg-type]
+        payload=PayloadKeys(template="{key}:payload", client=None),
+    )
     sweeper = Sweeper(
-        settings=SweepSettings(interval=3600, confirm_after=_CONFIRM_AFTER, scan_rate=rate),
+        settings=SweepConfig(interval=3600, confirm_after=_CONFIRM_AFTER, scan_rate=rate),
         router=Router([route]),
         options=options,
         leadership=Leading(),

@@ -28,6 +28,10 @@ from .progress import ProgressMark
 
 __all__ = ["Completion", "Pending"]
 
+# Swept expirations (see :mod:`expiryd.sweep`) finish in a sequence of their own: they were found, not
+# received from a node, so they say nothing about how far the leader got in any node's sequence.
+_SWEPT = ""
+
 
 class Pending:
     """One expiration on its way through the routes, and whether it is finished."""
@@ -46,13 +50,15 @@ class Completion:
         self._changed = False
         self._closed = False
         self._unfinished: dict[str, deque[Pending]] = {}
-        self._frozen: set[str] = set()
+        # Node → the time its gap began (epoch seconds).
+        self._frozen: dict[str, float] = {}
 
     def add(self, expiration: Expiration) -> Pending:
         pending = Pending(expiration)
-        queue = self._unfinished.get(expiration.node)
+        sequence = _SWEPT if expiration.swept else expiration.node
+        queue = self._unfinished.get(sequence)
         if queue is None:
-            queue = self._unfinished[expiration.node] = deque()
+            queue = self._unfinished[sequence] = deque()
         queue.append(pending)
         return pending
 
@@ -60,10 +66,10 @@ class Completion:
         nodes = set()
         for pending in pendings:
             pending.done = True
-            nodes.add(pending.expiration.node)
+            nodes.add(_SWEPT if pending.expiration.swept else pending.expiration.node)
         if self._closed:
             return
-        for node in nodes - self._frozen:
+        for node in nodes - self._frozen.keys():
             self._advance(node)
 
     def quiet(self, nodes: Iterable[str], *, through: float) -> None:
@@ -93,7 +99,7 @@ class Completion:
         a replica that heard the gap can take over and replay it. A quiet mark
         already past ``heard_until`` moves back to it.
         """
-        self._frozen.add(node)
+        self._frozen[node] = min(heard_until, self._frozen.get(node, heard_until))
         mark = self._marks.get(node)
         if mark is not None and mark.received_at > heard_until:
             self._marks[node] = ProgressMark(b"", heard_until, self.term)
@@ -101,15 +107,16 @@ class Completion:
 
     def thaw(self, node: str) -> None:
         """The gap in ``node``'s history is accepted: its mark moves again."""
-        self._frozen.discard(node)
+        self._frozen.pop(node, None)
         if node in self._unfinished and not self._closed:
             self._advance(node)
 
     def marks(self) -> dict[str, ProgressMark]:
         return dict(self._marks)
 
-    def frozen(self) -> frozenset[str]:
-        return frozenset(self._frozen)
+    def frozen(self) -> dict[str, float]:
+        """The frozen nodes, each with the time its gap began."""
+        return dict(self._frozen)
 
     def take_marks(self) -> dict[str, ProgressMark] | None:
         """Every node's mark, if one moved since the last call; else None."""
@@ -131,6 +138,10 @@ class Completion:
         last = None
         while queue and queue[0].done:
             last = queue.popleft()
-        if last is not None:
+        if last is not None and node != _SWEPT:
             self._marks[node] = ProgressMark.of(last.expiration, self.term)
             self._changed = True
+
+    def keys(self) -> set[bytes]:
+        """The keys of every unfinished expiration."""
+        return {pending.expiration.key for queue in self._unfinished.values() for pending in queue if not pending.done}

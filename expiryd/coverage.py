@@ -113,9 +113,19 @@ def may_lead(mine: Coverage, *, others: Sequence[Coverage], marks: dict[str, Pro
     return True
 
 
-def covered_elsewhere(*, others: Sequence[Coverage], marks: dict[str, ProgressMark], tolerance: float) -> bool:
-    """Whether another live replica's history reaches back past every mark (a leader may hand over to it)."""
-    return any(shortfall(other, marks).covers(tolerance) for other in others)
+def covered_elsewhere(
+    *, others: Sequence[Coverage], marks: dict[str, ProgressMark], tolerance: float, after: float
+) -> bool | None:
+    """Whether another live replica's history reaches back past every mark (a leader may hand over to it).
+
+    Only reports written after ``after`` (a gap's start) plus ``tolerance``, for
+    clock skew, can tell: an earlier one may predate that replica's own loss of
+    the same subscription. None while a live replica's answer is still older.
+    """
+    fresh = [other for other in others if other.written_at > after + tolerance]
+    if any(shortfall(other, marks).covers(tolerance) for other in fresh):
+        return True
+    return None if len(fresh) < len(others) else False
 
 
 class CoverageStore:

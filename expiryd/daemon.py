@@ -45,6 +45,7 @@ from .replay import NoReplay, Replay, ReplayBuffer
 from .routing import Route, Router
 from .schedule import Schedule
 from .scheduler import NoSchedule, Scheduler
+from .sweep import Sweeper
 from .tasks import Service, cancel_and_wait
 from .topology import Topology
 
@@ -123,6 +124,9 @@ class Daemon:
             subscribed=self._fanin.subscribed_primaries,
             covered_elsewhere=self._covered_elsewhere,
         )
+        self._sweeper = Sweeper(settings=config.sweep, router=router, options=options, leadership=self._elector,
+                                view=self._fanin.view, in_flight=self._gate.in_flight, emit=self._gate.emit_swept,
+                                metrics=self.metrics)
         status = {
             "/healthz": self._health_reply,
             "/readyz": self._readiness_reply,
@@ -170,7 +174,10 @@ class Daemon:
         return 1 if failed else 0
 
     def _optional_services(self) -> list[Service]:
-        return [] if self._scheduler is None else [self._scheduler]
+        services: list[Service] = [] if self._scheduler is None else [self._scheduler]
+        if self._sweeper.has_work:
+            services.append(self._sweeper)
+        return services
 
     def _subscription_lost(self, address: NodeAddress, heard_until: float) -> None:
         self._gate.subscription_lost(str(address), heard_until=heard_until)
@@ -223,15 +230,16 @@ class Daemon:
         self.metrics.leader_eligible.set(eligible)
         return eligible
 
-    async def _covered_elsewhere(self, marks: dict[str, ProgressMark]) -> bool:
+    async def _covered_elsewhere(self, marks: dict[str, ProgressMark], after: float) -> bool | None:
         if not self.config.replay.enabled:
             return False  # nothing could replay the gap
         try:
             others = await asyncio.wait_for(self._coverage_store.others(replica=self.config.id, now=time.time()),
                                             self.config.election.renew_deadline)
         except REDIS_FAILURES:
-            return False
-        return covered_elsewhere(others=others, marks=marks, tolerance=self.config.replay.clock_tolerance)
+            return None
+        return covered_elsewhere(others=others, marks=marks, tolerance=self.config.replay.clock_tolerance,
+                                 after=after)
 
     def _metrics_reply(self) -> Reply:
         return Reply(200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")

@@ -201,9 +201,9 @@ class RouteDelivery:
     def _events(self, batch: list[Pending], payloads: list[bytes | None] | None) -> list[Event]:
         term, replica = self._term, self._replica
         if payloads is None:
-            return [Event(e.key, e.node, e.received_at, term, replica, None, False, e.kind, e.due_at)
+            return [Event(e.key, e.node, e.received_at, term, replica, None, False, e.kind, e.due_at, e.swept)
                     for e in (p.expiration for p in batch)]
-        return [Event(e.key, e.node, e.received_at, term, replica, payload, True, e.kind, e.due_at)
+        return [Event(e.key, e.node, e.received_at, term, replica, payload, True, e.kind, e.due_at, e.swept)
                 for e, payload in zip((p.expiration for p in batch), payloads, strict=True)]
 
     def _observe_lateness(self, batch: list[Pending]) -> None:
@@ -215,7 +215,7 @@ class RouteDelivery:
             due_at = pending.expiration.due_at
             if due_at is not None:
                 observe(now - due_at)
-            elif pending.expiration.kind == EXPIRED:  # hash fields are never scheduled
+            elif pending.expiration.kind == EXPIRED and not pending.expiration.swept:  # nor hash fields, nor sweeps
                 unscheduled += 1
         if unscheduled:
             self._unscheduled.inc(unscheduled)

@@ -59,6 +59,13 @@ class EventQueue:
             return 0.0
         return asyncio.get_running_loop().time() - self._waiters[0].since
 
+    def keys(self) -> set[bytes]:
+        """The keys of every expiration queued or waiting for room."""
+        keys = {expiration.key for expiration in self._items}
+        for waiter in self._waiters:
+            keys.update(expiration.key for expiration in waiter.remaining)
+        return keys
+
     def oldest_waiting(self) -> float | None:
         """When the oldest expiration still waiting for room was received (epoch seconds); None if none waits."""
         return min((waiter.remaining[0].received_at for waiter in self._waiters if waiter.remaining), default=None)

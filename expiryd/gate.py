@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -47,6 +48,8 @@ log = logging.getLogger("expiryd.gate")
 
 # Replayed events go to the routes in chunks of this size, as if read from the queue.
 _REPLAY_CHUNK = 1024
+# How long one snapshot of the keys in flight answers the sweep's questions.
+_IN_FLIGHT_SNAPSHOT_FOR = 0.05
 
 
 class GateLeadership(Leadership, Protocol):
@@ -67,7 +70,7 @@ class ReplayLike(Protocol):
     def report(self) -> None: ...
 
 
-async def _never(marks: dict[str, ProgressMark]) -> bool:
+async def _never(marks: dict[str, ProgressMark], after: float) -> bool | None:
     return False
 
 
@@ -89,7 +92,7 @@ class LeaderGate(Service):
         due_times: DueTimes,
         internal_keys: frozenset[bytes] = frozenset(),
         subscribed: Callable[[], frozenset[str]] = frozenset,
-        covered_elsewhere: Callable[[dict[str, ProgressMark]], Awaitable[bool]] = _never,
+        covered_elsewhere: Callable[[dict[str, ProgressMark], float], Awaitable[bool | None]] = _never,
     ) -> None:
         self._queue = queue
         self._leadership = leadership
@@ -106,6 +109,9 @@ class LeaderGate(Service):
         self._covered_elsewhere = covered_elsewhere
         # The newest receive time the gate has taken from the queue: everything received before it has been seen.
         self._dispatched_through = 0.0
+        # What a takeover has still to hand to the routes.
+        self._replaying: list[Expiration] = []
+        self._in_flight: tuple[float, set[bytes]] = (0.0, set())
         self._active_term: int | None = None
         self._shift: _Shift | None = None
         self._retiring: set[asyncio.Task[None]] = set()
@@ -132,6 +138,26 @@ class LeaderGate(Service):
             # would hold the event loop until it is drained, starving lease renewals,
             # the watchdogs, the route lanes and /metrics.
             await asyncio.sleep(0)
+
+    def in_flight(self, key: bytes) -> bool:
+        """Whether an expiration of ``key`` waits in the merged queue, in a takeover, or in a route."""
+        now = time.monotonic()
+        taken_at, keys = self._in_flight
+        # The sweep asks for many keys at once: one snapshot serves them all.
+        if now - taken_at > _IN_FLIGHT_SNAPSHOT_FOR:
+            keys = self._queue.keys() | {expiration.key for expiration in self._replaying}
+            if self._shift is not None:
+                keys |= self._shift.completion.keys()
+            self._in_flight = (now, keys)
+        return key in keys
+
+    async def emit_swept(self, route: Route, expirations: list[Expiration]) -> None:
+        """Hand expirations found by the sweep to ``route``, as this term's leader; they are not remembered."""
+        shift = self._shift
+        if shift is None or self._leadership.term() != shift.term:
+            raise RuntimeError("not leading")
+        self._in_flight = (0.0, set())
+        await shift.deliveries[route].submit([shift.completion.add(expiration) for expiration in expirations])
 
     def subscription_lost(self, node: str, *, heard_until: float) -> None:
         """This replica may have missed what ``node`` published after ``heard_until``: hold its mark there."""
@@ -181,9 +207,10 @@ class LeaderGate(Service):
         task.add_done_callback(self._retiring.discard)
 
     async def _take_over(self, term: int) -> None:
-        pending = await self._replay.unfinished(term=term, own=self._own_marks)
+        pending = self._replaying = await self._replay.unfinished(term=term, own=self._own_marks)
         for start in range(0, len(pending), _REPLAY_CHUNK):
             await self._process(pending[start : start + _REPLAY_CHUNK])
+        self._replaying = []
 
     async def _process(self, batch: list[Expiration]) -> None:
         assert self._shift is not None
@@ -231,13 +258,16 @@ class LeaderGate(Service):
     async def _resolve_gaps(self, completion: Completion) -> bool:
         """Whether to hand over to a replica that heard what this one missed; if none did, accept the gaps."""
         frozen = completion.frozen()
-        if await self._covered_elsewhere(completion.marks()):
+        verdict = await self._covered_elsewhere(completion.marks(), max(frozen.values()))
+        if verdict is None:
+            return False  # another replica's report is older than the gap: ask again at the next record
+        if verdict:
             log.warning("this leader missed events another replica heard: handing over",
                         extra={"nodes": sorted(frozen)})
             self._metrics.history_gaps.labels(outcome="handed_over").inc(len(frozen))
             return True
         subscribed = self._subscribed()
-        for node in sorted(frozen & subscribed):
+        for node in sorted(frozen.keys() & subscribed):
             # Back, and no replica heard the gap: what was published in it is lost to Pub/Sub.
             completion.thaw(node)
             self._metrics.history_gaps.labels(outcome="uncovered").inc()

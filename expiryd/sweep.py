@@ -19,11 +19,11 @@ whose event is on its way and whose companion the handler is about to delete,
 and a writer that has written the companion but not yet the key. Orphans go to
 the gate's ``emit`` as expirations marked ``swept``::
 
-    sweeper = Sweeper(settings=SweepSettings(), router=router, options=options, leadership=elector,
+    sweeper = Sweeper(settings=config.sweep, router=router, options=options, leadership=elector,
                       view=fanin.view, in_flight=gate.in_flight, emit=gate.emit_swept, metrics=metrics)
-    sweeper.start()
-    ...
-    await sweeper.aclose()
+    if sweeper.has_work:       # switched on, and some route has a payload template
+        async with sweeper:
+            ...
 
 An orphan is emitted once per leadership term and companion: a companion that
 stays after its delivery (the event was dead-lettered) is not delivered again
@@ -39,21 +39,21 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
+from .config import SweepConfig
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error
 from .events import EXPIRED, Expiration
 from .metrics import Metrics
 from .payload import PayloadKeys
 from .routing import Route, Router
-from .tasks import until_first_failure
+from .tasks import Service, until_first_failure
 from .topology import ClusterView
 
-__all__ = ["Emit", "InFlight", "Leadership", "SweepSettings", "Sweeper", "scan_pattern"]
+__all__ = ["Emit", "InFlight", "Leadership", "Sweeper", "scan_pattern"]
 
 log = logging.getLogger("expiryd.sweep")
 
@@ -68,28 +68,6 @@ InFlight = Callable[[bytes], bool]
 
 class Leadership(Protocol):
     def term(self) -> int | None: ...
-
-
-@dataclass(frozen=True)
-class SweepSettings:
-    enabled: bool = True
-    # Seconds between the starts of two sweeps.
-    interval: float = 60.0
-    # Longer than an expired event takes to reach the leader and have its companion deleted.
-    confirm_after: float = 10.0
-    # Keys a second each primary's SCAN visits, at most: a sweep must not crowd out the cluster's clients.
-    scan_rate: int = 20_000
-    # SCAN's COUNT.
-    count: int = 1_000
-    # Candidates waiting for their second look; a scan pauses while this many wait.
-    max_candidates: int = 100_000
-
-    def __post_init__(self) -> None:
-        for name in ("interval", "scan_rate", "count", "max_candidates"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"sweep.{name} must be positive")
-        if self.confirm_after < 0:
-            raise ValueError("sweep.confirm_after must not be negative")
 
 
 @dataclass(slots=True)
@@ -123,11 +101,13 @@ def _glob_literal(text: bytes) -> bytes:
     return text
 
 
-class Sweeper:
+class Sweeper(Service):
+    name = "sweeper"
+
     def __init__(
         self,
         *,
-        settings: SweepSettings,
+        settings: SweepConfig,
         router: Router,
         options: RedisOptions,
         leadership: Leadership,
@@ -156,35 +136,23 @@ class Sweeper:
         self._check_failures = 0
         self._clients: dict[NodeAddress, aioredis.Redis] = {}
         self._owners: tuple[ClusterView, list[NodeAddress | None]] | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    def start(self) -> asyncio.Task[None] | None:
-        """Start sweeping whenever this replica leads; the task ends only on a bug. None when switched off."""
-        if not self._settings.enabled or not self._targets:
-            return None
+    @property
+    def has_work(self) -> bool:
+        """Whether sweeping is switched on and some route has a payload template to sweep for."""
+        return self._settings.enabled and bool(self._targets)
+
+    async def _run(self) -> None:
+        """Sweep whenever this replica leads; ends only on a bug."""
         self._metrics.sweep_interval.set(self._settings.interval)
-        self._task = asyncio.create_task(until_first_failure(self._sweep_loop(), self._confirm_loop()), name="sweeper")
-        return self._task
+        await until_first_failure(self._sweep_loop(), self._confirm_loop())
 
-    async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    async def _close(self) -> None:
         self._metrics.sweep_interval.set(0)
         self._forget()
         clients = list(self._clients.values())
         self._clients.clear()
         await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
-
-    async def __aenter__(self) -> Self:
-        self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def _sweep_loop(self) -> None:
         next_sweep = 0.0

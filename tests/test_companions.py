@@ -13,7 +13,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
 
 from expiryd.companions import Companions
-from expiryd.localcluster import LocalCluster
+from expiryd.devtools.localcluster import LocalCluster
 
 T = TypeVar("T")
 

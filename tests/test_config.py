@@ -127,6 +127,8 @@ def test_password_comes_from_environment_or_file_and_is_not_shown(tmp_path):
     (MINIMAL.replace("log: {}", "log: {}\n    events: expired"), "routes[0].events", "expected a list"),
     (MINIMAL.replace("log: {}", "log: {}\n    events: [hexpired, hexpired]"), "routes[0].events",
      "lists the same event twice"),
+    (MINIMAL + "sweep:\n  scan_rate: 0\n", "sweep.scan_rate", "must be positive"),
+    (MINIMAL + "sweep:\n  count: 0\n", "sweep.count", "must be positive"),
 ])
 def test_bad_config_names_file_key_and_problem(tmp_path, text, key, problem):
     path = write(tmp_path, text)
@@ -252,7 +254,7 @@ def test_example_config_shows_every_option_with_its_default(tmp_path):
     example = Path(__file__).parent.parent / "deploy" / "expiryd.example.yaml"
     config = load_config(path=str(example), environ={})
     defaults = load_config(path=write(tmp_path, MINIMAL), environ={})
-    for section in ("redis", "election", "pipeline", "replay", "http", "log"):
+    for section in ("redis", "election", "pipeline", "replay", "http", "log", "schedule", "sweep"):
         loaded, default = getattr(config, section), getattr(defaults, section)
         for setting in dataclasses.fields(default):
             if setting.metadata.get("secret") or (section, setting.name) == ("redis", "nodes"):
@@ -262,7 +264,8 @@ def test_example_config_shows_every_option_with_its_default(tmp_path):
     first_route = config.routes[0]
     assert dataclasses.replace(first_route, name=None, log=None) == RouteConfig(match=first_route.match)
     for section_type in (type(defaults.redis), type(defaults.election), type(defaults.pipeline),
-                         type(defaults.replay), type(defaults.dead_letter), RouteConfig, BatchConfig, RetryConfig,
+                         type(defaults.replay), type(defaults.dead_letter), type(defaults.sweep), RouteConfig,
+                         BatchConfig, RetryConfig,
                          WebhookConfig, StreamConfig, TlsConfig, type(defaults.http)):
         for setting in dataclasses.fields(section_type):
             if not setting.metadata.get("secret"):

@@ -85,7 +85,7 @@ class Gate:
                                grace=5.0, due_times=NoSchedule(), internal_keys=internal_keys,
                                subscribed=lambda: self.subscribed, covered_elsewhere=self._covered_elsewhere)
 
-    async def _covered_elsewhere(self, marks: dict[str, ProgressMark]) -> bool:
+    async def _covered_elsewhere(self, marks: dict[str, ProgressMark], after: float) -> bool | None:
         return self.heard_elsewhere
 
     def counter(self, name: str) -> float:

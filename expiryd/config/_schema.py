@@ -93,6 +93,22 @@ class ScheduleConfig:
 
 
 @dataclass(frozen=True)
+class SweepConfig:
+    # The leader SCANs for payload companions whose key is gone: expirations no subscriber heard.
+    enabled: bool = True
+    # Between the starts of two sweeps (and one right after a replica becomes leader).
+    interval: Duration = 60.0
+    # Longer than an expired event takes to reach the leader and have its companion deleted.
+    confirm_after: Duration = 10.0
+    # Keys a second each primary's SCAN visits, at most: a sweep must not crowd out the cluster's clients.
+    scan_rate: int = 20_000
+    # SCAN's COUNT.
+    count: int = 1_000
+    # Candidates waiting for their second look; a scan pauses while this many wait.
+    max_candidates: int = 100_000
+
+
+@dataclass(frozen=True)
 class HttpConfig:
     listen: str = "127.0.0.1:9101"
     # When set, /metrics is served here only, and no longer on listen.
@@ -201,6 +217,7 @@ class Config:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dead_letter: DeadLetterConfig = field(default_factory=DeadLetterConfig)

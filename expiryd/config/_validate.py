@@ -22,6 +22,7 @@ from ._schema import (
     Config,
     RouteConfig,
     ScheduleConfig,
+    SweepConfig,
     TlsConfig,
     WebhookConfig,
     takeover_gap,
@@ -69,6 +70,7 @@ def validate(config: Config, source: str) -> None:
                 f"must be longer than the takeover gap, {_GAP_FORMULA} ({gap:g}s), or {otherwise}",
             )
     _check_schedule(config.schedule, source)
+    _check_sweep(config.sweep, source)
     if config.log.format not in ("json", "text"):
         raise ConfigError(source, "log.format", f"expected json or text, got {config.log.format!r}")
     if config.log.level.lower() not in ("debug", "info", "warning", "error"):
@@ -84,6 +86,12 @@ def validate(config: Config, source: str) -> None:
         _check_route(route, key=f"routes[{i}]", source=source)
     if config.dead_letter.maxlen < 1:
         raise ConfigError(source, "dead_letter.maxlen", "must be at least 1")
+
+
+def _check_sweep(sweep: SweepConfig, source: str) -> None:
+    for name in ("interval", "scan_rate", "count", "max_candidates"):
+        if getattr(sweep, name) <= 0:
+            raise ConfigError(source, f"sweep.{name}", f"must be positive, got {getattr(sweep, name)!r}")
 
 
 def _check_schedule(schedule: ScheduleConfig, source: str) -> None:

@@ -1,6 +1,7 @@
 """``python -m bench SCENARIO``: run a benchmark, print a table, write the raw numbers as JSON.
 
-    python -m bench takeover              # SIGKILL and SIGTERM under load, replay on/off, seed design
+    python -m bench takeover              # SIGKILL and SIGTERM under load, replay on/off, seed design,
+                                          # young followers, a whole restart (plain and payload route)
     python -m bench throughput            # a 200k-key burst: expiryd vs a bare subscriber vs redis-cli
     python -m bench latency               # added latency at doubling rates (3 runs each); CPU and memory
     python -m bench handlers              # webhook and stream against log: 100k and 200k bursts, added latency
@@ -67,7 +68,8 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list
     if scenario == "takeover":
         variants = ["replay on"] if smoke else list(takeover.VARIANTS)
         rounds = 1 if smoke else rounds
-        results = takeover.run(kills=rounds, terms=rounds, rate=100 if smoke else 500, variants=variants)
+        results = takeover.run(kills=rounds, terms=rounds, rate=100 if smoke else 500, variants=variants,
+                               young=0 if smoke else rounds, restarts=0 if smoke else 1)
         return takeover.summarize(results)
     if scenario == "latency":
         rates = [500] if smoke else [2_500, 5_000, 10_000, 20_000, 40_000]

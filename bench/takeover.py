@@ -8,6 +8,14 @@ end, which keys were never handled and which were handled more than once.
 
 The same load runs with replay on (the default), with replay off, and with the
 seed design's timings (lease 8 s, takeover attempts every 5 s, no replay).
+
+Two more situations, with replay on: a SIGTERM while both followers are young
+(replaced ``YOUNG_FOR`` seconds before it, far less than the old 8 s warm-up),
+and a restart of the whole deployment (every replica SIGKILLed, ``DOWN_FOR``
+seconds with none, three fresh replicas), on a plain route and on a payload
+route, where the orphan sweep delivers what nobody heard. For a restart,
+"takeover" is the time from starting the fresh replicas to the first event
+handled under a new term.
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ from tests.harness import (
     wait_until_eligible,
     write_config,
 )
+
+YOUNG_FOR = 2.0
+DOWN_FOR = 10.0
+PAYLOAD = "{key}:payload"
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "replay on": {},
@@ -58,17 +70,24 @@ class VariantResult:
     duplicates: int = 0
 
 
-def run(*, kills: int, terms: int, rate: int, variants: list[str]) -> list[VariantResult]:
+def run(*, kills: int, terms: int, rate: int, variants: list[str], young: int = 0,
+        restarts: int = 0) -> list[VariantResult]:
     results = []
     for variant in variants:
         for signal, count in (("SIGKILL", kills), ("SIGTERM", terms)):
             if count:
                 results.append(_run_variant(variant, signal, count, rate))
+    if young:
+        results.append(_run_variant("replay on", "SIGTERM", young, rate, young_followers=True))
+    if restarts:
+        for payload in (False, True):
+            results.append(_run_restarts(restarts, rate, payload=payload))
     return results
 
 
-def _run_variant(variant: str, signal: str, count: int, rate: int) -> VariantResult:
-    result = VariantResult(variant=f"{variant}, {signal}")
+def _run_variant(variant: str, signal: str, count: int, rate: int, *, young_followers: bool = False) -> VariantResult:
+    name = f"{variant}, {signal}" + (f", followers {YOUNG_FOR:.0f} s old" if young_followers else "")
+    result = VariantResult(variant=name)
     with LocalCluster() as cluster, tempfile.TemporaryDirectory(prefix="expiryd-bench-") as workdir:
         directory = Path(workdir)
         routes = [{"match": "*", "name": "all", "log": {}}]
@@ -79,7 +98,10 @@ def _run_variant(variant: str, signal: str, count: int, rate: int) -> VariantRes
                 replica.wait_ready()
             with SteadyStream(cluster, prefix="takeover", rate=rate) as stream:
                 for round_number in range(count):
-                    replicas.append(_one_round(result, replicas, config, directory, signal, round_number))
+                    if young_followers:
+                        replicas += _replace_followers(replicas, config, directory, round_number)
+                    replicas.append(_one_round(result, replicas, config, directory, signal, round_number,
+                                               warm=not young_followers))
                 time.sleep(2.0)
             _count_outcomes(result, replicas, stream.keys)
         finally:
@@ -88,13 +110,65 @@ def _run_variant(variant: str, signal: str, count: int, rate: int) -> VariantRes
     return result
 
 
-def _one_round(result: VariantResult, replicas: list[Replica], config: Path, directory: Path,
-               signal: str, round_number: int) -> Replica:
+def _replace_followers(replicas: list[Replica], config: Path, directory: Path, round_number: int) -> list[Replica]:
+    """Stop the followers and start fresh ones, YOUNG_FOR seconds before the leader is signalled."""
     running = [r for r in replicas if r.running]
     leader = wait_for_single_leader(running, timeout=30)
-    if leader.config.get("replay", {}).get("enabled", True):
+    for follower in running:
+        if follower is not leader:
+            follower.terminate()
+    fresh = [Replica(f"y{round_number}-{i}", config, directory) for i in (1, 2)]
+    for replica in fresh:
+        replica.wait_ready()
+    return fresh
+
+
+def _run_restarts(count: int, rate: int, *, payload: bool) -> VariantResult:
+    result = VariantResult(variant=f"whole restart ({DOWN_FOR:.0f} s down), " + ("payload route" if payload
+                                                                                 else "plain route"))
+    with LocalCluster() as cluster, tempfile.TemporaryDirectory(prefix="expiryd-bench-") as workdir:
+        directory = Path(workdir)
+        route: dict[str, Any] = {"match": "*", "name": "all", "log": {}}
+        if payload:
+            route["payload"] = PAYLOAD
+        config = write_config(directory, cluster, routes=[route])
+        replicas = [Replica(str(i), config, directory) for i in (1, 2, 3)]
+        try:
+            for replica in replicas:
+                replica.wait_ready()
+            with SteadyStream(cluster, prefix="restart", rate=rate, payload=PAYLOAD if payload else None) as stream:
+                for round_number in range(count):
+                    running = [r for r in replicas if r.running]
+                    leader = wait_for_single_leader(running, timeout=30)
+                    time.sleep(1.0)
+                    old_term = max(e["term"] for e in leader.logged("became leader"))
+                    for replica in running:
+                        replica.kill()
+                    time.sleep(DOWN_FOR)
+                    fresh = [Replica(f"r{round_number}-{i}", config, directory) for i in (1, 2, 3)]
+                    started = time.monotonic()
+                    replicas += fresh
+                    wait_until(lambda: _handled_under_newer_term(fresh, old_term), timeout=60, interval=0.01,
+                               what="the first event after the restart")
+                    result.rounds.append(Round(signal="restart", takeover_s=time.monotonic() - started))
+                time.sleep(2.0)
+            # The sweep confirms a candidate 10 s after finding it.
+            _count_outcomes(result, replicas, stream.keys, wait=40.0 if payload else 20.0)
+        finally:
+            for replica in replicas:
+                replica.close()
+    return result
+
+
+def _one_round(result: VariantResult, replicas: list[Replica], config: Path, directory: Path,
+               signal: str, round_number: int, *, warm: bool = True) -> Replica:
+    running = [r for r in replicas if r.running]
+    leader = wait_for_single_leader(running, timeout=30)
+    if warm and leader.config.get("replay", {}).get("enabled", True):
         wait_until_eligible(running, timeout=30)
-    time.sleep(1.0)
+        time.sleep(1.0)
+    elif not warm:
+        time.sleep(YOUNG_FOR)
     old_term = max(e["term"] for e in leader.logged("became leader"))
     survivors = [r for r in running if r is not leader]
     sent = time.monotonic()
@@ -120,7 +194,7 @@ def _handled_under_newer_term(replicas: list[Replica], old_term: int) -> bool:
     return False
 
 
-def _count_outcomes(result: VariantResult, replicas: list[Replica], keys: list[bytes]) -> None:
+def _count_outcomes(result: VariantResult, replicas: list[Replica], keys: list[bytes], *, wait: float = 20.0) -> None:
     def counts() -> Counter[bytes]:
         return Counter(event_key(e) for e in all_handled(replicas))
     def all_handled_once() -> bool:
@@ -128,7 +202,7 @@ def _count_outcomes(result: VariantResult, replicas: list[Replica], keys: list[b
         return all(handled[k] for k in keys)
     # Without replay some keys are never handled: that is what is being measured.
     with contextlib.suppress(AssertionError):
-        wait_until(all_handled_once, timeout=20, interval=0.5, what="every key")
+        wait_until(all_handled_once, timeout=wait, interval=0.5, what="every key")
     handled = counts()
     result.keys = len(keys)
     result.lost = sum(1 for k in keys if not handled[k])

@@ -72,15 +72,20 @@ class Completion:
         for node in nodes - self._frozen.keys():
             self._advance(node)
 
-    def quiet(self, nodes: Iterable[str], *, through: float) -> None:
-        """Move the marks of ``nodes`` that have nothing unfinished up to ``through`` (epoch seconds).
+    def quiet(self, nodes: Iterable[str], *, through: float, idle_for: float) -> None:
+        """Move the marks of idle ``nodes`` up to ``through`` (epoch seconds).
+
+        A node is idle when it has nothing unfinished and its mark is more than
+        ``idle_for`` older than ``through``.
 
         Everything this replica received from such a node before ``through`` is
         finished, so the next leader need not replay it, and a replica whose
         history starts before ``through`` covers this node (see
         :mod:`expiryd.coverage`) even when the node has expired nothing for a
         long time. The mark names no event (its key is empty): a new leader
-        replays what it received from ``through`` less the clock tolerance on.
+        replays what it received from ``through`` less the clock tolerance on,
+        which on an idle node is nothing; a busy node's mark names its last
+        finished event, which a new leader finds exactly.
         """
         if self._closed:
             return
@@ -88,7 +93,7 @@ class Completion:
             if node in self._frozen or self._unfinished.get(node):
                 continue
             mark = self._marks.get(node)
-            if mark is None or mark.received_at < through:
+            if mark is None or mark.received_at < through - idle_for:
                 self._marks[node] = ProgressMark(b"", through, self.term)
                 self._changed = True
 

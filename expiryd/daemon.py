@@ -23,12 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from typing import Any
 
 from .config import Config, RouteConfig
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
-from .coverage import CoverageReporter, CoverageStore, covered_elsewhere, may_lead
+from .coverage import CoverageReporter, CoverageStore, covered_elsewhere, may_lead, shortfall
 from .deadletter import DeadLetters
 from .election import Elector
 from .eventqueue import EventQueue
@@ -87,10 +88,9 @@ class Daemon:
                                              interval=config.election.renew_interval)
         self._coverage = CoverageReporter(store=self._coverage_store, replica=config.id,
                                           since=self._fanin.coverage_since, interval=config.election.renew_interval)
-        # on_elected wakes the leader gate: a new leader must not wait for the next event
-        # to replay what the last one left.
+        self._shortfall_at_last_look = 0.0
         self._elector = Elector(masters=self._masters, settings=config.election, metrics=self.metrics,
-                                on_elected=self._queue.wake, may_lead=self._may_lead)
+                                on_elected=self._elected, may_lead=self._may_lead)
         self._routes = [self._route(r) for r in config.routes]
         router = Router(self._routes)
         internal_keys = _internal_keys(config.election.lock_name)
@@ -121,8 +121,11 @@ class Daemon:
             grace=config.pipeline.shutdown_grace,
             due_times=self._scheduler or NoSchedule(),
             internal_keys=internal_keys,
-            subscribed=self._fanin.subscribed_primaries,
+            coverage_since=self._fanin.coverage_since,
             covered_elsewhere=self._covered_elsewhere,
+            # A busy primary's mark names an event, which a new leader finds exactly; an idle one's moves
+            # up with time once it is older than the tolerance within which a time-only mark replays.
+            idle_after=config.replay.clock_tolerance,
         )
         self._sweeper = Sweeper(settings=config.sweep, router=router, options=options, leadership=self._elector,
                                 view=self._fanin.view, in_flight=self._gate.in_flight, emit=self._gate.emit_swept,
@@ -227,8 +230,20 @@ class Daemon:
                 eligible = False
             else:
                 eligible = may_lead(mine, others=others, marks=marks, tolerance=settings.clock_tolerance)
+                self._shortfall_at_last_look = shortfall(mine, marks).seconds
         self.metrics.leader_eligible.set(eligible)
         return eligible
+
+    def _elected(self) -> None:
+        # Wake the leader gate: a new leader must not wait for the next event to replay what the last one left.
+        self._queue.wake()
+        unheard = self._shortfall_at_last_look
+        self._shortfall_at_last_look = 0.0
+        if 0 < unheard < math.inf:
+            self.metrics.unheard_seconds.inc(unheard)
+            log.error("no replica heard what was published just after the last leader's progress: "
+                      "those expirations reach only payload routes, through the sweep",
+                      extra={"seconds": round(unheard, 3)})
 
     async def _covered_elsewhere(self, marks: dict[str, ProgressMark], after: float) -> bool | None:
         if not self.config.replay.enabled:

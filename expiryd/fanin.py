@@ -103,9 +103,6 @@ class FanIn(Service):
         return {str(primary): None if since is None else now - (monotonic_now - since)
                 for primary, since in self.subscription_starts().items()}
 
-    def subscribed_primaries(self) -> frozenset[str]:
-        return frozenset(node for node, up in self.primary_states().items() if up)
-
     def primary_states(self) -> dict[str, bool]:
         """Whether each current primary is subscribed (what readiness needs)."""
         return {str(p): p in self._subscriptions and self._subscriptions[p].subscribed

@@ -91,8 +91,9 @@ class LeaderGate(Service):
         grace: float,
         due_times: DueTimes,
         internal_keys: frozenset[bytes] = frozenset(),
-        subscribed: Callable[[], frozenset[str]] = frozenset,
+        coverage_since: Callable[[], dict[str, float | None]] = dict,
         covered_elsewhere: Callable[[dict[str, ProgressMark], float], Awaitable[bool | None]] = _never,
+        idle_after: float = 2.0,
     ) -> None:
         self._queue = queue
         self._leadership = leadership
@@ -105,7 +106,8 @@ class LeaderGate(Service):
         self._grace = grace
         self._due_times = due_times
         self._internal_keys = internal_keys
-        self._subscribed = subscribed
+        self._coverage_since = coverage_since
+        self._idle_after = idle_after
         self._covered_elsewhere = covered_elsewhere
         # The newest receive time the gate has taken from the queue: everything received before it has been seen.
         self._dispatched_through = 0.0
@@ -244,7 +246,8 @@ class LeaderGate(Service):
             if shift is None or self._leadership.term() != shift.term:
                 continue
             completion = shift.completion
-            completion.quiet(self._subscribed(), through=self._quiet_through())
+            subscribed = [node for node, since in self._coverage_since().items() if since is not None]
+            completion.quiet(subscribed, through=self._quiet_through(), idle_for=self._idle_after)
             hand_over = bool(completion.frozen()) and await self._resolve_gaps(completion)
             await self._replay.record(term=shift.term, marks=completion.take_marks())
             if hand_over:
@@ -266,13 +269,16 @@ class LeaderGate(Service):
                         extra={"nodes": sorted(frozen)})
             self._metrics.history_gaps.labels(outcome="handed_over").inc(len(frozen))
             return True
-        subscribed = self._subscribed()
-        for node in sorted(frozen.keys() & subscribed):
+        for node, since in sorted(self._coverage_since().items()):
+            if since is None or node not in frozen:
+                continue
             # Back, and no replica heard the gap: what was published in it is lost to Pub/Sub.
             completion.thaw(node)
+            unheard = max(0.0, since - frozen[node])
             self._metrics.history_gaps.labels(outcome="uncovered").inc()
+            self._metrics.unheard_seconds.inc(unheard)
             log.error("events published while this leader was cut off from a node may be lost: "
-                      "no replica heard them", extra={"node": node})
+                      "no replica heard them", extra={"node": node, "seconds": round(unheard, 3)})
         return False
 
 

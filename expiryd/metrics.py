@@ -115,6 +115,11 @@ class Metrics:
             "Primaries whose subscription broke while this replica led: handed over to a replica that heard "
             "the gap, or uncovered (no replica heard it; its events are lost unless a payload sweep finds them).",
             ["outcome"], registry=r)
+        self.unheard_seconds = Counter(
+            "expiryd_unheard_seconds",
+            "Seconds of a primary's Pub/Sub stream that no replica heard: a leader's uncovered gap, or the "
+            "history a new leader lacked at takeover (its worst primary). Expirations in them reach payload "
+            "routes through the sweep; other routes lose them.", registry=r)
         self.replayed_events = Counter("expiryd_replayed_events",
                                        "Events replayed from the buffer after taking over.", registry=r)
         self.replay_buffer_events = Gauge("expiryd_replay_buffer_events",

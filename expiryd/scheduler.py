@@ -135,7 +135,6 @@ class Scheduler(Service):
         self._sleeping_until = 0.0
         self._lookup_clients: dict[NodeAddress, aioredis.Redis] = {}
         self._touch_clients: dict[NodeAddress, aioredis.Redis] = {}
-        self._owners: tuple[ClusterView, list[NodeAddress | None]] | None = None
         admissions = metrics.schedule_admissions
         self._admitted = {admission: admissions.labels(result=admission.value) for admission in Admission}
         self._touches = metrics.schedule_touches
@@ -316,11 +315,7 @@ class Scheduler(Service):
     def _slot_owners(self) -> list[NodeAddress | None] | None:
         """The primary that owns each slot, from the fan-in's last topology read."""
         view = self._view()
-        if view is None:
-            return None
-        if self._owners is None or self._owners[0] is not view:
-            self._owners = (view, view.slot_owners())
-        return self._owners[1]
+        return None if view is None else view.slot_owners()
 
     # Recovering
 

@@ -135,7 +135,6 @@ class Sweeper(Service):
         self._leading: int | None = None  # the term the candidates were found in
         self._check_failures = 0
         self._clients: dict[NodeAddress, aioredis.Redis] = {}
-        self._owners: tuple[ClusterView, list[NodeAddress | None]] | None = None
 
     @property
     def has_work(self) -> bool:
@@ -378,12 +377,9 @@ class Sweeper(Service):
         return replies
 
     def _slot_owners(self) -> list[NodeAddress | None] | None:
+        """The primary that owns each slot, from the fan-in's last topology read."""
         view = self._view()
-        if view is None:
-            return None
-        if self._owners is None or self._owners[0] is not view:
-            self._owners = (view, view.slot_owners())
-        return self._owners[1]
+        return None if view is None else view.slot_owners()
 
     def _client(self, node: NodeAddress) -> aioredis.Redis:
         client = self._clients.get(node)

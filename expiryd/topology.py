@@ -17,6 +17,7 @@ handshake and an AUTH every second, for every replica::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -82,7 +83,14 @@ class ClusterView:
         return [node.address for node in self.nodes if node.primary_id in ids]
 
     def slot_owners(self) -> list[NodeAddress | None]:
-        """The primary serving each of the 16384 slots (None for a slot no usable primary serves)."""
+        """The primary serving each of the 16384 slots (None for a slot no usable primary serves).
+
+        Worked out once per view, which every caller shares: do not change the list.
+        """
+        return self._slot_owners
+
+    @cached_property
+    def _slot_owners(self) -> list[NodeAddress | None]:
         owners: list[NodeAddress | None] = [None] * SLOTS
         for node in self.nodes:
             if not node.is_primary:

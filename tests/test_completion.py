@@ -46,16 +46,22 @@ def test_a_new_term_starts_from_the_marks_it_is_given_without_sharing_them():
     assert completion.marks()["n:1"] == ProgressMark(b"b", 2.0, 4)
 
 
-def test_a_quiet_node_moves_up_to_the_given_time_with_a_mark_naming_no_event():
+def test_an_idle_node_moves_up_to_the_given_time_with_a_mark_naming_no_event():
     completion = Completion(term=4, marks={"n:1": ProgressMark(b"a", 1.0, 3)})
-    completion.quiet(["n:1", "n:2"], through=5.0)
+    completion.quiet(["n:1", "n:2"], through=5.0, idle_for=2.0)
     assert completion.take_marks() == {"n:1": ProgressMark(b"", 5.0, 4), "n:2": ProgressMark(b"", 5.0, 4)}
+
+
+def test_a_node_whose_mark_is_recent_keeps_the_mark_naming_its_event():
+    completion = Completion(term=4, marks={"n:1": ProgressMark(b"a", 4.0, 3)})
+    completion.quiet(["n:1"], through=5.0, idle_for=2.0)
+    assert completion.take_marks() is None
 
 
 def test_a_node_with_unfinished_events_is_not_quiet():
     completion = Completion(term=4, marks={})
     completion.add(Expiration(b"a", "n:1", 1.0))
-    completion.quiet(["n:1"], through=5.0)
+    completion.quiet(["n:1"], through=5.0, idle_for=2.0)
     assert completion.take_marks() is None
 
 
@@ -65,7 +71,7 @@ def test_a_frozen_node_keeps_its_mark_before_the_gap_until_thawed():
     assert completion.marks()["n:1"] == ProgressMark(b"", 7.0, 4)  # a quiet mark past the gap moves back
     after = completion.add(Expiration(b"after-the-gap", "n:1", 12.0))
     completion.finish([after])
-    completion.quiet(["n:1"], through=13.0)
+    completion.quiet(["n:1"], through=13.0, idle_for=2.0)
     assert completion.marks()["n:1"].received_at == 7.0
     completion.thaw("n:1")
     assert completion.marks()["n:1"].key == b"after-the-gap"

@@ -11,11 +11,9 @@ from expiryd.progress import ProgressMark
 from .harness import (
     SteadyStream,
     kill_subscriptions,
-    leaders,
     start_replicas,
     wait_for_all,
     wait_for_single_leader,
-    wait_until,
     wait_until_eligible,
 )
 
@@ -139,16 +137,3 @@ def test_the_leaders_subscription_killed_three_times_loses_nothing(shared_cluste
     assert handovers >= 1
     # Per cut, at most what the leader finished between its cut and its final record.
     assert duplicates <= 3 * RATE * 3
-
-
-def test_a_leader_keeps_the_lease_when_every_replica_lost_the_same_primary(shared_cluster, config_for, spawn):
-    _, replicas = start_replicas(shared_cluster, config_for, spawn)
-    leader = wait_for_single_leader(replicas)
-    wait_until_eligible(replicas)
-    time.sleep(1.0)
-    assert kill_subscriptions(shared_cluster.primaries()[0]) >= len(replicas)
-    wait_until(lambda: leader.metric("expiryd_leader_history_gaps_total", outcome="uncovered") >= 1, timeout=15,
-               what="the leader to accept a gap no replica heard")
-    time.sleep(2.0)
-    assert leaders(replicas) == [leader]
-    assert sum(r.metric("expiryd_leader_history_gaps_total", outcome="handed_over") for r in replicas) == 0

@@ -69,7 +69,7 @@ class FakeReplay:
 class Gate:
     def __init__(self, *, term: int | None, replay: FakeReplay | None = None,
                  internal_keys: frozenset[bytes] = frozenset(), heard_elsewhere: bool = False) -> None:
-        self.subscribed = frozenset({"n:1", "n:2"})
+        self.since: dict[str, float | None] = {"n:1": 1.0, "n:2": 1.0}
         self.heard_elsewhere = heard_elsewhere
         self.queue = EventQueue(capacity=1000)
         self.leadership = Term(term)
@@ -83,7 +83,7 @@ class Gate:
                                metrics=self.metrics, replay=self.replay,
                                dead_letters=DeadLetters(client=None, stream="dead", maxlen=9), overflow_wait=5.0,
                                grace=5.0, due_times=NoSchedule(), internal_keys=internal_keys,
-                               subscribed=lambda: self.subscribed, covered_elsewhere=self._covered_elsewhere)
+                               coverage_since=lambda: self.since, covered_elsewhere=self._covered_elsewhere)
 
     async def _covered_elsewhere(self, marks: dict[str, ProgressMark], after: float) -> bool | None:
         return self.heard_elsewhere
@@ -222,6 +222,7 @@ def test_a_gap_no_other_replica_heard_is_accepted_and_the_mark_moves_on():
         g.queue.put([Expiration(b"order:1", "n:1", 10.0)])
         await until(lambda: len(g.orders.events) == 1)
         g.gate.subscription_lost("n:1", heard_until=11.0)
+        g.since["n:1"] = 14.0
         g.queue.put([Expiration(b"order:after-the-gap", "n:1", 20.0)])
         await until(lambda: any(m.get("n:1", ProgressMark(b"", 0, 0)).key == b"order:after-the-gap"
                                 for _, m in g.replay.recorded))
@@ -229,3 +230,4 @@ def test_a_gap_no_other_replica_heard_is_accepted_and_the_mark_moves_on():
     g = run(Gate(term=3), scenario)
     assert g.leadership.handed_over == []
     assert g.metrics.registry.get_sample_value("expiryd_leader_history_gaps_total", {"outcome": "uncovered"}) == 1
+    assert g.metrics.registry.get_sample_value("expiryd_unheard_seconds_total") == 3.0

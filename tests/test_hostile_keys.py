@@ -69,7 +69,7 @@ def test_the_log_handler_writes_one_parseable_line_per_event(tmp_path_factory, k
     path = Path(tmp_path_factory.mktemp("log")) / "events.jsonl"
     handler = LogHandler(path=str(path))
     asyncio.run(handler.handle([event(key) for key in keys]))
-    asyncio.run(handler.close())
+    asyncio.run(handler.aclose())
     lines = path.read_bytes().split(b"\n")
     assert lines[-1] == b""
     assert [decoded(json.loads(line), "key") for line in lines[:-1]] == keys

@@ -77,7 +77,8 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list
                            burst=2_000 if smoke else 200_000)
     if scenario == "ontime":
         return ontime.run(crowds=[0] if smoke else [0, 100_000, 1_000_000], rates=[300] if smoke else [1_000, 10_000],
-                          seconds=1.0 if smoke else 5.0, memory_keys=0 if smoke else 1_000_000, compare_off=not smoke)
+                          seconds=1.0 if smoke else 5.0, memory_keys=0 if smoke else 1_000_000, compare_off=not smoke,
+                          redis_slack=2.0 if smoke else 12.0)
     if scenario == "handlers":
         return handlers.run(sizes=(2_000,) if smoke else (100_000, 200_000), runs=1 if smoke else 3, rate=300 if smoke else 2_000,
                             seconds=1.5 if smoke else 8.0)

@@ -28,7 +28,7 @@ def leader_with_keys_due(cluster: LocalCluster, config_for: Callable[..., Path],
 
 
 def test_a_200k_key_burst_is_read_without_loss_or_output_buffer_disconnects(cluster, config_for, spawn):
-    replica = leader_with_keys_due(cluster, config_for, spawn, prefix="burst", count=BURST, lead_ms=10_000)
+    replica = leader_with_keys_due(cluster, config_for, spawn, prefix="burst", count=BURST, lead_ms=6_000)
     primaries = cluster.primaries()
 
     def received() -> float:
@@ -47,7 +47,7 @@ def test_a_200k_key_burst_is_read_without_loss_or_output_buffer_disconnects(clus
 def test_a_million_key_flood_keeps_memory_bounded_and_accounts_for_every_event(cluster, config_for, spawn):
     flood = 1_000_000
     # The schedule is bounded too: a million keys in it alone would take about 150 MB.
-    replica = leader_with_keys_due(cluster, config_for, spawn, prefix="flood", count=flood, lead_ms=45_000,
+    replica = leader_with_keys_due(cluster, config_for, spawn, prefix="flood", count=flood, lead_ms=25_000,
                                    schedule={"max_keys": 100_000})
     primaries = cluster.primaries()
 

@@ -56,39 +56,65 @@ def main() -> int:
 
 def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list[dict[str, Any]]:
     if scenario == "profile":
-        return profile.run(route=route, rate=10_000, seconds=2.0 if smoke else 8.0,
-                           burst=5_000 if smoke else 50_000)
+        return profile.run(route=route, rate=10_000, seconds=2.0 if smoke else 8.0, burst=5_000 if smoke else 50_000)
     if scenario == "hexpired":
-        return hash_fields.run(rate=100 if smoke else 500, seconds=2.0 if smoke else 8.0,
-                               burst=500 if smoke else 10_000, background=1_000 if smoke else 100_000,
-                               wait=10.0 if smoke else 120.0)
+        return hash_fields.run(
+            rate=100 if smoke else 500,
+            seconds=2.0 if smoke else 8.0,
+            burst=500 if smoke else 10_000,
+            background=1_000 if smoke else 100_000,
+            wait=10.0 if smoke else 120.0,
+        )
     if scenario == "sweep":
-        return sweep.run(companions=2_000 if smoke else 1_000_000, orphans=20 if smoke else 1_000,
-                         rates=[1_000_000] if smoke else [20_000, 1_000_000])
+        return sweep.run(
+            companions=2_000 if smoke else 1_000_000,
+            orphans=20 if smoke else 1_000,
+            rates=[1_000_000] if smoke else [20_000, 1_000_000],
+        )
     if scenario == "takeover":
         variants = ["replay on"] if smoke else list(takeover.VARIANTS)
         rounds = 1 if smoke else rounds
-        results = takeover.run(kills=rounds, terms=rounds, rate=100 if smoke else 500, variants=variants,
-                               young=0 if smoke else rounds, restarts=0 if smoke else 1)
+        results = takeover.run(
+            kills=rounds,
+            terms=rounds,
+            rate=100 if smoke else 500,
+            variants=variants,
+            young=0 if smoke else rounds,
+            restarts=0 if smoke else 1,
+        )
         return takeover.summarize(results)
     if scenario == "latency":
         rates = [500] if smoke else [2_500, 5_000, 10_000, 20_000, 40_000]
-        return latency.run(rates=rates, seconds=2.0 if smoke else 8.0, runs=1 if smoke else 3,
-                           burst=2_000 if smoke else 200_000)
+        return latency.run(
+            rates=rates, seconds=2.0 if smoke else 8.0, runs=1 if smoke else 3, burst=2_000 if smoke else 200_000
+        )
     if scenario == "ontime":
-        return ontime.run(crowds=[0] if smoke else [0, 100_000, 1_000_000], rates=[300] if smoke else [1_000, 10_000],
-                          seconds=1.0 if smoke else 5.0, memory_keys=0 if smoke else 1_000_000, compare_off=not smoke,
-                          redis_slack=2.0 if smoke else 12.0)
+        return ontime.run(
+            crowds=[0] if smoke else [0, 100_000, 1_000_000],
+            rates=[300] if smoke else [1_000, 10_000],
+            seconds=1.0 if smoke else 5.0,
+            memory_keys=0 if smoke else 1_000_000,
+            compare_off=not smoke,
+            redis_slack=2.0 if smoke else 12.0,
+        )
     if scenario == "handlers":
-        return handlers.run(sizes=(2_000,) if smoke else (100_000, 200_000), runs=1 if smoke else 3, rate=300 if smoke else 2_000,
-                            seconds=1.5 if smoke else 8.0)
+        return handlers.run(
+            sizes=(2_000,) if smoke else (100_000, 200_000),
+            runs=1 if smoke else 3,
+            rate=300 if smoke else 2_000,
+            seconds=1.5 if smoke else 8.0,
+        )
     return throughput.run(keys=5_000 if smoke else 200_000, runs=1 if smoke else 3)
 
 
 def machine() -> dict[str, Any]:
     redis_version = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.strip()
-    return {"cores": os.cpu_count(), "python": platform.python_version(), "redis": redis_version,
-            "platform": platform.platform()}
+    return {
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "redis": redis_version,
+        "platform": platform.platform(),
+    }
 
 
 def print_table(title: str, rows: list[dict[str, Any]]) -> None:

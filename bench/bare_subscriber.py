@@ -18,8 +18,9 @@ import time
 import redis.asyncio as aioredis
 
 
-async def count(address: str, counter: list[int], expect: int, done: asyncio.Event,
-                times: list[tuple[bytes, float]] | None) -> None:
+async def count(
+    address: str, counter: list[int], expect: int, done: asyncio.Event, times: list[tuple[bytes, float]] | None
+) -> None:
     host, port = address.rsplit(":", 1)
     pubsub = aioredis.Redis(host=host, port=int(port)).pubsub(ignore_subscribe_messages=True)
     await pubsub.psubscribe("__keyevent@0__:expired")

@@ -45,8 +45,11 @@ HANDLERS = ("log", "webhook", "stream")
 
 
 def run(*, sizes: tuple[int, ...], runs: int, rate: int, seconds: float) -> list[dict[str, Any]]:
-    with LocalCluster() as cluster, WebhookReceiver() as receiver, \
-            tempfile.TemporaryDirectory(prefix="expiryd-bench-") as workdir:
+    with (
+        LocalCluster() as cluster,
+        WebhookReceiver() as receiver,
+        tempfile.TemporaryDirectory(prefix="expiryd-bench-") as workdir,
+    ):
         directory = Path(workdir)
         rows = [row for keys in sizes for row in _throughput(cluster, receiver, directory, keys=keys, runs=runs)]
         rows += _latency(cluster, receiver, directory, rate=rate, seconds=seconds)
@@ -64,19 +67,28 @@ def _route(handler: str, receiver: WebhookReceiver, prefix: str) -> dict[str, An
     return route
 
 
-def _throughput(cluster: LocalCluster, receiver: WebhookReceiver, directory: Path, *, keys: int,
-                runs: int) -> list[dict[str, Any]]:
+def _throughput(
+    cluster: LocalCluster, receiver: WebhookReceiver, directory: Path, *, keys: int, runs: int
+) -> list[dict[str, Any]]:
     samples: dict[str, list[float]] = {handler: [] for handler in HANDLERS}
     for run_number in range(runs):
-        order = HANDLERS[run_number % 3:] + HANDLERS[:run_number % 3]
+        order = HANDLERS[run_number % 3 :] + HANDLERS[: run_number % 3]
         for handler in order:
             samples[handler].append(_one_burst(cluster, receiver, directory, handler, keys))
     log_median = statistics.median(samples["log"])
-    return [{
-        "measure": "throughput", "handler": handler, "keys": keys, "runs": runs,
-        "events_per_s_median": round(statistics.median(rates)), "min": round(min(rates)), "max": round(max(rates)),
-        "ratio_to_log": round(statistics.median(rates) / log_median, 3),
-    } for handler, rates in samples.items()]
+    return [
+        {
+            "measure": "throughput",
+            "handler": handler,
+            "keys": keys,
+            "runs": runs,
+            "events_per_s_median": round(statistics.median(rates)),
+            "min": round(min(rates)),
+            "max": round(max(rates)),
+            "ratio_to_log": round(statistics.median(rates) / log_median, 3),
+        }
+        for handler, rates in samples.items()
+    ]
 
 
 def _one_burst(cluster: LocalCluster, receiver: WebhookReceiver, directory: Path, handler: str, keys: int) -> float:
@@ -87,18 +99,24 @@ def _one_burst(cluster: LocalCluster, receiver: WebhookReceiver, directory: Path
         wait_for_single_leader([replica])
         due_ms = int(time.time() * 1000) + max(3000, keys // 20)
         set_keys_due_at(cluster, [f"burst:{i}".encode() for i in range(keys)], due_ms)
-        wait_until(lambda: replica.metric("expiryd_events_processed_total", route=handler, outcome="ok") >= keys,
-                   timeout=180, interval=0.02, what=f"the {handler} handler to finish the burst")
+        wait_until(
+            lambda: replica.metric("expiryd_events_processed_total", route=handler, outcome="ok") >= keys,
+            timeout=180,
+            interval=0.02,
+            what=f"the {handler} handler to finish the burst",
+        )
         return keys / (time.time() - due_ms / 1000)
     finally:
         replica.close()
 
 
-def _latency(cluster: LocalCluster, receiver: WebhookReceiver, directory: Path, *, rate: int,
-             seconds: float) -> list[dict[str, Any]]:
-    replicas = {handler: PipedReplica(handler, write_config(directory, cluster,
-                                                            routes=[_route(handler, receiver, "lat")]))
-                for handler in HANDLERS}
+def _latency(
+    cluster: LocalCluster, receiver: WebhookReceiver, directory: Path, *, rate: int, seconds: float
+) -> list[dict[str, Any]]:
+    replicas = {
+        handler: PipedReplica(handler, write_config(directory, cluster, routes=[_route(handler, receiver, "lat")]))
+        for handler in HANDLERS
+    }
     try:
         for replica in replicas.values():
             wait_until(replica.leads, timeout=30, what="each replica to lead")
@@ -119,11 +137,19 @@ def _latency(cluster: LocalCluster, receiver: WebhookReceiver, directory: Path, 
     for handler, times in handled.items():
         late = [(t - due_time(k)) * 1000 for k, t in times.items()]
         added = [(t - handled["log"][k]) * 1000 for k, t in times.items() if k in handled["log"]]
-        rows.append({
-            "measure": "latency", "handler": handler, "rate": rate, "keys": count, "missing": count - len(times),
-            "late_p50_ms": percentile(late, 50), "late_p99_ms": percentile(late, 99),
-            "added_vs_log_p50_ms": percentile(added, 50), "added_vs_log_p99_ms": percentile(added, 99),
-        })
+        rows.append(
+            {
+                "measure": "latency",
+                "handler": handler,
+                "rate": rate,
+                "keys": count,
+                "missing": count - len(times),
+                "late_p50_ms": percentile(late, 50),
+                "late_p99_ms": percentile(late, 99),
+                "added_vs_log_p50_ms": percentile(added, 50),
+                "added_vs_log_p99_ms": percentile(added, 99),
+            }
+        )
     return rows
 
 
@@ -134,9 +160,21 @@ class PipedReplica:
         self.port = free_port()
         self.handled: dict[bytes, float] = {}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "expiryd", "--id", name, "--config", str(config), "--listen",
-             f"127.0.0.1:{self.port}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [
+                sys.executable,
+                "-m",
+                "expiryd",
+                "--id",
+                name,
+                "--config",
+                str(config),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -161,8 +199,10 @@ class PipedReplica:
 
 def _webhook_times(receiver: WebhookReceiver, count: int) -> dict[bytes, float]:
     def times() -> dict[bytes, float]:
-        return {event["key"].encode(): request.arrived for request in list(receiver.requests)
-                for event in request.events}
+        return {
+            event["key"].encode(): request.arrived for request in list(receiver.requests) for event in request.events
+        }
+
     wait_until(lambda: len(times()) >= count, timeout=30, what="the webhook receiver to get every key")
     return times()
 

@@ -152,4 +152,3 @@ def _write_background(cluster: LocalCluster, count: int) -> None:
 
 def _due(key: bytes) -> float:
     return int(key.split(b":")[2]) / 1000
-

@@ -67,15 +67,19 @@ def _recording_replica(name: str, config: Path, directory: Path) -> Replica:
     return Replica(name, config, directory, env={"EXPIRYD_BENCH_TIMES": str(directory / f"{name}.tsv")})
 
 
-def _one_rate(cluster: LocalCluster, directory: Path, leader: Replica, follower: Replica,
-              rate: int, seconds: float) -> dict[str, Any]:
+def _one_rate(
+    cluster: LocalCluster, directory: Path, leader: Replica, follower: Replica, rate: int, seconds: float
+) -> dict[str, Any]:
     count = int(rate * seconds)
     start_ms = int(time.time() * 1000) + 4000 + count // 25
     keys = [f"lat:{start_ms + int(i * 1000 / rate)}:{i}".encode() for i in range(count)]
     times_file = directory / f"bare-{start_ms}.tsv"
     primaries = [node.address for node in cluster.primaries()]
-    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_subscriber", "--expect", str(count),
-                             "--times", str(times_file), *primaries], stdout=subprocess.PIPE, text=True)
+    bare = subprocess.Popen(
+        [sys.executable, "-m", "bench.bare_subscriber", "--expect", str(count), "--times", str(times_file), *primaries],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert bare.stdout is not None and bare.stdout.readline().strip() == "ready"
     set_keys_due_at(cluster, keys, lambda key: int(due_time(key) * 1000))
     time.sleep(max(0.0, start_ms / 1000 - time.time()))
@@ -92,12 +96,17 @@ def _one_rate(cluster: LocalCluster, directory: Path, leader: Replica, follower:
     added = [(handled[k][0] - bare_times[k]) * 1000 for k in handled.keys() & bare_times.keys()]
     inside = [(t - received) * 1000 for t, received in handled.values()]
     return {
-        "bare_p50_ms": percentile(bare_late, 50), "bare_p99_ms": percentile(bare_late, 99),
-        "expiryd_p50_ms": percentile(expiryd_late, 50), "expiryd_p99_ms": percentile(expiryd_late, 99),
-        "added_p50_ms": percentile(added, 50), "added_p99_ms": percentile(added, 99),
+        "bare_p50_ms": percentile(bare_late, 50),
+        "bare_p99_ms": percentile(bare_late, 99),
+        "expiryd_p50_ms": percentile(expiryd_late, 50),
+        "expiryd_p99_ms": percentile(expiryd_late, 99),
+        "added_p50_ms": percentile(added, 50),
+        "added_p99_ms": percentile(added, 99),
         "added_max_ms": percentile(added, 100),
-        "inside_p50_ms": percentile(inside, 50), "inside_p99_ms": percentile(inside, 99),
-        "expiryd_missing": count - len(handled), "keys": count,
+        "inside_p50_ms": percentile(inside, 50),
+        "inside_p99_ms": percentile(inside, 99),
+        "expiryd_missing": count - len(handled),
+        "keys": count,
         **usage_columns(load),
     }
 
@@ -127,10 +136,16 @@ def _burst(cluster: LocalCluster, leader: Replica, follower: Replica, *, keys: i
         nonlocal deepest
         deepest = max(deepest, leader.metric("expiryd_queue_depth"))
         return leader.metric("expiryd_events_processed_total", route="lat", outcome="ok") - done_before >= keys
+
     wait_until(finished, timeout=180, interval=0.1, what="the leader to finish the burst")
     elapsed = time.time() - started
-    row: dict[str, Any] = {"rate": f"burst {keys}", "phase": "burst", "keys": keys,
-                           "burst_seconds": round(elapsed, 2), "leader_queue_depth_max": deepest}
+    row: dict[str, Any] = {
+        "rate": f"burst {keys}",
+        "phase": "burst",
+        "keys": keys,
+        "burst_seconds": round(elapsed, 2),
+        "leader_queue_depth_max": deepest,
+    }
     for name, pid in pids.items():
         row[f"{name}_cpu_percent"] = round((cpu_seconds(pid) - before[name]) / elapsed * 100, 1)
         row[f"{name}_rss_peak_mb"] = rss_mb(pid, peak=True)
@@ -153,8 +168,10 @@ def usage(pids: dict[str, int], *, seconds: float) -> dict[str, dict[str, float]
     """CPU (percent of one core) and resident memory of each process, over the same ``seconds``."""
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     time.sleep(seconds)
-    return {name: {"cpu_percent": round((cpu_seconds(pid) - before[name]) / seconds * 100, 1),
-                   "rss_mb": rss_mb(pid)} for name, pid in pids.items()}
+    return {
+        name: {"cpu_percent": round((cpu_seconds(pid) - before[name]) / seconds * 100, 1), "rss_mb": rss_mb(pid)}
+        for name, pid in pids.items()
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -195,4 +212,3 @@ def percentile(values: list[float], rank: int) -> float:
     ordered = sorted(values)
     index = min(len(ordered) - 1, max(0, round(rank / 100 * len(ordered)) - 1))
     return round(ordered[index], 2)
-

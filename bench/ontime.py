@@ -41,8 +41,15 @@ CONTROL_SHARE = 10  # one unrouted key for every ten routed ones
 LEAD_SECONDS = 4.0  # keys are written this far ahead of the first due time
 
 
-def run(*, crowds: list[int], rates: list[int], seconds: float, memory_keys: int,
-        compare_off: bool, redis_slack: float = 12.0) -> list[dict[str, Any]]:
+def run(
+    *,
+    crowds: list[int],
+    rates: list[int],
+    seconds: float,
+    memory_keys: int,
+    compare_off: bool,
+    redis_slack: float = 12.0,
+) -> list[dict[str, Any]]:
     """``redis_slack``: how long past the last due time the bare subscriber waits for Redis's own events."""
     rows: list[dict[str, Any]] = []
     with LocalCluster() as cluster, tempfile.TemporaryDirectory(prefix="expiryd-bench-") as workdir:
@@ -53,15 +60,33 @@ def run(*, crowds: list[int], rates: list[int], seconds: float, memory_keys: int
                 _crowd(cluster, start=crowd, stop=target)
                 crowd = target
                 for rate in rates:
-                    rows.append(_shown({"crowd": crowd, "rate": rate, "schedule": "on",
-                                        **_one_run(cluster, directory, replicas, rate=rate, seconds=seconds,
-                                                  redis_slack=redis_slack)}))
+                    rows.append(
+                        _shown(
+                            {
+                                "crowd": crowd,
+                                "rate": rate,
+                                "schedule": "on",
+                                **_one_run(
+                                    cluster, directory, replicas, rate=rate, seconds=seconds, redis_slack=redis_slack
+                                ),
+                            }
+                        )
+                    )
         if compare_off:
             with _Replicas(cluster, directory, schedule=False) as replicas:
                 rate = max(rates)
-                rows.append(_shown({"crowd": crowd, "rate": rate, "schedule": "off",
-                                    **_one_run(cluster, directory, replicas, rate=rate, seconds=seconds,
-                                                  redis_slack=redis_slack)}))
+                rows.append(
+                    _shown(
+                        {
+                            "crowd": crowd,
+                            "rate": rate,
+                            "schedule": "off",
+                            **_one_run(
+                                cluster, directory, replicas, rate=rate, seconds=seconds, redis_slack=redis_slack
+                            ),
+                        }
+                    )
+                )
         if memory_keys:
             with _Replicas(cluster, directory, schedule=True) as replicas:
                 rows.append(_shown({"crowd": crowd, "schedule": "on", **_memory(cluster, replicas, keys=memory_keys)}))
@@ -107,19 +132,34 @@ def _crowd(cluster: LocalCluster, *, start: int, stop: int) -> None:
         set_keys_due_at(cluster, keys, due_ms)
 
 
-def _one_run(cluster: LocalCluster, directory: Path, replicas: _Replicas, *, rate: int,
-             seconds: float, redis_slack: float) -> dict[str, Any]:
+def _one_run(
+    cluster: LocalCluster, directory: Path, replicas: _Replicas, *, rate: int, seconds: float, redis_slack: float
+) -> dict[str, Any]:
     count = int(rate * seconds)
     start_ms = int(time.time() * 1000) + int(LEAD_SECONDS * 1000) + count // 10
     routed = [f"ot:{start_ms + int(i * 1000 / rate)}:{i}".encode() for i in range(count)]
-    control = [f"rt:{start_ms + int(i * CONTROL_SHARE * 1000 / rate)}:{i}".encode()
-               for i in range(count // CONTROL_SHARE)]
+    control = [
+        f"rt:{start_ms + int(i * CONTROL_SHARE * 1000 / rate)}:{i}".encode() for i in range(count // CONTROL_SHARE)
+    ]
     times_file = directory / f"bare-{start_ms}.tsv"
     primaries = [node.address for node in cluster.primaries()]
     listen_for = LEAD_SECONDS + count / 10_000 + seconds + redis_slack
-    bare = subprocess.Popen([sys.executable, "-m", "bench.bare_subscriber", "--expect", str(10**9),
-                             "--seconds", str(listen_for), "--times", str(times_file), *primaries],
-                            stdout=subprocess.PIPE, text=True)
+    bare = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.bare_subscriber",
+            "--expect",
+            str(10**9),
+            "--seconds",
+            str(listen_for),
+            "--times",
+            str(times_file),
+            *primaries,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert bare.stdout is not None and bare.stdout.readline().strip() == "ready"
     set_keys_due_at(cluster, routed + control, lambda key: int(due_time(key) * 1000))
     time.sleep(max(0.0, start_ms / 1000 - time.time()))
@@ -137,14 +177,18 @@ def _one_run(cluster: LocalCluster, directory: Path, replicas: _Replicas, *, rat
     control_late = [(arrived[k] - due_time(k)) * 1000 for k in control if k in arrived]
     return {
         "keys": count,
-        "expiryd_p50_ms": percentile(expiryd_late, 50), "expiryd_p99_ms": percentile(expiryd_late, 99),
-        "expiryd_max_ms": percentile(expiryd_late, 100), "expiryd_missing": count - len(handled),
-        "redis_p50_ms": percentile(control_late, 50), "redis_p99_ms": percentile(control_late, 99),
+        "expiryd_p50_ms": percentile(expiryd_late, 50),
+        "expiryd_p99_ms": percentile(expiryd_late, 99),
+        "expiryd_max_ms": percentile(expiryd_late, 100),
+        "expiryd_missing": count - len(handled),
+        "redis_p50_ms": percentile(control_late, 50),
+        "redis_p99_ms": percentile(control_late, 99),
         "redis_max_ms": percentile(control_late, 100),
         # Control keys Redis had not expired by the end of the run: later than max, at least.
         "redis_not_yet": len(control) - len(control_late),
         "redis_cpu_percent": redis_percent,
-        "leader_cpu_percent": load["leader"]["cpu_percent"], "follower_cpu_percent": load["follower"]["cpu_percent"],
+        "leader_cpu_percent": load["leader"]["cpu_percent"],
+        "follower_cpu_percent": load["follower"]["cpu_percent"],
     }
 
 
@@ -155,8 +199,12 @@ def _memory(cluster: LocalCluster, replicas: _Replicas, *, keys: int) -> dict[st
     outruns the lookups, and what overflows waits for the next rescan (counted, not measured here).
     """
     leader = replicas.leader
-    wait_until(lambda: leader.metric("expiryd_schedule_scans_total", result="complete") >= 3, timeout=300,
-               interval=0.5, what="the leader's start-up scans")
+    wait_until(
+        lambda: leader.metric("expiryd_schedule_scans_total", result="complete") >= 3,
+        timeout=300,
+        interval=0.5,
+        what="the leader's start-up scans",
+    )
     before = rss_mb(leader.process.pid)
     scheduled_before = leader.metric("expiryd_schedule_keys")
     due_ms = int(time.time() * 1000) + 1_800_000
@@ -165,14 +213,22 @@ def _memory(cluster: LocalCluster, replicas: _Replicas, *, keys: int) -> dict[st
         batch = [f"ot:{due_ms}:m{i}".encode() for i in range(first, min(keys, first + 50_000))]
         set_keys_due_at(cluster, batch, due_ms)
         target = first + len(batch)
-        wait_until(lambda: leader.metric("expiryd_schedule_keys") - scheduled_before >= target, timeout=60,
-                   interval=0.2, what="the leader to schedule the batch")
+        wait_until(
+            lambda: leader.metric("expiryd_schedule_keys") - scheduled_before >= target,
+            timeout=60,
+            interval=0.2,
+            what="the leader to schedule the batch",
+        )
     learned_in = time.time() - started
     time.sleep(2.0)
     after = rss_mb(leader.process.pid)
-    return {"scheduled_keys": keys, "learned_per_second": round(keys / learned_in),
-            "leader_rss_before_mb": before, "leader_rss_after_mb": after,
-            "rss_mb_per_million_keys": round((after - before) * 1_000_000 / keys, 1)}
+    return {
+        "scheduled_keys": keys,
+        "learned_per_second": round(keys / learned_in),
+        "leader_rss_before_mb": before,
+        "leader_rss_after_mb": after,
+        "rss_mb_per_million_keys": round((after - before) * 1_000_000 / keys, 1),
+    }
 
 
 def _redis_cpu(cluster: LocalCluster) -> float:

@@ -58,9 +58,26 @@ def run(*, route: str, rate: int, seconds: float, burst: int, top: int = 15) -> 
 
 
 def _record(pid: int, *, seconds: float, output: Path) -> Path:
-    subprocess.run(["py-spy", "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-                    "--format", "raw", "--output", str(output), "--nonblocking"],
-                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            "py-spy",
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(output),
+            "--nonblocking",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     return output
 
 
@@ -77,6 +94,7 @@ def _table(profile: Path, *, top: int) -> list[dict[str, Any]]:
     total = sum(own.values())
     rows = [{"kind": "self", "percent": round(100 * n / total, 1), "function": f} for f, n in own.most_common(top)]
     ours = Counter({f: n for f, n in anywhere.items() if not any(part in f for part in _SCAFFOLDING)})
-    rows += [{"kind": "inclusive", "percent": round(100 * n / total, 1), "function": f}
-             for f, n in ours.most_common(top)]
+    rows += [
+        {"kind": "inclusive", "percent": round(100 * n / total, 1), "function": f} for f, n in ours.most_common(top)
+    ]
     return [{"kind": "samples", "percent": 100.0, "function": f"{total} samples"}, *rows]

@@ -70,8 +70,9 @@ class VariantResult:
     duplicates: int = 0
 
 
-def run(*, kills: int, terms: int, rate: int, variants: list[str], young: int = 0,
-        restarts: int = 0) -> list[VariantResult]:
+def run(
+    *, kills: int, terms: int, rate: int, variants: list[str], young: int = 0, restarts: int = 0
+) -> list[VariantResult]:
     results = []
     for variant in variants:
         for signal, count in (("SIGKILL", kills), ("SIGTERM", terms)):
@@ -100,8 +101,9 @@ def _run_variant(variant: str, signal: str, count: int, rate: int, *, young_foll
                 for round_number in range(count):
                     if young_followers:
                         replicas += _replace_followers(replicas, config, directory, round_number)
-                    replicas.append(_one_round(result, replicas, config, directory, signal, round_number,
-                                               warm=not young_followers))
+                    replicas.append(
+                        _one_round(result, replicas, config, directory, signal, round_number, warm=not young_followers)
+                    )
                 time.sleep(2.0)
             _count_outcomes(result, replicas, stream.keys)
         finally:
@@ -124,8 +126,9 @@ def _replace_followers(replicas: list[Replica], config: Path, directory: Path, r
 
 
 def _run_restarts(count: int, rate: int, *, payload: bool) -> VariantResult:
-    result = VariantResult(variant=f"whole restart ({DOWN_FOR:.0f} s down), " + ("payload route" if payload
-                                                                                 else "plain route"))
+    result = VariantResult(
+        variant=f"whole restart ({DOWN_FOR:.0f} s down), " + ("payload route" if payload else "plain route")
+    )
     with LocalCluster() as cluster, tempfile.TemporaryDirectory(prefix="expiryd-bench-") as workdir:
         directory = Path(workdir)
         route: dict[str, Any] = {"match": "*", "name": "all", "log": {}}
@@ -148,8 +151,12 @@ def _run_restarts(count: int, rate: int, *, payload: bool) -> VariantResult:
                     fresh = [Replica(f"r{round_number}-{i}", config, directory) for i in (1, 2, 3)]
                     started = time.monotonic()
                     replicas += fresh
-                    wait_until(lambda: _handled_under_newer_term(fresh, old_term), timeout=60, interval=0.01,
-                               what="the first event after the restart")
+                    wait_until(
+                        lambda: _handled_under_newer_term(fresh, old_term),
+                        timeout=60,
+                        interval=0.01,
+                        what="the first event after the restart",
+                    )
                     result.rounds.append(Round(signal="restart", takeover_s=time.monotonic() - started))
                 time.sleep(2.0)
             # The sweep confirms a candidate 10 s after finding it.
@@ -160,8 +167,16 @@ def _run_restarts(count: int, rate: int, *, payload: bool) -> VariantResult:
     return result
 
 
-def _one_round(result: VariantResult, replicas: list[Replica], config: Path, directory: Path,
-               signal: str, round_number: int, *, warm: bool = True) -> Replica:
+def _one_round(
+    result: VariantResult,
+    replicas: list[Replica],
+    config: Path,
+    directory: Path,
+    signal: str,
+    round_number: int,
+    *,
+    warm: bool = True,
+) -> Replica:
     running = [r for r in replicas if r.running]
     leader = wait_for_single_leader(running, timeout=30)
     if warm and leader.config.get("replay", {}).get("enabled", True):
@@ -176,8 +191,12 @@ def _one_round(result: VariantResult, replicas: list[Replica], config: Path, dir
         leader.kill()
     else:
         leader.process.send_signal(15)
-    wait_until(lambda: _handled_under_newer_term(survivors, old_term), timeout=60, interval=0.01,
-               what="the first event of the next term")
+    wait_until(
+        lambda: _handled_under_newer_term(survivors, old_term),
+        timeout=60,
+        interval=0.01,
+        what="the first event of the next term",
+    )
     result.rounds.append(Round(signal=signal, takeover_s=time.monotonic() - sent))
     if signal == "SIGTERM":
         leader.process.wait(timeout=30)
@@ -197,9 +216,11 @@ def _handled_under_newer_term(replicas: list[Replica], old_term: int) -> bool:
 def _count_outcomes(result: VariantResult, replicas: list[Replica], keys: list[bytes], *, wait: float = 20.0) -> None:
     def counts() -> Counter[bytes]:
         return Counter(event_key(e) for e in all_handled(replicas))
+
     def all_handled_once() -> bool:
         handled = counts()
         return all(handled[k] for k in keys)
+
     # Without replay some keys are never handled: that is what is being measured.
     with contextlib.suppress(AssertionError):
         wait_until(all_handled_once, timeout=wait, interval=0.5, what="every key")
@@ -213,16 +234,18 @@ def summarize(results: list[VariantResult]) -> list[dict[str, Any]]:
     rows = []
     for result in results:
         takeovers = [r.takeover_s for r in result.rounds]
-        rows.append({
-            "variant": result.variant,
-            "signals": len(takeovers),
-            "takeover_min_s": round(min(takeovers), 2),
-            "takeover_median_s": round(statistics.median(takeovers), 2),
-            "takeover_max_s": round(max(takeovers), 2),
-            "keys": result.keys,
-            "lost": result.lost,
-            "duplicates": result.duplicates,
-            "lost_per_signal": round(result.lost / len(takeovers), 1),
-            "duplicates_per_signal": round(result.duplicates / len(takeovers), 1),
-        })
+        rows.append(
+            {
+                "variant": result.variant,
+                "signals": len(takeovers),
+                "takeover_min_s": round(min(takeovers), 2),
+                "takeover_median_s": round(statistics.median(takeovers), 2),
+                "takeover_max_s": round(max(takeovers), 2),
+                "keys": result.keys,
+                "lost": result.lost,
+                "duplicates": result.duplicates,
+                "lost_per_signal": round(result.lost / len(takeovers), 1),
+                "duplicates_per_signal": round(result.duplicates / len(takeovers), 1),
+            }
+        )
     return rows

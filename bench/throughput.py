@@ -40,16 +40,19 @@ def run(*, keys: int, runs: int) -> list[dict[str, Any]]:
                     continue  # the baselines of the first burst are the ones reported
                 samples[reader].append(rate)
                 ratios[reader].append(rate / bare)
-    return [{
-        "reader": reader,
-        "keys": keys,
-        "runs": runs,
-        "events_per_s_median": round(statistics.median(rates)),
-        "min": round(min(rates)),
-        "max": round(max(rates)),
-        # Each run's ratio is taken within one burst, against the bare subscriber beside it.
-        "ratio_to_bare": round(statistics.median(ratios[reader]), 3),
-    } for reader, rates in samples.items()]
+    return [
+        {
+            "reader": reader,
+            "keys": keys,
+            "runs": runs,
+            "events_per_s_median": round(statistics.median(rates)),
+            "min": round(min(rates)),
+            "max": round(max(rates)),
+            # Each run's ratio is taken within one burst, against the bare subscriber beside it.
+            "ratio_to_bare": round(statistics.median(ratios[reader]), 3),
+        }
+        for reader, rates in samples.items()
+    ]
 
 
 def _route(handler: str) -> dict[str, Any]:
@@ -63,12 +66,20 @@ def _one_burst(keys: int, *, handler: str) -> dict[str, float]:
         directory = Path(workdir)
         primaries = [node.address for node in cluster.primaries()]
         replica = Replica("1", write_config(directory, cluster, routes=[_route(handler)]), directory)
-        bare = subprocess.Popen([sys.executable, "-m", "bench.bare_subscriber", "--expect", str(keys), *primaries],
-                                stdout=subprocess.PIPE, text=True)
+        bare = subprocess.Popen(
+            [sys.executable, "-m", "bench.bare_subscriber", "--expect", str(keys), *primaries],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         cli_outputs = [directory / f"cli-{i}.txt" for i in range(len(primaries))] if handler == "log" else []
-        clis = [subprocess.Popen(["redis-cli", "-p", address.rsplit(":", 1)[1], "psubscribe",
-                                  "__keyevent@0__:expired"], stdout=out.open("wb"), stderr=subprocess.DEVNULL)
-                for address, out in zip(primaries, cli_outputs, strict=False)]
+        clis = [
+            subprocess.Popen(
+                ["redis-cli", "-p", address.rsplit(":", 1)[1], "psubscribe", "__keyevent@0__:expired"],
+                stdout=out.open("wb"),
+                stderr=subprocess.DEVNULL,
+            )
+            for address, out in zip(primaries, cli_outputs, strict=False)
+        ]
         expiryd = f"expiryd ({handler})"
         awaited = {expiryd, "redis-cli (C)"} if clis else {expiryd}
         try:
@@ -84,10 +95,13 @@ def _one_burst(keys: int, *, handler: str) -> dict[str, float]:
                 now = time.time()
                 if clis and "redis-cli (C)" not in finished and _cli_messages(cli_outputs) >= keys:
                     finished["redis-cli (C)"] = now
-                if expiryd not in finished and \
-                        replica.metric("expiryd_events_processed_total", route="all", outcome="ok") >= keys:
+                if (
+                    expiryd not in finished
+                    and replica.metric("expiryd_events_processed_total", route="all", outcome="ok") >= keys
+                ):
                     finished[expiryd] = now
                 return awaited <= finished.keys()
+
             wait_until(poll, timeout=300, interval=0.02, what="every reader to finish the burst")
             finished["bare redis-py subscriber"] = json.loads(bare.stdout.readline())["done_at"]
             return {reader: keys / (done - due) for reader, done in finished.items()}

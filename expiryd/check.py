@@ -36,19 +36,23 @@ async def _check(config: Config) -> int:
     try:
         view = await topology.read()
     except TopologyUnavailable as error:
-        print(f"expiryd: config error: {config.source}: redis.nodes: cannot reach any seed node ({error})",
-              file=sys.stderr)
+        print(
+            f"expiryd: config error: {config.source}: redis.nodes: cannot reach any seed node ({error})",
+            file=sys.stderr,
+        )
         return 2
     finally:
         await topology.aclose()
     problems = 0
     _line("config", f"{config.source}: ok, {len(config.routes)} route(s), replica id {config.id}")
     problems += await _check_cluster(view, options)
-    required = required_classes(schedule=config.schedule.enabled,
-                                kinds=[kind for route in config.routes for kind in route.events])
+    required = required_classes(
+        schedule=config.schedule.enabled, kinds=[kind for route in config.routes for kind in route.events]
+    )
     for primary in sorted(view.primaries):
-        problems += await _check_primary(primary, view, options, repair=config.redis.ensure_notifications,
-                                         required=required)
+        problems += await _check_primary(
+            primary, view, options, repair=config.redis.ensure_notifications, required=required
+        )
     await _report_lease(config, options, seeds)
     _line("result", "ok" if not problems else f"{problems} problem(s)")
     return 1 if problems else 0
@@ -61,16 +65,19 @@ async def _check_cluster(view: ClusterView, options: RedisOptions) -> int:
     finally:
         await client.aclose()
     text = info.decode() if isinstance(info, bytes) else str(info)
-    state = next((line.split(":", 1)[1].strip() for line in text.splitlines()
-                  if line.startswith("cluster_state:")), "unknown")
+    state = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("cluster_state:")), "unknown"
+    )
     replicas = sum(len(view.replicas_of(p)) for p in view.primaries)
-    _line("cluster", f"state {state}, {len(view.primaries)} primaries, {replicas} replicas "
-                     f"(read from {view.answered_by})")
+    _line(
+        "cluster", f"state {state}, {len(view.primaries)} primaries, {replicas} replicas (read from {view.answered_by})"
+    )
     return 0 if state == "ok" and view.primaries else 1
 
 
-async def _check_primary(primary: NodeAddress, view: ClusterView, options: RedisOptions, *, repair: bool,
-                         required: str) -> int:
+async def _check_primary(
+    primary: NodeAddress, view: ClusterView, options: RedisOptions, *, repair: bool, required: str
+) -> int:
     client = options.client(primary)
     try:
         status = await ensure_notifications(client, repair=False, required=required)
@@ -98,8 +105,10 @@ def _notification_note(status: NotificationStatus, *, repair: bool) -> str:
         return f"{status.before!r} lacks {missing}: a replica will enable it (redis.ensure_notifications)"
     if status.expired_missing:
         return f"{status.before!r} lacks Ex and redis.ensure_notifications is off: no events from this node"
-    return (f"{status.before!r} lacks {missing} and redis.ensure_notifications is off: "
-            "keys fire on Redis's own timing, not on time")
+    return (
+        f"{status.before!r} lacks {missing} and redis.ensure_notifications is off: "
+        "keys fire on Redis's own timing, not on time"
+    )
 
 
 async def _report_lease(config: Config, options: RedisOptions, seeds: list[NodeAddress]) -> None:

@@ -80,8 +80,13 @@ def _tls_client_arguments(tls: TlsConfig | None) -> dict[str, Any]:
     """The same settings as redis-py's connection arguments (``ssl`` itself aside: a rediss:// URL implies it)."""
     if tls is None:
         return {}
-    return {"ssl_ca_certs": tls.ca_file, "ssl_certfile": tls.cert_file, "ssl_keyfile": tls.key_file,
-            "ssl_check_hostname": tls.check_hostname, "ssl_cert_reqs": "required"}
+    return {
+        "ssl_ca_certs": tls.ca_file,
+        "ssl_certfile": tls.cert_file,
+        "ssl_keyfile": tls.key_file,
+        "ssl_check_hostname": tls.check_hostname,
+        "ssl_cert_reqs": "required",
+    }
 
 
 @dataclass(frozen=True)

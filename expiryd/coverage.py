@@ -36,8 +36,7 @@ from .connections import REDIS_FAILURES, describe_error
 from .progress import ProgressMark
 from .tasks import Service
 
-__all__ = ["Coverage", "CoverageReporter", "CoverageStore", "Shortfall", "covered_elsewhere", "may_lead",
-           "shortfall"]
+__all__ = ["Coverage", "CoverageReporter", "CoverageStore", "Shortfall", "covered_elsewhere", "may_lead", "shortfall"]
 
 log = logging.getLogger("expiryd.coverage")
 
@@ -146,16 +145,16 @@ class CoverageStore:
 
     async def publish(self, coverage: Coverage) -> None:
         """Write the report to every master; raise only when none took it."""
-        results = await asyncio.gather(*(self._publish_to(master, coverage) for master in self._masters),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._publish_to(master, coverage) for master in self._masters), return_exceptions=True
+        )
         errors = [result for result in results if isinstance(result, BaseException)]
         if errors and len(errors) == len(results):
             raise errors[0]
 
     async def others(self, *, replica: str, now: float) -> list[Coverage]:
         """The live reports of every other replica, from whichever masters answer (the freshest of each)."""
-        replies = await asyncio.gather(*(master.hgetall(self._key) for master in self._masters),
-                                       return_exceptions=True)
+        replies = await asyncio.gather(*(master.hgetall(self._key) for master in self._masters), return_exceptions=True)
         answered = [reply for reply in replies if not isinstance(reply, BaseException)]
         if not answered:
             raise next(reply for reply in replies if isinstance(reply, BaseException))
@@ -187,8 +186,9 @@ class CoverageReporter(Service):
 
     name = "coverage reporter"
 
-    def __init__(self, *, store: CoverageStore, replica: str, since: Callable[[], dict[str, float | None]],
-                 interval: float) -> None:
+    def __init__(
+        self, *, store: CoverageStore, replica: str, since: Callable[[], dict[str, float | None]], interval: float
+    ) -> None:
         self._store = store
         self._replica = replica
         self._since = since

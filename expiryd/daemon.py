@@ -84,21 +84,34 @@ class Daemon:
         # Payload keys, streams on the cluster and the dead-letter stream share one client.
         self._data = options.cluster_client(seeds)
         self._progress = ProgressStore(masters=self._masters, lock_name=config.election.lock_name)
-        self._coverage_store = CoverageStore(masters=self._masters, key=coverage_key(config.election.lock_name),
-                                             interval=config.election.renew_interval)
-        self._coverage = CoverageReporter(store=self._coverage_store, replica=config.id,
-                                          since=self._fanin.coverage_since, interval=config.election.renew_interval)
+        self._coverage_store = CoverageStore(
+            masters=self._masters, key=coverage_key(config.election.lock_name), interval=config.election.renew_interval
+        )
+        self._coverage = CoverageReporter(
+            store=self._coverage_store,
+            replica=config.id,
+            since=self._fanin.coverage_since,
+            interval=config.election.renew_interval,
+        )
         self._shortfall_at_last_look = 0.0
-        self._elector = Elector(masters=self._masters, settings=config.election, metrics=self.metrics,
-                                on_elected=self._elected, may_lead=self._may_lead)
+        self._elector = Elector(
+            masters=self._masters,
+            settings=config.election,
+            metrics=self.metrics,
+            on_elected=self._elected,
+            may_lead=self._may_lead,
+        )
         self._routes = [self._route(r) for r in config.routes]
         router = Router(self._routes)
         internal_keys = _internal_keys(config.election.lock_name)
         if config.schedule.enabled:
             assert config.replay.window is not None  # load_config fills it in
             self._scheduler = Scheduler(
-                schedule=Schedule(max_keys=config.schedule.max_keys, horizon=config.schedule.horizon,
-                                  keep_due_for=config.replay.window),
+                schedule=Schedule(
+                    max_keys=config.schedule.max_keys,
+                    horizon=config.schedule.horizon,
+                    keep_due_for=config.replay.window,
+                ),
                 settings=config.schedule,
                 options=options,
                 router=router,
@@ -115,8 +128,9 @@ class Daemon:
             replica=config.id,
             metrics=self.metrics,
             replay=self._replay(),
-            dead_letters=DeadLetters(client=self._data, stream=config.dead_letter.stream,
-                                     maxlen=config.dead_letter.maxlen),
+            dead_letters=DeadLetters(
+                client=self._data, stream=config.dead_letter.stream, maxlen=config.dead_letter.maxlen
+            ),
             overflow_wait=config.pipeline.overflow_wait,
             grace=config.pipeline.shutdown_grace,
             due_times=self._scheduler or NoSchedule(),
@@ -127,9 +141,16 @@ class Daemon:
             # up with time once it is older than the tolerance within which a time-only mark replays.
             idle_after=config.replay.clock_tolerance,
         )
-        self._sweeper = Sweeper(settings=config.sweep, router=router, options=options, leadership=self._elector,
-                                view=self._fanin.view, in_flight=self._gate.in_flight, emit=self._gate.emit_swept,
-                                metrics=self.metrics)
+        self._sweeper = Sweeper(
+            settings=config.sweep,
+            router=router,
+            options=options,
+            leadership=self._elector,
+            view=self._fanin.view,
+            in_flight=self._gate.in_flight,
+            emit=self._gate.emit_swept,
+            metrics=self.metrics,
+        )
         status = {
             "/healthz": self._health_reply,
             "/readyz": self._readiness_reply,
@@ -137,11 +158,14 @@ class Daemon:
         }
         metrics_listen = config.http.metrics_listen
         if metrics_listen is None:
-            self._listeners = [HttpServer(listen=config.http.listen, endpoints={"/metrics": self._metrics_reply,
-                                                                               **status})]
+            self._listeners = [
+                HttpServer(listen=config.http.listen, endpoints={"/metrics": self._metrics_reply, **status})
+            ]
         else:
-            self._listeners = [HttpServer(listen=config.http.listen, endpoints=status),
-                               HttpServer(listen=metrics_listen, endpoints={"/metrics": self._metrics_reply})]
+            self._listeners = [
+                HttpServer(listen=config.http.listen, endpoints=status),
+                HttpServer(listen=metrics_listen, endpoints={"/metrics": self._metrics_reply}),
+            ]
 
     async def run(self, *, stop: asyncio.Event) -> int:
         """Run until ``stop`` is set or a service fails; return the exit code."""
@@ -158,19 +182,34 @@ class Daemon:
                 stack.push_async_callback(route.handler.aclose)
             stack.push_async_callback(self._topology.aclose)
             # The coverage report is withdrawn before the lease is released: followers then wait for no one.
-            services: list[Service] = [self._fanin, self._elector, self._coverage, *self._optional_services(),
-                                       self._gate]
+            services: list[Service] = [
+                self._fanin,
+                self._elector,
+                self._coverage,
+                *self._optional_services(),
+                self._gate,
+            ]
             for service in services:
                 await stack.enter_async_context(service)
-            log.info("started", extra={"listen": self.config.http.listen,
-                                       "metrics_listen": self.config.http.metrics_listen, "routes": len(self._routes)})
+            log.info(
+                "started",
+                extra={
+                    "listen": self.config.http.listen,
+                    "metrics_listen": self.config.http.metrics_listen,
+                    "routes": len(self._routes),
+                },
+            )
             stopping = asyncio.create_task(stop.wait(), name="stop signal")
-            done, _ = await asyncio.wait({stopping, *(service.task for service in services)},
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {stopping, *(service.task for service in services)}, return_when=asyncio.FIRST_COMPLETED
+            )
             failed = [task for task in done if task is not stopping]
             for task in failed:
-                log.error("core task ended unexpectedly: shutting down",
-                          extra={"task": task.get_name()}, exc_info=task.exception())
+                log.error(
+                    "core task ended unexpectedly: shutting down",
+                    extra={"task": task.get_name()},
+                    exc_info=task.exception(),
+                )
             await cancel_and_wait([stopping])
             log.info("shutting down", extra={"grace": self.config.pipeline.shutdown_grace})
         log.info("stopped")
@@ -223,9 +262,11 @@ class Daemon:
             mine = self._coverage.now()
             try:
                 marks, others = await asyncio.wait_for(
-                    asyncio.gather(self._progress.read(),
-                                   self._coverage_store.others(replica=self.config.id, now=mine.written_at)),
-                    self.config.election.renew_deadline)
+                    asyncio.gather(
+                        self._progress.read(), self._coverage_store.others(replica=self.config.id, now=mine.written_at)
+                    ),
+                    self.config.election.renew_deadline,
+                )
             except (*REDIS_FAILURES, ValueError, KeyError):
                 eligible = False
             else:
@@ -241,20 +282,23 @@ class Daemon:
         self._shortfall_at_last_look = 0.0
         if 0 < unheard < math.inf:
             self.metrics.unheard_seconds.inc(unheard)
-            log.error("no replica heard what was published just after the last leader's progress: "
-                      "those expirations reach only payload routes, through the sweep",
-                      extra={"seconds": round(unheard, 3)})
+            log.error(
+                "no replica heard what was published just after the last leader's progress: "
+                "those expirations reach only payload routes, through the sweep",
+                extra={"seconds": round(unheard, 3)},
+            )
 
     async def _covered_elsewhere(self, marks: dict[str, ProgressMark], after: float) -> bool | None:
         if not self.config.replay.enabled:
             return False  # nothing could replay the gap
         try:
-            others = await asyncio.wait_for(self._coverage_store.others(replica=self.config.id, now=time.time()),
-                                            self.config.election.renew_deadline)
+            others = await asyncio.wait_for(
+                self._coverage_store.others(replica=self.config.id, now=time.time()),
+                self.config.election.renew_deadline,
+            )
         except REDIS_FAILURES:
             return None
-        return covered_elsewhere(others=others, marks=marks, tolerance=self.config.replay.clock_tolerance,
-                                 after=after)
+        return covered_elsewhere(others=others, marks=marks, tolerance=self.config.replay.clock_tolerance, after=after)
 
     def _metrics_reply(self) -> Reply:
         return Reply(200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
@@ -287,5 +331,7 @@ class Daemon:
 
 def _internal_keys(lock_name: str) -> frozenset[bytes]:
     """expiryd's own keys: the lease expires when a leader dies, and that is not an event for a handler."""
-    return frozenset(key.encode() for key in (lease_key(lock_name), term_key(lock_name), progress_key(lock_name),
-                                               coverage_key(lock_name)))
+    return frozenset(
+        key.encode()
+        for key in (lease_key(lock_name), term_key(lock_name), progress_key(lock_name), coverage_key(lock_name))
+    )

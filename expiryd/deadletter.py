@@ -72,22 +72,38 @@ class DeadLetters:
             try:
                 await self.write(route=route, events=events, error=error, attempts=attempts)
             except REDIS_FAILURES as write_error:
-                log.warning("cannot write to the dead-letter stream", extra={
-                    "route": route, "attempt": attempt, "error": describe_error(write_error)})
+                log.warning(
+                    "cannot write to the dead-letter stream",
+                    extra={"route": route, "attempt": attempt, "error": describe_error(write_error)},
+                )
                 await pause(backoff * attempt)
                 continue
-            log.warning("events dead-lettered", extra={
-                "route": route, "events": len(events), "attempts": attempts, "error": error, "stream": self.stream})
+            log.warning(
+                "events dead-lettered",
+                extra={
+                    "route": route,
+                    "events": len(events),
+                    "attempts": attempts,
+                    "error": error,
+                    "stream": self.stream,
+                },
+            )
             return Outcome.DEAD_LETTERED
         for event in events:
-            log.error("event dropped: handler failed and the dead-letter stream cannot be written", extra={
-                "route": route, "event": event.to_json(), "error": error})
+            log.error(
+                "event dropped: handler failed and the dead-letter stream cannot be written",
+                extra={"route": route, "event": event.to_json(), "error": error},
+            )
         return Outcome.DROPPED
 
     async def write(self, *, route: str, events: list[Event], error: str, attempts: int) -> None:
         pipe = self._client.pipeline(transaction=False)
         for event in events:
-            fields = {**event.to_fields(), "route": route, "error": error[:_MAX_ERROR_LENGTH],
-                      "attempts": str(attempts)}
+            fields = {
+                **event.to_fields(),
+                "route": route,
+                "error": error[:_MAX_ERROR_LENGTH],
+                "attempts": str(attempts),
+            }
             pipe.xadd(self.stream, fields, maxlen=self._maxlen, approximate=True)
         await pipe.execute()

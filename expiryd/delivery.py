@@ -97,8 +97,12 @@ class RouteDelivery:
         self._completion = completion
         self._dead_letters = dead_letters
         self._grace = grace
-        self._lanes = Lanes(count=route.concurrency, queue_size=route.queue_size,
-                            upstream_blocked=upstream_blocked, shed_after=shed_after)
+        self._lanes = Lanes(
+            count=route.concurrency,
+            queue_size=route.queue_size,
+            upstream_blocked=upstream_blocked,
+            shed_after=shed_after,
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self._abandoned = asyncio.Event()
         self._shed_unlogged = 0
@@ -107,8 +111,10 @@ class RouteDelivery:
         self._depth = metrics.route_queue_depth.labels(route=name)
         self._ok = metrics.events_processed.labels(route=name, outcome="ok")
         self._retried = metrics.events_processed.labels(route=name, outcome="retried")
-        self._outcomes = {outcome: metrics.events_processed.labels(route=name, outcome=outcome.value)
-                          for outcome in (Outcome.DEAD_LETTERED, Outcome.DROPPED)}
+        self._outcomes = {
+            outcome: metrics.events_processed.labels(route=name, outcome=outcome.value)
+            for outcome in (Outcome.DEAD_LETTERED, Outcome.DROPPED)
+        }
         self._dropped = self._outcomes[Outcome.DROPPED]
         self._attempts_ok = metrics.handler_attempts.labels(route=name, result="ok")
         self._attempts_failed = metrics.handler_attempts.labels(route=name, result="error")
@@ -118,8 +124,10 @@ class RouteDelivery:
         self._unscheduled = metrics.events_unscheduled.labels(route=name)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._work(index), name=f"route {self.route.name} lane {index}")
-                       for index in range(len(self._lanes))]
+        self._tasks = [
+            asyncio.create_task(self._work(index), name=f"route {self.route.name} lane {index}")
+            for index in range(len(self._lanes))
+        ]
 
     async def submit(self, pendings: list[Pending]) -> None:
         """Queue events for their lanes, in order, waiting for room (see :mod:`expiryd.lanes`)."""
@@ -140,8 +148,10 @@ class RouteDelivery:
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self._grace)
             if late:
-                log.warning("grace period over: abandoning batches in flight",
-                            extra={"route": self.route.name, "lanes": len(late), "grace": self._grace})
+                log.warning(
+                    "grace period over: abandoning batches in flight",
+                    extra={"route": self.route.name, "lanes": len(late), "grace": self._grace},
+                )
             await cancel_and_wait(self._tasks)
         self._tasks = []
 
@@ -151,8 +161,10 @@ class RouteDelivery:
         self._shed_unlogged += len(pendings)
         now = time.monotonic()
         if now - self._shed_logged_at >= _SHED_LOG_INTERVAL:
-            log.warning("route queue full and the subscriptions stuck behind it: dropping events", extra={
-                "route": self.route.name, "dropped": self._shed_unlogged, "queue_size": self.route.queue_size})
+            log.warning(
+                "route queue full and the subscriptions stuck behind it: dropping events",
+                extra={"route": self.route.name, "dropped": self._shed_unlogged, "queue_size": self.route.queue_size},
+            )
             self._shed_unlogged = 0
             self._shed_logged_at = now
 
@@ -189,8 +201,15 @@ class RouteDelivery:
                     await self._dead_letter(batch, events, error, attempt)
                     return
                 self._retried.inc(len(batch))
-                log.warning("handler failed: retrying", extra={
-                    "route": self.route.name, "events": len(batch), "attempt": attempt, "error": describe_error(error)})
+                log.warning(
+                    "handler failed: retrying",
+                    extra={
+                        "route": self.route.name,
+                        "events": len(batch),
+                        "attempt": attempt,
+                        "error": describe_error(error),
+                    },
+                )
                 await self._pause(backoff(attempt, retry=self.route.retry, error=error, jitter=random.random()))
                 continue
             await self._delete_payloads(keys)
@@ -201,10 +220,14 @@ class RouteDelivery:
     def _events(self, batch: list[Pending], payloads: list[bytes | None] | None) -> list[Event]:
         term, replica = self._term, self._replica
         if payloads is None:
-            return [Event(e.key, e.node, e.received_at, term, replica, None, False, e.kind, e.due_at, e.swept)
-                    for e in (p.expiration for p in batch)]
-        return [Event(e.key, e.node, e.received_at, term, replica, payload, True, e.kind, e.due_at, e.swept)
-                for e, payload in zip((p.expiration for p in batch), payloads, strict=True)]
+            return [
+                Event(e.key, e.node, e.received_at, term, replica, None, False, e.kind, e.due_at, e.swept)
+                for e in (p.expiration for p in batch)
+            ]
+        return [
+            Event(e.key, e.node, e.received_at, term, replica, payload, True, e.kind, e.due_at, e.swept)
+            for e, payload in zip((p.expiration for p in batch), payloads, strict=True)
+        ]
 
     def _observe_lateness(self, batch: list[Pending]) -> None:
         """How late each event reaches its first handler call, measured from its key's due time."""
@@ -246,13 +269,21 @@ class RouteDelivery:
         try:
             await self.route.payload.delete(keys)
         except REDIS_FAILURES as error:
-            log.warning("cannot delete payload keys after handling: they stay until their own TTL", extra={
-                "route": self.route.name, "events": len(keys), "error": describe_error(error)})
+            log.warning(
+                "cannot delete payload keys after handling: they stay until their own TTL",
+                extra={"route": self.route.name, "events": len(keys), "error": describe_error(error)},
+            )
 
     async def _dead_letter(self, batch: list[Pending], events: list[Event], error: Exception, attempts: int) -> None:
         outcome = await self._dead_letters.take(
-            route=self.route.name, events=events, error=describe_error(error), attempts=attempts,
-            leading=self._leading, pause=self._pause, backoff=self.route.retry.backoff)
+            route=self.route.name,
+            events=events,
+            error=describe_error(error),
+            attempts=attempts,
+            leading=self._leading,
+            pause=self._pause,
+            backoff=self.route.retry.backoff,
+        )
         if outcome is Outcome.ABANDONED:
             return
         if outcome is Outcome.DEAD_LETTERED:

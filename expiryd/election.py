@@ -215,15 +215,18 @@ class Elector(Service):
         readings = await asyncio.gather(*(m.get(key) for m in self._masters), return_exceptions=True)
         values = [int(v or 0) for v in readings if not isinstance(v, BaseException)]
         if len(values) < quorum:
-            raise _TermUnavailable(f"read the term from {len(values)} of {len(self._masters)} masters"
-                                   + _first_failure(readings))
+            raise _TermUnavailable(
+                f"read the term from {len(values)} of {len(self._masters)} masters" + _first_failure(readings)
+            )
         proposed = max(values) + 1
-        writes = await asyncio.gather(*(m.eval(_RAISE_TERM, 1, key, proposed) for m in self._masters),
-                                      return_exceptions=True)
+        writes = await asyncio.gather(
+            *(m.eval(_RAISE_TERM, 1, key, proposed) for m in self._masters), return_exceptions=True
+        )
         raised = sum(1 for w in writes if w == 1)
         if raised < quorum:
-            raise _TermUnavailable(f"raised the term on {raised} of {len(self._masters)} masters"
-                                   + _first_failure(writes))
+            raise _TermUnavailable(
+                f"raised the term on {raised} of {len(self._masters)} masters" + _first_failure(writes)
+            )
         return proposed
 
 

@@ -73,7 +73,7 @@ class EventQueue:
     def put(self, expirations: list[Expiration]) -> int:
         """Append what fits; return how many expirations did not fit."""
         room = self.capacity - len(self._items)
-        accepted = expirations if len(expirations) <= room else expirations[:max(room, 0)]
+        accepted = expirations if len(expirations) <= room else expirations[: max(room, 0)]
         self._items.extend(accepted)
         if accepted:
             self._ready.set()
@@ -84,7 +84,7 @@ class EventQueue:
         refused = self.put(expirations)
         if not refused:
             return 0
-        waiter = _Waiter(expirations[len(expirations) - refused:], asyncio.get_running_loop().time())
+        waiter = _Waiter(expirations[len(expirations) - refused :], asyncio.get_running_loop().time())
         self._waiters.append(waiter)
         try:
             with contextlib.suppress(TimeoutError):

@@ -94,19 +94,21 @@ class FanIn(Service):
 
         A new value means the subscription restarted, and may have missed events in between.
         """
-        return {p: self._subscriptions[p].subscribed_since if p in self._subscriptions else None
-                for p in self._primaries}
+        return {
+            p: self._subscriptions[p].subscribed_since if p in self._subscriptions else None for p in self._primaries
+        }
 
     def coverage_since(self) -> dict[str, float | None]:
         """When each current primary's unbroken subscription began, in epoch seconds; None while it is down."""
         monotonic_now, now = time.monotonic(), time.time()
-        return {str(primary): None if since is None else now - (monotonic_now - since)
-                for primary, since in self.subscription_starts().items()}
+        return {
+            str(primary): None if since is None else now - (monotonic_now - since)
+            for primary, since in self.subscription_starts().items()
+        }
 
     def primary_states(self) -> dict[str, bool]:
         """Whether each current primary is subscribed (what readiness needs)."""
-        return {str(p): p in self._subscriptions and self._subscriptions[p].subscribed
-                for p in sorted(self._primaries)}
+        return {str(p): p in self._subscriptions and self._subscriptions[p].subscribed for p in sorted(self._primaries)}
 
     def request_refresh(self) -> None:
         self._refresh_now.set()

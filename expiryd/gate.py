@@ -187,10 +187,18 @@ class LeaderGate(Service):
     def _begin_shift(self, term: int) -> None:
         completion = Completion(term=term, marks=self._own_marks)
         deliveries = {
-            route: RouteDelivery(route=route, term=term, replica=self._replica, leadership=self._leadership,
-                                 completion=completion, dead_letters=self._dead_letters, metrics=self._metrics,
-                                 upstream_blocked=self._queue.blocked_for, shed_after=self._overflow_wait / 2,
-                                 grace=self._grace)
+            route: RouteDelivery(
+                route=route,
+                term=term,
+                replica=self._replica,
+                leadership=self._leadership,
+                completion=completion,
+                dead_letters=self._dead_letters,
+                metrics=self._metrics,
+                upstream_blocked=self._queue.blocked_for,
+                shed_after=self._overflow_wait / 2,
+                grace=self._grace,
+            )
             for route in self._router.routes
         }
         for delivery in deliveries.values():
@@ -265,8 +273,9 @@ class LeaderGate(Service):
         if verdict is None:
             return False  # another replica's report is older than the gap: ask again at the next record
         if verdict:
-            log.warning("this leader missed events another replica heard: handing over",
-                        extra={"nodes": sorted(frozen)})
+            log.warning(
+                "this leader missed events another replica heard: handing over", extra={"nodes": sorted(frozen)}
+            )
             self._metrics.history_gaps.labels(outcome="handed_over").inc(len(frozen))
             return True
         for node, since in sorted(self._coverage_since().items()):
@@ -277,8 +286,10 @@ class LeaderGate(Service):
             unheard = max(0.0, since - frozen[node])
             self._metrics.history_gaps.labels(outcome="uncovered").inc()
             self._metrics.unheard_seconds.inc(unheard)
-            log.error("events published while this leader was cut off from a node may be lost: "
-                      "no replica heard them", extra={"node": node, "seconds": round(unheard, 3)})
+            log.error(
+                "events published while this leader was cut off from a node may be lost: no replica heard them",
+                extra={"node": node, "seconds": round(unheard, 3)},
+            )
         return False
 
 

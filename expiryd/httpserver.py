@@ -25,8 +25,7 @@ __all__ = ["HttpServer", "Reply"]
 
 log = logging.getLogger("expiryd.http")
 
-_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request",
-            503: "Service Unavailable"}
+_REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 400: "Bad Request", 503: "Service Unavailable"}
 _REQUEST_TIMEOUT = 5.0
 
 

@@ -42,7 +42,9 @@ class _Lane:
 
 
 class Lanes:
-    def __init__(self, *, count: int, queue_size: int, upstream_blocked: Callable[[], float], shed_after: float) -> None:
+    def __init__(
+        self, *, count: int, queue_size: int, upstream_blocked: Callable[[], float], shed_after: float
+    ) -> None:
         share = -(-queue_size // count)
         self._lanes = [_Lane(share) for _ in range(count)]
         self._upstream_blocked = upstream_blocked

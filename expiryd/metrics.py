@@ -32,135 +32,201 @@ class Metrics:
         Info("expiryd_build", "Version of the running expiryd.", registry=r).info({"version": __version__})
 
         # Election
-        self.is_leader = Gauge("expiryd_is_leader", "1 while this replica leads and hands events to handlers.",
-                               registry=r)
-        self.leader_term = Gauge("expiryd_leader_term",
-                                 "Fencing token of the current leadership term (0 when following).", registry=r)
-        self.leader_transitions = Counter("expiryd_leader_transitions",
-                                          "Times this replica became leader or stopped leading.", ["to"], registry=r)
-        self.leader_stepdowns = Counter("expiryd_leader_stepdowns",
-                                        "Times this replica stopped leading, by reason.", ["reason"], registry=r)
+        self.is_leader = Gauge(
+            "expiryd_is_leader", "1 while this replica leads and hands events to handlers.", registry=r
+        )
+        self.leader_term = Gauge(
+            "expiryd_leader_term", "Fencing token of the current leadership term (0 when following).", registry=r
+        )
+        self.leader_transitions = Counter(
+            "expiryd_leader_transitions", "Times this replica became leader or stopped leading.", ["to"], registry=r
+        )
+        self.leader_stepdowns = Counter(
+            "expiryd_leader_stepdowns", "Times this replica stopped leading, by reason.", ["reason"], registry=r
+        )
         self.leader_eligible = Gauge(
             "expiryd_leader_eligible",
             "1 when this replica may take the lease: its replay buffer has run long enough to cover a takeover.",
-            registry=r)
+            registry=r,
+        )
         self.subscriptions_unbroken_seconds = Gauge(
             "expiryd_subscriptions_unbroken_seconds",
             "How long every current primary has been subscribed without a break (0 while one is not).",
-            registry=r)
-        self.lock_renewals = Counter("expiryd_lock_renewals", "Lease renewals by result (ok, error, lost).",
-                                     ["result"], registry=r)
+            registry=r,
+        )
+        self.lock_renewals = Counter(
+            "expiryd_lock_renewals", "Lease renewals by result (ok, error, lost).", ["result"], registry=r
+        )
 
         # Fan-in
-        self.cluster_primaries = Gauge("expiryd_cluster_primaries", "Primaries in the last topology read.",
-                                       registry=r)
-        self.topology_refreshes = Counter("expiryd_topology_refreshes", "Topology reads by result.", ["result"],
-                                          registry=r)
-        self.node_subscribed = Gauge("expiryd_node_subscribed",
-                                     "1 while the expired-event subscription to this primary is live.", ["node"],
-                                     registry=r)
+        self.cluster_primaries = Gauge("expiryd_cluster_primaries", "Primaries in the last topology read.", registry=r)
+        self.topology_refreshes = Counter(
+            "expiryd_topology_refreshes", "Topology reads by result.", ["result"], registry=r
+        )
+        self.node_subscribed = Gauge(
+            "expiryd_node_subscribed",
+            "1 while the expired-event subscription to this primary is live.",
+            ["node"],
+            registry=r,
+        )
         self.node_notifications_ok = Gauge(
             "expiryd_node_notifications_ok",
             "1 when the primary's notify-keyspace-events is known to include every class expiryd needs "
-            "(E and x; g too with the schedule on).", ["node"], registry=r)
+            "(E and x; g too with the schedule on).",
+            ["node"],
+            registry=r,
+        )
         self.node_config_refused = Gauge(
             "expiryd_node_config_refused",
-            "1 when the primary refused CONFIG, so notifications could not be checked or repaired.", ["node"],
-            registry=r)
-        self.node_disconnects = Counter("expiryd_node_disconnects",
-                                        "Subscriptions lost, by node and reason.", ["node", "reason"], registry=r)
-        self.events_received = Counter("expiryd_events_received", "Expired events read from each primary.",
-                                       ["node"], registry=r)
-        self.events_dropped = Counter("expiryd_events_dropped",
-                                      "Events dropped before routing, by reason (queue_full).", ["reason"],
-                                      registry=r)
+            "1 when the primary refused CONFIG, so notifications could not be checked or repaired.",
+            ["node"],
+            registry=r,
+        )
+        self.node_disconnects = Counter(
+            "expiryd_node_disconnects", "Subscriptions lost, by node and reason.", ["node", "reason"], registry=r
+        )
+        self.events_received = Counter(
+            "expiryd_events_received", "Expired events read from each primary.", ["node"], registry=r
+        )
+        self.events_dropped = Counter(
+            "expiryd_events_dropped", "Events dropped before routing, by reason (queue_full).", ["reason"], registry=r
+        )
         self.queue_full_seconds = Counter(
             "expiryd_queue_full_seconds",
-            "Time a node subscription stopped reading because the merged queue was full.", ["node"], registry=r)
+            "Time a node subscription stopped reading because the merged queue was full.",
+            ["node"],
+            registry=r,
+        )
         self.queue_depth = Gauge("expiryd_queue_depth", "Events waiting in the merged queue.", registry=r)
 
         # Processing
-        self.events_skipped = Counter("expiryd_events_skipped",
-                                      "Events read while following, left for the leader.", registry=r)
+        self.events_skipped = Counter(
+            "expiryd_events_skipped", "Events read while following, left for the leader.", registry=r
+        )
         self.events_unrouted = Counter("expiryd_events_unrouted", "Events that matched no route.", registry=r)
         self.events_processed = Counter(
             "expiryd_events_processed",
             "Events by route and outcome: ok, dead_lettered and dropped are final; retried counts each retry.",
-            ["route", "outcome"], registry=r)
-        self.handler_attempts = Counter("expiryd_handler_attempts",
-                                        "Handler calls (one per batch attempt), by route and result (ok, error).",
-                                        ["route", "result"], registry=r)
-        self.event_handle_seconds = Histogram("expiryd_event_handle_seconds",
-                                              "Time a handler spent on one batch attempt.", ["route"],
-                                              buckets=_HANDLE_BUCKETS, registry=r)
-        self.event_lag_seconds = Histogram("expiryd_event_lag_seconds",
-                                           "Time from receiving a batch's oldest event to finishing the batch "
-                                           "(ok or dead-lettered); one observation per batch.",
-                                           ["route"], buckets=_LAG_BUCKETS, registry=r)
+            ["route", "outcome"],
+            registry=r,
+        )
+        self.handler_attempts = Counter(
+            "expiryd_handler_attempts",
+            "Handler calls (one per batch attempt), by route and result (ok, error).",
+            ["route", "result"],
+            registry=r,
+        )
+        self.event_handle_seconds = Histogram(
+            "expiryd_event_handle_seconds",
+            "Time a handler spent on one batch attempt.",
+            ["route"],
+            buckets=_HANDLE_BUCKETS,
+            registry=r,
+        )
+        self.event_lag_seconds = Histogram(
+            "expiryd_event_lag_seconds",
+            "Time from receiving a batch's oldest event to finishing the batch "
+            "(ok or dead-lettered); one observation per batch.",
+            ["route"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
         self.event_lateness_seconds = Histogram(
             "expiryd_event_lateness_seconds",
             "Time from a key's due time to the first handler call for its event (events with a known due time).",
-            ["route"], buckets=_LAG_BUCKETS, registry=r)
+            ["route"],
+            buckets=_LAG_BUCKETS,
+            registry=r,
+        )
         self.events_unscheduled = Counter(
             "expiryd_events_unscheduled",
             "Events a route handled without a known due time, so on Redis's own timing: the schedule was off, "
             "full or beyond its horizon, the node's notifications lack class g, or a lookup failed.",
-            ["route"], registry=r)
-        self.route_queue_depth = Gauge("expiryd_route_queue_depth",
-                                       "Events waiting for a route's handler.", ["route"], registry=r)
+            ["route"],
+            registry=r,
+        )
+        self.route_queue_depth = Gauge(
+            "expiryd_route_queue_depth", "Events waiting for a route's handler.", ["route"], registry=r
+        )
 
         # Replay
         self.history_gaps = Counter(
             "expiryd_leader_history_gaps",
             "Primaries whose subscription broke while this replica led: handed over to a replica that heard "
             "the gap, or uncovered (no replica heard it; its events are lost unless a payload sweep finds them).",
-            ["outcome"], registry=r)
+            ["outcome"],
+            registry=r,
+        )
         self.unheard_seconds = Counter(
             "expiryd_unheard_seconds",
             "Seconds of a primary's Pub/Sub stream that no replica heard: a leader's uncovered gap, or the "
             "history a new leader lacked at takeover (its worst primary). Expirations in them reach payload "
-            "routes through the sweep; other routes lose them.", registry=r)
-        self.replayed_events = Counter("expiryd_replayed_events",
-                                       "Events replayed from the buffer after taking over.", registry=r)
-        self.replay_buffer_events = Gauge("expiryd_replay_buffer_events",
-                                          "Recent events kept for replay, per node.", ["node"], registry=r)
-        self.replay_buffer_oldest_seconds = Gauge("expiryd_replay_buffer_oldest_seconds",
-                                                  "Age of the oldest event kept for replay.", registry=r)
+            "routes through the sweep; other routes lose them.",
+            registry=r,
+        )
+        self.replayed_events = Counter(
+            "expiryd_replayed_events", "Events replayed from the buffer after taking over.", registry=r
+        )
+        self.replay_buffer_events = Gauge(
+            "expiryd_replay_buffer_events", "Recent events kept for replay, per node.", ["node"], registry=r
+        )
+        self.replay_buffer_oldest_seconds = Gauge(
+            "expiryd_replay_buffer_oldest_seconds", "Age of the oldest event kept for replay.", registry=r
+        )
         self.replay_buffer_evicted = Counter(
             "expiryd_replay_buffer_evicted",
-            "Events pushed out of the replay buffer by replay.max_events before the window ended.", registry=r)
-        self.progress_writes = Counter("expiryd_progress_writes", "Progress records written by the leader.",
-                                       ["result"], registry=r)
+            "Events pushed out of the replay buffer by replay.max_events before the window ended.",
+            registry=r,
+        )
+        self.progress_writes = Counter(
+            "expiryd_progress_writes", "Progress records written by the leader.", ["result"], registry=r
+        )
 
         # Schedule
-        self.schedule_keys = Gauge("expiryd_schedule_keys", "Keys waiting for their due time in the schedule.",
-                                   registry=r)
+        self.schedule_keys = Gauge(
+            "expiryd_schedule_keys", "Keys waiting for their due time in the schedule.", registry=r
+        )
         self.schedule_admissions = Counter(
             "expiryd_schedule_admissions",
             "Due-time lookups by result: scheduled; beyond_horizon and full (these fire on Redis's timing); "
-            "no_ttl (persisted or gone); overflow and error (not looked up).", ["result"], registry=r)
+            "no_ttl (persisted or gone); overflow and error (not looked up).",
+            ["result"],
+            registry=r,
+        )
         self.schedule_touches = Counter(
             "expiryd_schedule_touches",
             "Keys touched at their due time by result: fired, rescheduled (TTL extended), no_ttl, early "
-            "(Redis's clock behind), error (retried).", ["result"], registry=r)
-        self.schedule_scans = Counter("expiryd_schedule_scans", "Recovery scans of a primary by result.",
-                                      ["result"], registry=r)
+            "(Redis's clock behind), error (retried).",
+            ["result"],
+            registry=r,
+        )
+        self.schedule_scans = Counter(
+            "expiryd_schedule_scans", "Recovery scans of a primary by result.", ["result"], registry=r
+        )
 
         # Orphan sweep
         self.swept_events = Counter(
             "expiryd_swept_events",
             "Expirations no subscriber heard, found by the sweep as payload companion keys left behind.",
-            ["route"], registry=r)
-        self.sweep_keys_scanned = Counter("expiryd_sweep_keys_scanned",
-                                          "Companion-named keys the sweep's SCANs returned.", registry=r)
-        self.sweeps = Counter("expiryd_sweeps", "Sweeps by result: complete, or error (a node's scan broke off).",
-                              ["result"], registry=r)
+            ["route"],
+            registry=r,
+        )
+        self.sweep_keys_scanned = Counter(
+            "expiryd_sweep_keys_scanned", "Companion-named keys the sweep's SCANs returned.", registry=r
+        )
+        self.sweeps = Counter(
+            "expiryd_sweeps", "Sweeps by result: complete, or error (a node's scan broke off).", ["result"], registry=r
+        )
         self.sweep_last_complete = Gauge(
             "expiryd_sweep_last_complete_timestamp_seconds",
-            "When the last sweep that scanned every primary ended (epoch seconds; 0: none yet).", registry=r)
+            "When the last sweep that scanned every primary ended (epoch seconds; 0: none yet).",
+            registry=r,
+        )
         self.sweep_interval = Gauge(
             "expiryd_sweep_interval_seconds",
-            "The sweep's configured interval while the sweeper runs; 0 when it is off.", registry=r)
+            "The sweep's configured interval while the sweeper runs; 0 when it is off.",
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,8 +29,15 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from redis.exceptions import NoPermissionError, ResponseError
 
-__all__ = ["EXPIRED_CLASSES", "SCHEDULE_CLASS", "NotificationStatus", "ensure_notifications", "merged_classes", "missing_classes",
-           "required_classes"]
+__all__ = [
+    "EXPIRED_CLASSES",
+    "SCHEDULE_CLASS",
+    "NotificationStatus",
+    "ensure_notifications",
+    "merged_classes",
+    "missing_classes",
+    "required_classes",
+]
 
 # The classes for expired keyevents, and those the schedule adds (``expire`` is a generic command event).
 EXPIRED_CLASSES = "Ex"
@@ -80,7 +87,9 @@ def merged_classes(current: str, required: str = EXPIRED_CLASSES) -> str:
     return current + missing_classes(current, required)
 
 
-async def ensure_notifications(client: aioredis.Redis, *, repair: bool, required: str = EXPIRED_CLASSES) -> NotificationStatus:
+async def ensure_notifications(
+    client: aioredis.Redis, *, repair: bool, required: str = EXPIRED_CLASSES
+) -> NotificationStatus:
     try:
         current = await _read(client)
     except (ResponseError, NoPermissionError):

@@ -47,7 +47,7 @@ class PayloadKeys:
         if slots == 0 or len(companion) < fixed or (len(companion) - fixed) % slots:
             return None
         start = len(parts[0])
-        key = companion[start:start + (len(companion) - fixed) // slots]
+        key = companion[start : start + (len(companion) - fixed) // slots]
         return key if key.join(parts) == companion else None
 
     async def fetch(self, keys: list[bytes]) -> list[bytes | None]:

@@ -53,8 +53,11 @@ class ProgressMark:
     kind: str = EXPIRED
 
     def to_json(self) -> str:
-        document = {"key_b64": base64.b64encode(self.key).decode("ascii"),
-                    "received_at": self.received_at, "term": self.term}
+        document = {
+            "key_b64": base64.b64encode(self.key).decode("ascii"),
+            "received_at": self.received_at,
+            "term": self.term,
+        }
         if self.kind != EXPIRED:  # marks written before kinds existed read back as expired
             document["kind"] = self.kind
         return json.dumps(document)
@@ -62,8 +65,12 @@ class ProgressMark:
     @classmethod
     def from_json(cls, text: str | bytes) -> ProgressMark:
         document = json.loads(text)
-        return cls(base64.b64decode(document["key_b64"]), float(document["received_at"]), int(document["term"]),
-                   str(document.get("kind", EXPIRED)))
+        return cls(
+            base64.b64decode(document["key_b64"]),
+            float(document["received_at"]),
+            int(document["term"]),
+            str(document.get("kind", EXPIRED)),
+        )
 
     @classmethod
     def of(cls, expiration: Expiration, term: int) -> ProgressMark:

@@ -97,11 +97,13 @@ class ReplayBuffer:
             return history
         start = {node: self._replay_start(history, node, mark, tolerance) for node, mark in marks.items()}
         everything = _Start(after_index=-1)  # a node without a mark: nothing of it was finished
-        return [expiration for index, expiration in enumerate(history)
-                if not _covers(start.get(expiration.node, everything), index, expiration)]
+        return [
+            expiration
+            for index, expiration in enumerate(history)
+            if not _covers(start.get(expiration.node, everything), index, expiration)
+        ]
 
-    def _replay_start(self, history: list[Expiration], node: str, mark: ProgressMark,
-                      tolerance: float) -> _Start:
+    def _replay_start(self, history: list[Expiration], node: str, mark: ProgressMark, tolerance: float) -> _Start:
         best_index, best_distance = -1, tolerance
         first_seen: float | None = None
         for index, expiration in enumerate(history):
@@ -152,8 +154,9 @@ class Replay:
         await replay.record(term=8, marks=completion.take_marks())
     """
 
-    def __init__(self, *, buffer: ReplayBuffer, store: ProgressStore, tolerance: float, record_interval: float,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self, *, buffer: ReplayBuffer, store: ProgressStore, tolerance: float, record_interval: float, metrics: Metrics
+    ) -> None:
         self.record_interval = record_interval
         self._buffer = buffer
         self._store = store
@@ -170,8 +173,10 @@ class Replay:
         """What the buffer holds beyond the last recorded marks, or beyond ``own`` where those are newer."""
         marks = await self._read_marks(own)
         pending = self._buffer.after(marks, tolerance=self._tolerance)
-        log.warning("replaying events no leader finished", extra={
-            "term": term, "events": len(pending), "progress": "unreadable" if marks is None else "read"})
+        log.warning(
+            "replaying events no leader finished",
+            extra={"term": term, "events": len(pending), "progress": "unreadable" if marks is None else "read"},
+        )
         self._metrics.replayed_events.inc(len(pending))
         return pending
 
@@ -205,16 +210,20 @@ class Replay:
         evicted = buffer.take_evicted()
         if evicted:
             self._metrics.replay_buffer_evicted.inc(evicted)
-            log.warning("replay buffer full: oldest events evicted before the window ended",
-                        extra={"evicted": evicted, "max_events": buffer.max_events})
+            log.warning(
+                "replay buffer full: oldest events evicted before the window ended",
+                extra={"evicted": evicted, "max_events": buffer.max_events},
+            )
 
     async def _read_marks(self, own: dict[str, ProgressMark]) -> dict[str, ProgressMark] | None:
         """The recorded marks, each replaced by ``own`` where that is newer; None if unreadable."""
         try:
             marks = await asyncio.wait_for(self._store.read(), self.record_interval * 2)
         except (*REDIS_FAILURES, ValueError, KeyError) as error:
-            log.error("cannot read the last leader's progress: replaying the whole buffer",
-                      extra={"reason": error.__class__.__name__})
+            log.error(
+                "cannot read the last leader's progress: replaying the whole buffer",
+                extra={"reason": error.__class__.__name__},
+            )
             return None
         for node, mark in own.items():
             if node not in marks or mark.term >= marks[node].term:

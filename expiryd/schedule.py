@@ -156,8 +156,9 @@ class Schedule:
             keys = self._seconds.pop(second)
             self._listed -= len(keys)
             due_of = self._due.get
-            self._active.extend((due, key, due) for key in keys
-                                if (due := due_of(key)) is not None and int(due) == second)
+            self._active.extend(
+                (due, key, due) for key in keys if (due := due_of(key)) is not None and int(due) == second
+            )
             opened = True
         if opened:
             heapq.heapify(self._active)  # once, in C: a push per key cost more than the rest of firing

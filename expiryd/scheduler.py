@@ -161,7 +161,7 @@ class Scheduler(Service):
         room = _MAX_PENDING - self._pending_count
         if room < len(wanted):
             self._metrics.schedule_admissions.labels(result="overflow").inc(len(wanted) - max(room, 0))
-            wanted = wanted[:max(room, 0)]
+            wanted = wanted[: max(room, 0)]
         self._pending.setdefault(address, []).extend(wanted)
         self._pending_count += len(wanted)
         self._learned.set()
@@ -187,13 +187,15 @@ class Scheduler(Service):
         """Schedule ``keys`` at the due times their primary ``node`` gives."""
         client = self._client(self._lookup_clients, node)
         for start in range(0, len(keys), _LOOKUP_CHUNK):
-            chunk = keys[start:start + _LOOKUP_CHUNK]
+            chunk = keys[start : start + _LOOKUP_CHUNK]
             try:
                 replies = await _pexpiretimes(client, chunk)
             except REDIS_FAILURES as error:
                 self._metrics.schedule_admissions.labels(result="error").inc(len(chunk))
-                log.warning("cannot look up due times: these keys fire on Redis's own timing", extra={
-                    "node": str(node), "keys": len(chunk), "error": describe_error(error)})
+                log.warning(
+                    "cannot look up due times: these keys fire on Redis's own timing",
+                    extra={"node": str(node), "keys": len(chunk), "error": describe_error(error)},
+                )
                 await self._drop_client(self._lookup_clients, node)
                 return
             self._admit(chunk, replies)
@@ -233,8 +235,7 @@ class Scheduler(Service):
             if term is not None and term != leading:
                 overdue = self._schedule.overdue()
                 if overdue:
-                    log.info("touching keys that came due while no one led", extra={
-                        "term": term, "keys": len(overdue)})
+                    log.info("touching keys that came due while no one led", extra={"term": term, "keys": len(overdue)})
                     await self._touch(overdue)
             leading = term
             now = time.time()
@@ -274,8 +275,10 @@ class Scheduler(Service):
         try:
             replies = await _pexpiretimes(client, [key for key, _ in entries])
         except REDIS_FAILURES as error:
-            log.warning("cannot touch due keys: retrying", extra={
-                "node": str(node), "keys": len(entries), "error": describe_error(error)})
+            log.warning(
+                "cannot touch due keys: retrying",
+                extra={"node": str(node), "keys": len(entries), "error": describe_error(error)},
+            )
             await self._drop_client(self._touch_clients, node)
             self._retry(entries)
             return
@@ -346,8 +349,13 @@ class Scheduler(Service):
                 cursor = 0
                 while True:
                     cursor, keys = await client.scan(cursor, match=pattern, count=_SCAN_COUNT)
-                    wanted = [key for key in keys if isinstance(key, bytes) and key not in self._internal_keys
-                              and self._router.match(key) is not None]
+                    wanted = [
+                        key
+                        for key in keys
+                        if isinstance(key, bytes)
+                        and key not in self._internal_keys
+                        and self._router.match(key) is not None
+                    ]
                     if wanted:
                         self._admit(wanted, await _pexpiretimes(client, wanted))
                     if cursor == 0:
@@ -360,8 +368,14 @@ class Scheduler(Service):
             return False
         self._metrics.schedule_scans.labels(result="complete").inc()
         self._report_size()
-        log.info("schedule recovered from a scan", extra={
-            "node": str(node), "seconds": round(time.monotonic() - started, 3), "scheduled": len(self._schedule)})
+        log.info(
+            "schedule recovered from a scan",
+            extra={
+                "node": str(node),
+                "seconds": round(time.monotonic() - started, 3),
+                "scheduled": len(self._schedule),
+            },
+        )
         return True
 
     # Connections

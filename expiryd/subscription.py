@@ -157,8 +157,9 @@ class NodeSubscription(Service):
         finally:
             await control.aclose()
 
-    async def _subscribe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         parser: hiredis.Reader) -> None:
+    async def _subscribe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: hiredis.Reader
+    ) -> None:
         if self._options.password is not None:
             credentials = [self._options.username] if self._options.username else []
             command = ("AUTH", *credentials, self._options.password)
@@ -174,8 +175,11 @@ class NodeSubscription(Service):
         try:
             await _reply(reader, parser, what="SUBSCRIBE")
         except SubscriptionRefused as error:
-            self._warn_once("expire_refused", f"cannot subscribe to {EXPIRE_CHANNEL.decode()}: this node's keys "
-                            f"fire on Redis's own timing, not on time ({error})")
+            self._warn_once(
+                "expire_refused",
+                f"cannot subscribe to {EXPIRE_CHANNEL.decode()}: this node's keys "
+                f"fire on Redis's own timing, not on time ({error})",
+            )
 
     async def _read(self, reader: asyncio.StreamReader, parser: hiredis.Reader) -> None:
         received = self._metrics.events_received.labels(node=self._node)
@@ -218,8 +222,10 @@ class NodeSubscription(Service):
         now = time.monotonic()
         if now - self._last_overflow_log >= _OVERFLOW_LOG_INTERVAL:
             self._last_overflow_log = now
-            log.error("merged queue full: dropping events", extra={
-                "node": self._node, "dropped": refused, "capacity": self._queue.capacity})
+            log.error(
+                "merged queue full: dropping events",
+                extra={"node": self._node, "dropped": refused, "capacity": self._queue.capacity},
+            )
 
     async def _watch(self, control: aioredis.Redis) -> None:
         ticks = 0
@@ -239,23 +245,34 @@ class NodeSubscription(Service):
                 await self._check_notifications(control)
 
     async def _check_notifications(self, control: aioredis.Redis) -> None:
-        status = await asyncio.wait_for(ensure_notifications(control, repair=self._repair, required=self._classes),
-                                        self._watchdog_timeout)
+        status = await asyncio.wait_for(
+            ensure_notifications(control, repair=self._repair, required=self._classes), self._watchdog_timeout
+        )
         self._metrics.node_notifications_ok.labels(node=self._node).set(status.ok)
         self._metrics.node_config_refused.labels(node=self._node).set(status.refused)
         if status.refused:
-            self._warn_once("config_refused", "CONFIG refused: cannot check or enable keyspace notifications; "
-                            f"set notify-keyspace-events to include {self._classes} on this node"
-                            + _without(self._classes))
+            self._warn_once(
+                "config_refused",
+                "CONFIG refused: cannot check or enable keyspace notifications; "
+                f"set notify-keyspace-events to include {self._classes} on this node" + _without(self._classes),
+            )
         elif status.repaired:
-            log.warning("enabled keyspace notifications",
-                        extra={"node": self._node, "before": status.before, "after": status.after})
+            log.warning(
+                "enabled keyspace notifications",
+                extra={"node": self._node, "before": status.before, "after": status.after},
+            )
         elif status.expired_missing:
-            self._warn_once("notifications_off", "notify-keyspace-events lacks Ex and "
-                            "redis.ensure_notifications is off: this node's expirations are not published")
+            self._warn_once(
+                "notifications_off",
+                "notify-keyspace-events lacks Ex and "
+                "redis.ensure_notifications is off: this node's expirations are not published",
+            )
         elif not status.ok:
-            self._warn_once("classes_off", f"notify-keyspace-events lacks {status.missing} and "
-                            "redis.ensure_notifications is off" + _without(status.missing))
+            self._warn_once(
+                "classes_off",
+                f"notify-keyspace-events lacks {status.missing} and "
+                "redis.ensure_notifications is off" + _without(status.missing),
+            )
 
     def _warn_once(self, kind: str, message: str) -> None:
         if kind not in self._warned:

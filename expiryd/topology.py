@@ -96,12 +96,13 @@ class ClusterView:
             if not node.is_primary:
                 continue
             for start, end in node.slot_ranges():
-                owners[start:end + 1] = [node.address] * (end - start + 1)
+                owners[start : end + 1] = [node.address] * (end - start + 1)
         return owners
 
     def slot_count(self, primary: NodeAddress) -> int:
-        return sum(end - start + 1 for node in self.nodes if node.address == primary
-                   for start, end in node.slot_ranges())
+        return sum(
+            end - start + 1 for node in self.nodes if node.address == primary for start, end in node.slot_ranges()
+        )
 
 
 def parse_cluster_nodes(text: str) -> tuple[ClusterNodeInfo, ...]:
@@ -113,13 +114,15 @@ def parse_cluster_nodes(text: str) -> tuple[ClusterNodeInfo, ...]:
         address_text = parts[1].split("@")[0].split(",")[0]
         if address_text.startswith(":"):
             continue  # a node that has not learned its own address yet
-        nodes.append(ClusterNodeInfo(
-            node_id=parts[0],
-            address=NodeAddress.parse(address_text),
-            flags=frozenset(parts[2].split(",")),
-            primary_id=None if parts[3] == "-" else parts[3],
-            slots=tuple(parts[8:]),
-        ))
+        nodes.append(
+            ClusterNodeInfo(
+                node_id=parts[0],
+                address=NodeAddress.parse(address_text),
+                flags=frozenset(parts[2].split(",")),
+                primary_id=None if parts[3] == "-" else parts[3],
+                slots=tuple(parts[8:]),
+            )
+        )
     return tuple(nodes)
 
 

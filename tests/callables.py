@@ -13,8 +13,9 @@ from expiryd import Event
 def _append(events: list[Event], handler: str) -> None:
     with open(os.environ["EXPIRYD_TEST_OUT"], "a", encoding="utf-8") as out:
         for event in events:
-            out.write(json.dumps({**event.to_json(), "handler": handler,
-                                  "thread": threading.current_thread().name}) + "\n")
+            out.write(
+                json.dumps({**event.to_json(), "handler": handler, "thread": threading.current_thread().name}) + "\n"
+            )
 
 
 def record_sync(events: list[Event]) -> None:

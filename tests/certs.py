@@ -19,14 +19,41 @@ def make_certificates(directory: Path) -> TlsFiles:
     ca, ca_key = directory / "ca.pem", directory / "ca.key"
     cert, key, request = directory / "node.pem", directory / "node.key", directory / "node.csr"
     extensions = directory / "node.ext"
-    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\n"
-                          "extendedKeyUsage = serverAuth, clientAuth\n")
-    _openssl("req", "-x509", "-new", "-nodes", "-newkey", "rsa:2048", "-keyout", ca_key, "-out", ca,
-             "-days", "2", "-subj", "/CN=expiryd test CA")
-    _openssl("req", "-new", "-nodes", "-newkey", "rsa:2048", "-keyout", key, "-out", request,
-             "-subj", "/CN=127.0.0.1")
-    _openssl("x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
-             "-days", "2", "-extfile", extensions)
+    extensions.write_text("subjectAltName = IP:127.0.0.1, DNS:localhost\nextendedKeyUsage = serverAuth, clientAuth\n")
+    _openssl(
+        "req",
+        "-x509",
+        "-new",
+        "-nodes",
+        "-newkey",
+        "rsa:2048",
+        "-keyout",
+        ca_key,
+        "-out",
+        ca,
+        "-days",
+        "2",
+        "-subj",
+        "/CN=expiryd test CA",
+    )
+    _openssl("req", "-new", "-nodes", "-newkey", "rsa:2048", "-keyout", key, "-out", request, "-subj", "/CN=127.0.0.1")
+    _openssl(
+        "x509",
+        "-req",
+        "-in",
+        request,
+        "-CA",
+        ca,
+        "-CAkey",
+        ca_key,
+        "-CAcreateserial",
+        "-out",
+        cert,
+        "-days",
+        "2",
+        "-extfile",
+        extensions,
+    )
     return TlsFiles(ca=ca, cert=cert, key=key)
 
 

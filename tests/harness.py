@@ -83,9 +83,20 @@ class Replica:
         self._stdout = self.stdout_path.open("wb")
         self._stderr = self.stderr_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "expiryd", "--id", name, "--config", str(config),
-             "--listen", f"127.0.0.1:{self.port}"],
-            stdout=self._stdout, stderr=self._stderr, stdin=subprocess.DEVNULL,
+            [
+                sys.executable,
+                "-m",
+                "expiryd",
+                "--id",
+                name,
+                "--config",
+                str(config),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+            ],
+            stdout=self._stdout,
+            stderr=self._stderr,
+            stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
 
@@ -146,6 +157,7 @@ class Replica:
                 return self.http("/readyz")[0] == 200
             except OSError:
                 return False
+
         wait_until(ready, timeout=timeout, what=f"replica {self.name} to be ready")
 
     # Control
@@ -156,8 +168,10 @@ class Replica:
 
     def assert_running(self) -> None:
         if not self.running:
-            raise AssertionError(f"replica {self.name} exited with {self.process.returncode}:\n"
-                                 + self.stderr_path.read_text(errors="replace")[-3000:])
+            raise AssertionError(
+                f"replica {self.name} exited with {self.process.returncode}:\n"
+                + self.stderr_path.read_text(errors="replace")[-3000:]
+            )
 
     def kill(self) -> None:
         self.process.kill()
@@ -220,7 +234,7 @@ def set_keys_due_at(cluster: LocalCluster, keys: list[bytes], due_ms: int | Call
         client = cluster.node(address).client(timeout=30)
         for start in range(0, len(node_keys), 10_000):
             pipe = client.pipeline(transaction=False)
-            for key in node_keys[start:start + 10_000]:
+            for key in node_keys[start : start + 10_000]:
                 pipe.execute_command("SET", key, b"v", "PXAT", due_of(key))
             pipe.execute()
         client.close()
@@ -249,9 +263,18 @@ class SteadyStream:
     companion key (the key's name as the payload, a day's TTL) is written just before it.
     """
 
-    def __init__(self, cluster: LocalCluster, *, prefix: str, rate: int = 200, ttl_ms: int = 400,
-                 hash_fields: bool = False, payload: str | None = None) -> None:
+    def __init__(
+        self,
+        cluster: LocalCluster,
+        *,
+        prefix: str,
+        rate: int = 200,
+        ttl_ms: int = 400,
+        hash_fields: bool = False,
+        payload: str | None = None,
+    ) -> None:
         import threading
+
         self.keys: list[bytes] = []
         self._cluster = cluster
         self._prefix = prefix
@@ -316,6 +339,7 @@ def wait_for_all(replicas, keys, timeout=30.0) -> Counter[bytes]:
     def done():
         counts = handled_counts(replicas)
         return counts if all(counts[k] for k in keys) else None
+
     try:
         return wait_until(done, timeout=timeout, interval=0.25, what="every key to be handled")
     except AssertionError:
@@ -334,12 +358,14 @@ def start_replicas(cluster, config_for, spawn, count=3, **overrides):
 
 def wait_until_eligible(replicas: list[Replica], timeout: float = 20.0) -> None:
     """Wait until every running follower's replay buffer has warmed up, so any of them may take over."""
+
     def eligible() -> bool:
         followers = [r for r in replicas if r.running and not r.leads()]
         try:
             return all(r.metric("expiryd_subscriptions_unbroken_seconds") >= WARMUP for r in followers)
         except OSError:
             return False  # a replica still starting: not listening yet
+
     wait_until(eligible, timeout=timeout, interval=0.2, what="followers to be eligible to lead")
 
 

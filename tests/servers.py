@@ -1,7 +1,7 @@
 """Standalone ``redis-server`` processes on loopback: independent Redlock masters, or a stream's own server.
 
-    with standalone_servers(3, tmp_path) as masters:
-        config = config_for(cluster, election={"masters": [m.url for m in masters]})
+with standalone_servers(3, tmp_path) as masters:
+    config = config_for(cluster, election={"masters": [m.url for m in masters]})
 """
 
 from __future__ import annotations
@@ -30,16 +30,31 @@ class StandaloneServer:
         return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2.0,
-                           **(self.tls.client_arguments() if self.tls else {}))
+        return redis.Redis(
+            host="127.0.0.1", port=self.port, socket_timeout=2.0, **(self.tls.client_arguments() if self.tls else {})
+        )
 
     def __enter__(self) -> StandaloneServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         listen = self.tls.server_arguments(self.port) if self.tls else ["--port", str(self.port)]
         self._process = subprocess.Popen(
-            ["redis-server", *listen, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory), "--logfile", "redis.log"],
-            stdin=subprocess.DEVNULL, start_new_session=True)
+            [
+                "redis-server",
+                *listen,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--logfile",
+                "redis.log",
+            ],
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         wait_until(self._pings, timeout=15, what=f"redis-server on port {self.port}")
         return self
 
@@ -59,5 +74,7 @@ class StandaloneServer:
 @contextmanager
 def standalone_servers(count: int, directory: Path, *, tls: TlsFiles | None = None) -> Iterator[list[StandaloneServer]]:
     with ExitStack() as stack:
-        yield [stack.enter_context(StandaloneServer(port=port, directory=directory / str(port), tls=tls))
-               for port in free_ports(count)]
+        yield [
+            stack.enter_context(StandaloneServer(port=port, directory=directory / str(port), tls=tls))
+            for port in free_ports(count)
+        ]

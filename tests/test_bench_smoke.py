@@ -12,8 +12,13 @@ ROOT = Path(__file__).parent.parent
 
 def test_benchmarks_run_in_smoke_mode(tmp_path):
     output = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, "-m", "bench", "all", "--smoke", "--json", str(output)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "all", "--smoke", "--json", str(output)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(output.read_text())
     assert report["machine"]["cores"] >= 1
@@ -26,6 +31,7 @@ def test_benchmarks_run_in_smoke_mode(tmp_path):
     readers = {row["reader"] for row in report["results"]["throughput"]}
     assert readers == {"bare redis-py subscriber", "redis-cli (C)", "expiryd (log)", "expiryd (stream)"}
     by_measure = {(row["measure"], row["handler"]): row for row in report["results"]["handlers"]}
-    assert set(by_measure) == {(measure, handler) for measure in ("throughput", "latency")
-                               for handler in ("log", "webhook", "stream")}
+    assert set(by_measure) == {
+        (measure, handler) for measure in ("throughput", "latency") for handler in ("log", "webhook", "stream")
+    }
     assert all(row["missing"] == 0 for (measure, _), row in by_measure.items() if measure == "latency")

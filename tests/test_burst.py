@@ -14,8 +14,16 @@ from .harness import Replica, rss_mb, set_keys_due_at, wait_for_single_leader, w
 BURST = 200_000
 
 
-def leader_with_keys_due(cluster: LocalCluster, config_for: Callable[..., Path], spawn: Callable[..., Replica], *,
-                         prefix: str, count: int, lead_ms: int, schedule: dict[str, Any] | None = None) -> Replica:
+def leader_with_keys_due(
+    cluster: LocalCluster,
+    config_for: Callable[..., Path],
+    spawn: Callable[..., Replica],
+    *,
+    prefix: str,
+    count: int,
+    lead_ms: int,
+    schedule: dict[str, Any] | None = None,
+) -> Replica:
     """A leader logging to /dev/null, and ``count`` keys all due ``lead_ms`` from now."""
     routes = [{"match": "*", "name": "all", "log": {"path": "/dev/null"}}]
     replica = spawn("1", config_for(cluster, routes=routes, schedule=schedule or {}))
@@ -33,9 +41,14 @@ def test_a_200k_key_burst_is_read_without_loss_or_output_buffer_disconnects(clus
 
     def received() -> float:
         return sum(replica.metric("expiryd_events_received_total", node=n.address) for n in primaries)
+
     wait_until(lambda: received() >= BURST, timeout=90, interval=0.5, what="every expiration to be read")
-    wait_until(lambda: replica.metric("expiryd_events_processed_total", route="all", outcome="ok") >= BURST,
-               timeout=30, interval=0.5, what="every expiration to be processed")
+    wait_until(
+        lambda: replica.metric("expiryd_events_processed_total", route="all", outcome="ok") >= BURST,
+        timeout=30,
+        interval=0.5,
+        what="every expiration to be processed",
+    )
 
     assert received() == BURST
     assert replica.metric("expiryd_events_dropped_total", reason="queue_full") == 0
@@ -47,14 +60,17 @@ def test_a_200k_key_burst_is_read_without_loss_or_output_buffer_disconnects(clus
 def test_a_million_key_flood_keeps_memory_bounded_and_accounts_for_every_event(cluster, config_for, spawn):
     flood = 1_000_000
     # The schedule is bounded too: a million keys in it alone would take about 150 MB.
-    replica = leader_with_keys_due(cluster, config_for, spawn, prefix="flood", count=flood, lead_ms=25_000,
-                                   schedule={"max_keys": 100_000})
+    replica = leader_with_keys_due(
+        cluster, config_for, spawn, prefix="flood", count=flood, lead_ms=25_000, schedule={"max_keys": 100_000}
+    )
     primaries = cluster.primaries()
 
     def outcomes() -> float:
-        return sum(replica.metric("expiryd_events_processed_total", route="all", outcome=outcome)
-                   for outcome in ("ok", "dropped")) + replica.metric("expiryd_events_dropped_total",
-                                                                      reason="queue_full")
+        return sum(
+            replica.metric("expiryd_events_processed_total", route="all", outcome=outcome)
+            for outcome in ("ok", "dropped")
+        ) + replica.metric("expiryd_events_dropped_total", reason="queue_full")
+
     wait_until(lambda: outcomes() >= flood, timeout=180, interval=0.5, what="every event handled or counted")
 
     assert outcomes() == flood  # handled, or shed and counted: none unaccounted for

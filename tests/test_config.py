@@ -26,8 +26,7 @@ def write(tmp_path: Path, text: str) -> str:
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "expiryd", *args], capture_output=True, text=True, timeout=30,
-                          env=env)
+    return subprocess.run([sys.executable, "-m", "expiryd", *args], capture_output=True, text=True, timeout=30, env=env)
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("5s", 5.0), ("1m", 60.0), ("2", 2.0), ("1.5s", 1.5)])
@@ -88,48 +87,73 @@ def test_environment_lists_are_comma_separated(tmp_path):
 def test_password_comes_from_environment_or_file_and_is_not_shown(tmp_path):
     secret = tmp_path / "password"
     secret.write_text("s3cret\n", encoding="utf-8")
-    config = load_config(path=write(tmp_path, MINIMAL),
-                         environ={"EXPIRYD_REDIS_PASSWORD_FILE": str(secret)})
+    config = load_config(path=write(tmp_path, MINIMAL), environ={"EXPIRYD_REDIS_PASSWORD_FILE": str(secret)})
     assert config.redis.password == "s3cret"
     assert "s3cret" not in repr(config)
     assert load_config(path=write(tmp_path, MINIMAL), environ={"EXPIRYD_REDIS_PASSWORD": "x"}).redis.password == "x"
 
 
-@pytest.mark.parametrize(("text", "key", "problem"), [
-    (MINIMAL + "bogus: 1\n", "bogus", "unknown key"),
-    (MINIMAL.replace('["redis://127.0.0.1:7000"]', "[7000]"), "redis.nodes[0]", "expected a string"),
-    (MINIMAL + "election:\n  lease: soon\n", "election.lease", "expected a duration"),
-    (MINIMAL + "election:\n  renew_deadline: 6s\n", "election.renew_deadline", "shorter than election.lease"),
-    (MINIMAL + "redis_password: x\n", "redis_password", "unknown key"),
-    (MINIMAL.replace("nodes:", "password: x\n  nodes:"), "redis.password", "EXPIRYD_REDIS_PASSWORD"),
-    (MINIMAL.replace("redis://127.0.0.1", "redis://:pw@127.0.0.1"), "redis.nodes[0]", "holds a password"),
-    (MINIMAL.replace("redis://127.0.0.1", "rediss://127.0.0.1").replace(
-        "redis:\n", "redis:\n  tls: {ca_file: /nonexistent/ca.pem}\n"), "redis.tls.ca_file", "no such file"),
-    (MINIMAL + "election:\n  masters: ['rediss://10.0.0.1:6379']\n", "redis.nodes", "mixes redis:// and rediss://"),
-    (MINIMAL.replace("    log: {}\n", ""), "routes[0]", "exactly one handler"),
-    (MINIMAL + "pipeline:\n  queue_size: many\n", "pipeline.queue_size", "whole number"),
-    (MINIMAL.replace("log: {}", "log: {}\n    payload: '{id}:data'"), "routes[0].payload", "must contain {key}"),
-    (MINIMAL.replace("log: {}", "python: 'no_such_module:handle'"), "routes[0].python", "cannot import"),
-    (MINIMAL.replace("log: {}", "python: 'expiryd.config'"), "routes[0].python", "package.module:function"),
-    (MINIMAL.replace("log: {}", "webhook: {url: 'ftp://host/x'}"), "routes[0].webhook.url", "http:// or https://"),
-    (MINIMAL.replace("log: {}", "webhook: {url: 'http://h/x', secret_env: NOPE}"), "routes[0].webhook.secret_env",
-     "NOPE is not set"),
-    (MINIMAL.replace("log: {}", "log: {}\n    batch: {size: 0}"), "routes[0].batch.size", "at least 1"),
-    (MINIMAL.replace("log: {}", "log: {}\n    batch: {max_wait: -1s}"), "routes[0].batch.max_wait",
-     "expected a duration"),
-    (MINIMAL.replace("log: {}", "stream: {name: s, url: 'redis://:pw@h:1'}"), "routes[0].stream.url",
-     "holds a password"),
-    (MINIMAL.replace("log: {}", "stream: {name: s, url: 'rediss://h:1', tls: {cert_file: /c.pem}}"),
-     "routes[0].stream.tls.cert_file", "needs both cert_file and key_file"),
-    (MINIMAL.replace("log: {}", "log: {}\n    events: [expired, hexpird]"), "routes[0].events[1]",
-     "expected expired or hexpired, got 'hexpird'"),
-    (MINIMAL.replace("log: {}", "log: {}\n    events: []"), "routes[0].events", "needs at least one of"),
-    (MINIMAL.replace("log: {}", "log: {}\n    events: expired"), "routes[0].events", "expected a list"),
-    (MINIMAL.replace("log: {}", "log: {}\n    events: [hexpired, hexpired]"), "routes[0].events",
-     "lists the same event twice"),
-    (MINIMAL + "sweep:\n  scan_rate: 0\n", "sweep.scan_rate", "must be positive"),
-    (MINIMAL + "sweep:\n  count: 0\n", "sweep.count", "must be positive"),
-])
+@pytest.mark.parametrize(
+    ("text", "key", "problem"),
+    [
+        (MINIMAL + "bogus: 1\n", "bogus", "unknown key"),
+        (MINIMAL.replace('["redis://127.0.0.1:7000"]', "[7000]"), "redis.nodes[0]", "expected a string"),
+        (MINIMAL + "election:\n  lease: soon\n", "election.lease", "expected a duration"),
+        (MINIMAL + "election:\n  renew_deadline: 6s\n", "election.renew_deadline", "shorter than election.lease"),
+        (MINIMAL + "redis_password: x\n", "redis_password", "unknown key"),
+        (MINIMAL.replace("nodes:", "password: x\n  nodes:"), "redis.password", "EXPIRYD_REDIS_PASSWORD"),
+        (MINIMAL.replace("redis://127.0.0.1", "redis://:pw@127.0.0.1"), "redis.nodes[0]", "holds a password"),
+        (
+            MINIMAL.replace("redis://127.0.0.1", "rediss://127.0.0.1").replace(
+                "redis:\n", "redis:\n  tls: {ca_file: /nonexistent/ca.pem}\n"
+            ),
+            "redis.tls.ca_file",
+            "no such file",
+        ),
+        (MINIMAL + "election:\n  masters: ['rediss://10.0.0.1:6379']\n", "redis.nodes", "mixes redis:// and rediss://"),
+        (MINIMAL.replace("    log: {}\n", ""), "routes[0]", "exactly one handler"),
+        (MINIMAL + "pipeline:\n  queue_size: many\n", "pipeline.queue_size", "whole number"),
+        (MINIMAL.replace("log: {}", "log: {}\n    payload: '{id}:data'"), "routes[0].payload", "must contain {key}"),
+        (MINIMAL.replace("log: {}", "python: 'no_such_module:handle'"), "routes[0].python", "cannot import"),
+        (MINIMAL.replace("log: {}", "python: 'expiryd.config'"), "routes[0].python", "package.module:function"),
+        (MINIMAL.replace("log: {}", "webhook: {url: 'ftp://host/x'}"), "routes[0].webhook.url", "http:// or https://"),
+        (
+            MINIMAL.replace("log: {}", "webhook: {url: 'http://h/x', secret_env: NOPE}"),
+            "routes[0].webhook.secret_env",
+            "NOPE is not set",
+        ),
+        (MINIMAL.replace("log: {}", "log: {}\n    batch: {size: 0}"), "routes[0].batch.size", "at least 1"),
+        (
+            MINIMAL.replace("log: {}", "log: {}\n    batch: {max_wait: -1s}"),
+            "routes[0].batch.max_wait",
+            "expected a duration",
+        ),
+        (
+            MINIMAL.replace("log: {}", "stream: {name: s, url: 'redis://:pw@h:1'}"),
+            "routes[0].stream.url",
+            "holds a password",
+        ),
+        (
+            MINIMAL.replace("log: {}", "stream: {name: s, url: 'rediss://h:1', tls: {cert_file: /c.pem}}"),
+            "routes[0].stream.tls.cert_file",
+            "needs both cert_file and key_file",
+        ),
+        (
+            MINIMAL.replace("log: {}", "log: {}\n    events: [expired, hexpird]"),
+            "routes[0].events[1]",
+            "expected expired or hexpired, got 'hexpird'",
+        ),
+        (MINIMAL.replace("log: {}", "log: {}\n    events: []"), "routes[0].events", "needs at least one of"),
+        (MINIMAL.replace("log: {}", "log: {}\n    events: expired"), "routes[0].events", "expected a list"),
+        (
+            MINIMAL.replace("log: {}", "log: {}\n    events: [hexpired, hexpired]"),
+            "routes[0].events",
+            "lists the same event twice",
+        ),
+        (MINIMAL + "sweep:\n  scan_rate: 0\n", "sweep.scan_rate", "must be positive"),
+        (MINIMAL + "sweep:\n  count: 0\n", "sweep.count", "must be positive"),
+    ],
+)
 def test_bad_config_names_file_key_and_problem(tmp_path, text, key, problem):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as caught:
@@ -139,23 +163,29 @@ def test_bad_config_names_file_key_and_problem(tmp_path, text, key, problem):
     assert problem in caught.value.problem
 
 
-@pytest.mark.parametrize(("setting", "consequence"), [
-    ("warmup", "a replica that joined after the last leader's final record could take over"),
-    ("window", "events expiring while nobody leads leave the buffer before they are replayed"),
-])
-def test_replay_timings_shorter_than_the_takeover_gap_are_refused_with_the_gap_spelled_out(tmp_path, setting,
-                                                                                          consequence):
+@pytest.mark.parametrize(
+    ("setting", "consequence"),
+    [
+        ("warmup", "a replica that joined after the last leader's final record could take over"),
+        ("window", "events expiring while nobody leads leave the buffer before they are replayed"),
+    ],
+)
+def test_replay_timings_shorter_than_the_takeover_gap_are_refused_with_the_gap_spelled_out(
+    tmp_path, setting, consequence
+):
     with pytest.raises(ConfigError) as caught:
         load_config(path=write(tmp_path, MINIMAL + f"replay:\n  {setting}: 6s\n"), environ={})
     assert caught.value.key == f"replay.{setting}"
-    assert caught.value.problem == ("must be longer than the takeover gap, lease + 1.2 x retry_interval + "
-                                    f"renew_interval (6.6s), or {consequence}")
+    assert caught.value.problem == (
+        f"must be longer than the takeover gap, lease + 1.2 x retry_interval + renew_interval (6.6s), or {consequence}"
+    )
 
 
 def test_derived_replay_timings_follow_the_election_timings(tmp_path):
     config = load_config(path=write(tmp_path, MINIMAL + "election:\n  lease: 10s\n"), environ={})
     assert takeover_gap(config.election) == 11.6
     assert (config.replay.warmup, config.replay.window) == (13.0, 25.0)
+
 
 def test_a_signed_webhook_over_plain_http_off_this_host_is_refused_unless_allowed(tmp_path):
     (tmp_path / "secret").write_text("s3cret")
@@ -173,7 +203,8 @@ def test_a_signed_webhook_over_plain_http_off_this_host_is_refused_unless_allowe
 def test_webhook_secret_and_stream_password_come_from_environment_or_file(tmp_path):
     (tmp_path / "password").write_text("p4ss\n")
     routes = MINIMAL.replace("log: {}", "webhook: {url: 'https://h/x', secret_env: HOOK_SECRET}") + (
-        f"  - match: 'x'\n    stream: {{name: s, url: 'redis://h:1', password_file: '{tmp_path / 'password'}'}}\n")
+        f"  - match: 'x'\n    stream: {{name: s, url: 'redis://h:1', password_file: '{tmp_path / 'password'}'}}\n"
+    )
     config = load_config(path=write(tmp_path, routes), environ={"HOOK_SECRET": "s3cret"})
     webhook, stream = config.routes[0].webhook, config.routes[1].stream
     assert webhook is not None and stream is not None
@@ -192,7 +223,8 @@ def test_cli_exits_2_with_one_line_and_no_traceback(tmp_path):
     result = run_cli("--config", path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"expiryd: config error: {path}: election.lease: expected a duration like 500ms, 5s or 1m, got 'soon'"]
+        f"expiryd: config error: {path}: election.lease: expected a duration like 500ms, 5s or 1m, got 'soon'"
+    ]
     assert "Traceback" not in result.stderr
 
 
@@ -201,7 +233,8 @@ def test_cli_exits_2_naming_the_route_event_that_is_not_known(tmp_path):
     result = run_cli("--config", path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"expiryd: config error: {path}: routes[0].events[1]: expected expired or hexpired, got 'evicted'"]
+        f"expiryd: config error: {path}: routes[0].events[1]: expected expired or hexpired, got 'evicted'"
+    ]
 
 
 def test_routes_take_expired_events_unless_they_list_others(tmp_path):
@@ -219,6 +252,7 @@ def test_cli_reports_a_missing_file_the_same_way(tmp_path):
 
 def test_check_exits_2_when_no_seed_is_reachable(tmp_path):
     from .harness import free_port
+
     path = write(tmp_path, MINIMAL.replace("7000", str(free_port())))
     result = run_cli("check", "--config", path)
     assert result.returncode == 2
@@ -263,10 +297,21 @@ def test_example_config_shows_every_option_with_its_default(tmp_path):
     text = example.read_text()
     first_route = config.routes[0]
     assert dataclasses.replace(first_route, name=None, log=None) == RouteConfig(match=first_route.match)
-    for section_type in (type(defaults.redis), type(defaults.election), type(defaults.pipeline),
-                         type(defaults.replay), type(defaults.dead_letter), type(defaults.sweep), RouteConfig,
-                         BatchConfig, RetryConfig,
-                         WebhookConfig, StreamConfig, TlsConfig, type(defaults.http)):
+    for section_type in (
+        type(defaults.redis),
+        type(defaults.election),
+        type(defaults.pipeline),
+        type(defaults.replay),
+        type(defaults.dead_letter),
+        type(defaults.sweep),
+        RouteConfig,
+        BatchConfig,
+        RetryConfig,
+        WebhookConfig,
+        StreamConfig,
+        TlsConfig,
+        type(defaults.http),
+    ):
         for setting in dataclasses.fields(section_type):
             if not setting.metadata.get("secret"):
                 assert f"{setting.name}:" in text, f"{setting.name} is missing from the example"

@@ -75,8 +75,12 @@ def test_equally_placed_replicas_yield_to_the_lowest_name():
 
 
 def test_a_replica_with_a_primary_down_defers_to_one_subscribed_to_all():
-    assert not may_lead(replica("1", a=None, b=0.0), others=[replica("2", a=300.0, b=300.0)],
-                        marks=marks(a=100.0, b=100.0), tolerance=TOLERANCE)
+    assert not may_lead(
+        replica("1", a=None, b=0.0),
+        others=[replica("2", a=300.0, b=300.0)],
+        marks=marks(a=100.0, b=100.0),
+        tolerance=TOLERANCE,
+    )
 
 
 def test_every_replica_missing_the_same_primary_still_elects_one():
@@ -92,10 +96,18 @@ def reported(name: str, at: float, **since: float | None) -> Coverage:
 def test_a_leader_may_hand_over_only_to_a_replica_that_covers_every_mark():
     recorded = marks(a=100.0, b=100.0)
     fresh = 200.0
-    assert covered_elsewhere(others=[reported("2", fresh, a=50.0, b=50.0)], marks=recorded, tolerance=TOLERANCE,
-                             after=150.0) is True
-    assert covered_elsewhere(others=[reported("2", fresh, a=50.0, b=99.0)], marks=recorded, tolerance=TOLERANCE,
-                             after=150.0) is False
+    assert (
+        covered_elsewhere(
+            others=[reported("2", fresh, a=50.0, b=50.0)], marks=recorded, tolerance=TOLERANCE, after=150.0
+        )
+        is True
+    )
+    assert (
+        covered_elsewhere(
+            others=[reported("2", fresh, a=50.0, b=99.0)], marks=recorded, tolerance=TOLERANCE, after=150.0
+        )
+        is False
+    )
     assert covered_elsewhere(others=[], marks=recorded, tolerance=TOLERANCE, after=150.0) is False
 
 
@@ -103,8 +115,12 @@ def test_a_report_older_than_the_gap_cannot_tell_whether_that_replica_heard_it()
     recorded = marks(a=100.0)
     stale = reported("2", 151.0, a=50.0)  # within the tolerance of the gap at 150: maybe before it, on its clock
     assert covered_elsewhere(others=[stale], marks=recorded, tolerance=TOLERANCE, after=150.0) is None
-    assert covered_elsewhere(others=[stale, reported("3", 160.0, a=10.0)], marks=recorded, tolerance=TOLERANCE,
-                             after=150.0) is True
+    assert (
+        covered_elsewhere(
+            others=[stale, reported("3", 160.0, a=10.0)], marks=recorded, tolerance=TOLERANCE, after=150.0
+        )
+        is True
+    )
 
 
 def test_a_report_survives_its_json_form():

@@ -68,31 +68,56 @@ class Term:
         return self.current
 
 
-def make_route(handler: Recorder, *, retry: RetryConfig = FAST_RETRY, concurrency: int = 1,
-               queue_size: int = 100) -> Route:
-    return Route(config=RouteConfig(match="*", name="orders", concurrency=concurrency, queue_size=queue_size,
-                                    batch=BatchConfig(size=10), retry=retry), handler=handler)
+def make_route(
+    handler: Recorder, *, retry: RetryConfig = FAST_RETRY, concurrency: int = 1, queue_size: int = 100
+) -> Route:
+    return Route(
+        config=RouteConfig(
+            match="*",
+            name="orders",
+            concurrency=concurrency,
+            queue_size=queue_size,
+            batch=BatchConfig(size=10),
+            retry=retry,
+        ),
+        handler=handler,
+    )
 
 
 class Setup:
-    def __init__(self, handler: Recorder, *, retry: RetryConfig = FAST_RETRY, stream_down: bool = False,
-                 upstream_blocked: float = 0.0, queue_size: int = 100) -> None:
+    def __init__(
+        self,
+        handler: Recorder,
+        *,
+        retry: RetryConfig = FAST_RETRY,
+        stream_down: bool = False,
+        upstream_blocked: float = 0.0,
+        queue_size: int = 100,
+    ) -> None:
         self.metrics = Metrics()
         self.leadership = Term(1)
         self.completion = Completion(term=1, marks={})
         self.stream = StreamClient(down=stream_down)
         self.delivery = RouteDelivery(
-            route=make_route(handler, retry=retry, queue_size=queue_size), term=1, replica="r1",
-            leadership=self.leadership, completion=self.completion,
-            dead_letters=DeadLetters(client=self.stream, stream="dead", maxlen=100), metrics=self.metrics,
-            upstream_blocked=lambda: upstream_blocked, shed_after=1.0, grace=5.0)
+            route=make_route(handler, retry=retry, queue_size=queue_size),
+            term=1,
+            replica="r1",
+            leadership=self.leadership,
+            completion=self.completion,
+            dead_letters=DeadLetters(client=self.stream, stream="dead", maxlen=100),
+            metrics=self.metrics,
+            upstream_blocked=lambda: upstream_blocked,
+            shed_after=1.0,
+            grace=5.0,
+        )
 
     async def submit(self, *keys: bytes) -> None:
         await self.delivery.submit([self.completion.add(Expiration(key, "n:1", 1.0)) for key in keys])
 
     def processed(self, outcome: str) -> float:
         value = self.metrics.registry.get_sample_value(
-            "expiryd_events_processed_total", {"route": "orders", "outcome": outcome})
+            "expiryd_events_processed_total", {"route": "orders", "outcome": outcome}
+        )
         return value or 0.0
 
 
@@ -211,9 +236,17 @@ def test_abandoned_events_stay_unfinished_and_reach_no_handler():
         handler = Slow()
         setup = Setup(handler)
         setup.delivery = RouteDelivery(
-            route=make_route(handler, concurrency=1), term=1, replica="r1", leadership=setup.leadership,
-            completion=setup.completion, dead_letters=DeadLetters(client=setup.stream, stream="dead", maxlen=9),
-            metrics=setup.metrics, upstream_blocked=lambda: 0.0, shed_after=1.0, grace=5.0)
+            route=make_route(handler, concurrency=1),
+            term=1,
+            replica="r1",
+            leadership=setup.leadership,
+            completion=setup.completion,
+            dead_letters=DeadLetters(client=setup.stream, stream="dead", maxlen=9),
+            metrics=setup.metrics,
+            upstream_blocked=lambda: 0.0,
+            shed_after=1.0,
+            grace=5.0,
+        )
         setup.delivery.start()
         await setup.submit(b"in-flight")
         await asyncio.sleep(0.01)

@@ -65,7 +65,10 @@ def test_compose_runs_six_redis_nodes_three_replicas_and_prometheus():
     assert "prometheus" in services and "cluster-create" in services
     scrape = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == [
-        "expiryd-1:9101", "expiryd-2:9101", "expiryd-3:9101"]
+        "expiryd-1:9101",
+        "expiryd-2:9101",
+        "expiryd-3:9101",
+    ]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -90,8 +93,11 @@ def test_deployment_keeps_the_hand_off_and_security_rules(overlay):
     assert env["EXPIRYD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     config_map = of_kind(documents, "ConfigMap")
@@ -137,9 +143,16 @@ def test_prometheus_rules_pass_promtool_and_name_real_metrics(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     alerts = {r["alert"]: r["expr"] for group in rule["spec"]["groups"] for r in group["rules"]}
     assert alerts["ExpirydNoLeader"] == "sum(expiryd_is_leader) == 0"
-    assert {"ExpirydSeveralLeaders", "ExpirydNodeNotSubscribed", "ExpirydNotificationsDisabled",
-            "ExpirydEventsDropped", "ExpirydQueueSaturated", "ExpirydEventsDeadLettered", "ExpirydRouteDropping",
-            "ExpirydRouteLagging"} <= alerts.keys()
+    assert {
+        "ExpirydSeveralLeaders",
+        "ExpirydNodeNotSubscribed",
+        "ExpirydNotificationsDisabled",
+        "ExpirydEventsDropped",
+        "ExpirydQueueSaturated",
+        "ExpirydEventsDeadLettered",
+        "ExpirydRouteDropping",
+        "ExpirydRouteLagging",
+    } <= alerts.keys()
     known = metric_names()
     for expr in alerts.values():
         for name in re.findall(r"expiryd_[a-z_]+", expr):
@@ -149,8 +162,12 @@ def test_prometheus_rules_pass_promtool_and_name_real_metrics(tmp_path):
 def test_grafana_dashboard_is_json_whose_queries_name_real_metrics():
     dashboard = json.loads((ROOT / "deploy" / "grafana" / "expiryd-dashboard.json").read_text())
     known = metric_names()
-    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
-               for name in re.findall(r"expiryd_[a-z_]+", target["expr"])}
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"expiryd_[a-z_]+", target["expr"])
+    }
     assert queried and queried <= known, queried - known
     titles = " ".join(panel["title"] for panel in dashboard["panels"]).lower()
     for topic in ("leader", "node", "route", "renewals", "queue"):

@@ -141,7 +141,6 @@ def test_a_leader_paused_past_its_lease_does_not_act_when_it_wakes(shared_cluste
     assert wait_until(lambda: old.logged("stepped down"), timeout=5, what="the paused leader to step down")
 
 
-
 # In process: the elector's step-down timing against a lock that answers as told.
 
 
@@ -187,8 +186,9 @@ def lease_gone() -> ExtendUnlockedLock:
 
 
 def elector_with_fake_lock(**timings: float) -> tuple[Elector, FakeLock, Metrics]:
-    settings = ElectionConfig(**{"lease": 5.0, "renew_interval": 0.05, "renew_deadline": 0.3,
-                                 "retry_interval": 0.05, **timings})
+    settings = ElectionConfig(
+        **{"lease": 5.0, "renew_interval": 0.05, "renew_deadline": 0.3, "retry_interval": 0.05, **timings}
+    )
     metrics = Metrics()
     elector = Elector(masters=[FakeMaster()], settings=settings, metrics=metrics)
     lock = FakeLock()

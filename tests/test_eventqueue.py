@@ -29,6 +29,7 @@ def test_queue_get_waits_for_a_put():
         assert not waiter.done()
         queue.put([expiration(b"late")])
         return [e.key for e in await waiter]
+
     assert asyncio.run(scenario()) == [b"late"]
 
 
@@ -41,6 +42,7 @@ def test_put_within_waits_for_room_then_takes_the_rest_in_order():
         first = await queue.get()
         assert await putting == 0
         return [e.key for e in first + await queue.get()]
+
     assert asyncio.run(scenario()) == [b"a", b"b", b"c"]
 
 
@@ -48,6 +50,7 @@ def test_put_within_gives_up_after_its_timeout_and_reports_what_did_not_fit():
     async def scenario() -> int:
         queue = EventQueue(capacity=1)
         return await queue.put_within([expiration(b"a"), expiration(b"b"), expiration(b"c")], timeout=0.05)
+
     assert asyncio.run(scenario()) == 2
 
 
@@ -59,6 +62,7 @@ def test_a_busy_subscription_cannot_starve_another_waiting_for_room():
         async def busy_node() -> None:
             while True:
                 await queue.put_within([expiration(b"busy")], timeout=5)
+
         busy = asyncio.create_task(busy_node())
         await asyncio.sleep(0)
         quiet = asyncio.create_task(queue.put_within([expiration(b"quiet")], timeout=5))
@@ -70,6 +74,7 @@ def test_a_busy_subscription_cannot_starve_another_waiting_for_room():
         busy.cancel()
         assert await quiet == 0
         return taken
+
     assert asyncio.run(scenario()) == [b"first", b"busy", b"quiet", b"busy"]
 
 
@@ -83,4 +88,5 @@ def test_room_goes_to_the_waiting_put_before_a_later_one():
         refused = queue.put([expiration(b"late")])
         await waiting
         return refused, [e.key for e in first + await queue.get()]
+
     assert asyncio.run(scenario()) == (1, [b"first", b"waiting"])

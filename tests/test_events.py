@@ -10,8 +10,7 @@ from expiryd.events import Event
 def test_event_json_uses_key_b64_only_for_non_utf8_keys():
     text = Event(b"order:1", "n:1", 1.5, 3, "r").to_json()
     binary = Event(b"\xff\x00", "n:1", 1.5, 3, "r").to_json()
-    assert text == {"key": "order:1", "kind": "expired", "node": "n:1", "term": 3, "replica": "r",
-                    "received_at": 1.5}
+    assert text == {"key": "order:1", "kind": "expired", "node": "n:1", "term": 3, "replica": "r", "received_at": 1.5}
     assert "key" not in binary and base64.b64decode(binary["key_b64"]) == b"\xff\x00"
 
 

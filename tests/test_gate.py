@@ -67,8 +67,14 @@ class FakeReplay:
 
 
 class Gate:
-    def __init__(self, *, term: int | None, replay: FakeReplay | None = None,
-                 internal_keys: frozenset[bytes] = frozenset(), heard_elsewhere: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        term: int | None,
+        replay: FakeReplay | None = None,
+        internal_keys: frozenset[bytes] = frozenset(),
+        heard_elsewhere: bool = False,
+    ) -> None:
         self.since: dict[str, float | None] = {"n:1": 1.0, "n:2": 1.0}
         self.heard_elsewhere = heard_elsewhere
         self.queue = EventQueue(capacity=1000)
@@ -76,14 +82,25 @@ class Gate:
         self.orders, self.other = Recorder(), Recorder()
         self.metrics = Metrics()
         self.replay = replay or FakeReplay()
-        routes = [Route(config=RouteConfig(match="order:*", name="orders", batch=BatchConfig(size=10)),
-                        handler=self.orders),
-                  Route(config=RouteConfig(match="*", name="other"), handler=self.other)]
-        self.gate = LeaderGate(queue=self.queue, leadership=self.leadership, router=Router(routes), replica="r1",
-                               metrics=self.metrics, replay=self.replay,
-                               dead_letters=DeadLetters(client=None, stream="dead", maxlen=9), overflow_wait=5.0,
-                               grace=5.0, due_times=NoSchedule(), internal_keys=internal_keys,
-                               coverage_since=lambda: self.since, covered_elsewhere=self._covered_elsewhere)
+        routes = [
+            Route(config=RouteConfig(match="order:*", name="orders", batch=BatchConfig(size=10)), handler=self.orders),
+            Route(config=RouteConfig(match="*", name="other"), handler=self.other),
+        ]
+        self.gate = LeaderGate(
+            queue=self.queue,
+            leadership=self.leadership,
+            router=Router(routes),
+            replica="r1",
+            metrics=self.metrics,
+            replay=self.replay,
+            dead_letters=DeadLetters(client=None, stream="dead", maxlen=9),
+            overflow_wait=5.0,
+            grace=5.0,
+            due_times=NoSchedule(),
+            internal_keys=internal_keys,
+            coverage_since=lambda: self.since,
+            covered_elsewhere=self._covered_elsewhere,
+        )
 
     async def _covered_elsewhere(self, marks: dict[str, ProgressMark], after: float) -> bool | None:
         return self.heard_elsewhere
@@ -224,8 +241,11 @@ def test_a_gap_no_other_replica_heard_is_accepted_and_the_mark_moves_on():
         g.gate.subscription_lost("n:1", heard_until=11.0)
         g.since["n:1"] = 14.0
         g.queue.put([Expiration(b"order:after-the-gap", "n:1", 20.0)])
-        await until(lambda: any(m.get("n:1", ProgressMark(b"", 0, 0)).key == b"order:after-the-gap"
-                                for _, m in g.replay.recorded))
+        await until(
+            lambda: any(
+                m.get("n:1", ProgressMark(b"", 0, 0)).key == b"order:after-the-gap" for _, m in g.replay.recorded
+            )
+        )
 
     g = run(Gate(term=3), scenario)
     assert g.leadership.handed_over == []

@@ -40,8 +40,15 @@ def test_log_handler_writes_one_json_line_per_event(tmp_path):
     assert path.read_text().count("\n") == 2
 
 
-def start_leader(spawn, config_for, cluster: LocalCluster, routes: list[dict[str, Any]], *,
-                 env: dict[str, str] | None = None, **overrides: Any):
+def start_leader(
+    spawn,
+    config_for,
+    cluster: LocalCluster,
+    routes: list[dict[str, Any]],
+    *,
+    env: dict[str, str] | None = None,
+    **overrides: Any,
+):
     replica = spawn("1", config_for(cluster, routes=routes, **overrides), env=env)
     replica.wait_ready()
     wait_for_single_leader([replica])
@@ -61,15 +68,21 @@ def dead_letter_config() -> dict[str, str]:
 
 
 def test_webhook_receives_every_event_in_per_key_order_with_a_valid_signature(
-        shared_cluster, config_for, spawn, tmp_path: Path):
+    shared_cluster, config_for, spawn, tmp_path: Path
+):
     secret = "correct horse battery staple"
     (tmp_path / "secret").write_text(secret + "\n")
     prefix = unique("hook")
     keys = [f"{prefix}:{i}".encode() for i in range(10)]
     rounds = 5
     with WebhookReceiver(delay=0.05) as receiver:
-        route = {"match": f"{prefix}:*", "name": "hook", "concurrency": 4, "batch": {"size": 3, "max_wait": "20ms"},
-                 "webhook": {"url": receiver.url, "secret_file": str(tmp_path / "secret")}}
+        route = {
+            "match": f"{prefix}:*",
+            "name": "hook",
+            "concurrency": 4,
+            "batch": {"size": 3, "max_wait": "20ms"},
+            "webhook": {"url": receiver.url, "secret_file": str(tmp_path / "secret")},
+        }
         start_leader(spawn, config_for, shared_cluster, [route])
         client = shared_cluster.client()
         for _ in range(rounds):
@@ -100,12 +113,19 @@ def test_webhook_receives_every_event_in_per_key_order_with_a_valid_signature(
 def test_a_receiver_that_fails_then_recovers_gets_the_event_retried(shared_cluster, config_for, spawn):
     key = unique("flaky").encode()
     with WebhookReceiver(respond=lambda request: 503 if request.number <= 2 else 200) as receiver:
-        route = {"match": key.decode(), "name": "flaky", "retry": {**FAST_RETRY, "max_attempts": 5},
-                 "webhook": {"url": receiver.url}}
+        route = {
+            "match": key.decode(),
+            "name": "flaky",
+            "retry": {**FAST_RETRY, "max_attempts": 5},
+            "webhook": {"url": receiver.url},
+        }
         replica = start_leader(spawn, config_for, shared_cluster, [route], dead_letter=dead_letter_config())
         expire_keys(shared_cluster, [key])
-        wait_until(lambda: [event_key(e) for e in receiver.events()] == [key], timeout=15,
-                   what="the event delivered on the third attempt")
+        wait_until(
+            lambda: [event_key(e) for e in receiver.events()] == [key],
+            timeout=15,
+            what="the event delivered on the third attempt",
+        )
         assert [request.status for request in receiver.requests] == [503, 503, 200]
     assert replica.metric("expiryd_events_processed_total", route="flaky", outcome="retried") == 2
     assert replica.metric("expiryd_events_processed_total", route="flaky", outcome="ok") == 1
@@ -154,8 +174,9 @@ def test_stream_entries_carry_the_documented_fields(shared_cluster, config_for, 
     start_leader(spawn, config_for, shared_cluster, [route])
     expire_keys(shared_cluster, keys)
 
-    wait_until(lambda: len(stream_entries(shared_cluster, stream)) == len(keys), timeout=15,
-               what="one stream entry per event")
+    wait_until(
+        lambda: len(stream_entries(shared_cluster, stream)) == len(keys), timeout=15, what="one stream entry per event"
+    )
     entries = stream_entries(shared_cluster, stream)
     assert sorted(entry[b"key"] for entry in entries) == sorted(keys)
     for entry in entries:
@@ -171,14 +192,17 @@ def test_stream_entries_carry_the_documented_fields(shared_cluster, config_for, 
 def test_sync_and_async_python_callables_get_the_events(shared_cluster, config_for, spawn, tmp_path: Path):
     out = tmp_path / "calls.jsonl"
     prefix = unique("py")
-    routes = [{"match": f"{prefix}:sync:*", "name": "sync", "python": "tests.callables:record_sync"},
-              {"match": f"{prefix}:async:*", "name": "async", "python": "tests.callables:record_async"}]
+    routes = [
+        {"match": f"{prefix}:sync:*", "name": "sync", "python": "tests.callables:record_sync"},
+        {"match": f"{prefix}:async:*", "name": "async", "python": "tests.callables:record_async"},
+    ]
     start_leader(spawn, config_for, shared_cluster, routes, env={"EXPIRYD_TEST_OUT": str(out)})
     keys = [f"{prefix}:sync:1".encode(), f"{prefix}:sync:2".encode(), f"{prefix}:async:1".encode()]
     expire_keys(shared_cluster, keys)
 
     def calls() -> list[dict[str, Any]]:
         return [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+
     wait_until(lambda: len(calls()) == 3, timeout=15, what="three calls")
     by_key = {event_key(call): call for call in calls()}
     assert by_key[keys[0]]["handler"] == by_key[keys[1]]["handler"] == "sync"
@@ -200,12 +224,21 @@ def test_payload_is_fetched_and_deleted_once_handled_or_dead_lettered(shared_clu
         return 400 if any(event_key(e) == refused for e in request.events) else 200
 
     with WebhookReceiver(respond=respond) as receiver:
-        route = {"match": f"{prefix}:*", "name": "orders", "payload": "{key}:payload", "batch": {"size": 1},
-                 "retry": FAST_RETRY, "webhook": {"url": receiver.url}}
+        route = {
+            "match": f"{prefix}:*",
+            "name": "orders",
+            "payload": "{key}:payload",
+            "batch": {"size": 1},
+            "retry": FAST_RETRY,
+            "webhook": {"url": receiver.url},
+        }
         start_leader(spawn, config_for, shared_cluster_each_server, [route], dead_letter=dead_letter)
         expire_keys(shared_cluster_each_server, [delivered, refused, bare])
-        wait_until(lambda: len(receiver.events()) == 2 and stream_entries(shared_cluster_each_server, dead_letter["stream"]),
-                   timeout=15, what="two deliveries and one dead-letter")
+        wait_until(
+            lambda: len(receiver.events()) == 2 and stream_entries(shared_cluster_each_server, dead_letter["stream"]),
+            timeout=15,
+            what="two deliveries and one dead-letter",
+        )
         by_key = {event_key(event): event for event in receiver.events()}
     assert by_key[delivered]["payload"] == '{"amount": 12}'
     assert by_key[bare]["payload"] is None
@@ -223,10 +256,16 @@ def test_a_slow_handler_keeps_its_queue_bounded_and_counts_what_it_sheds(shared_
     depths: list[float] = []
     merged_depths: list[float] = []
     with WebhookReceiver(delay=0.1) as receiver:
-        route = {"match": f"{prefix}:*", "name": "slow", "queue_size": 50, "batch": {"size": 10},
-                 "webhook": {"url": receiver.url}}
-        replica = start_leader(spawn, config_for, shared_cluster, [route],
-                               pipeline={"overflow_wait": "1s", "queue_size": 100})
+        route = {
+            "match": f"{prefix}:*",
+            "name": "slow",
+            "queue_size": 50,
+            "batch": {"size": 10},
+            "webhook": {"url": receiver.url},
+        }
+        replica = start_leader(
+            spawn, config_for, shared_cluster, [route], pipeline={"overflow_wait": "1s", "queue_size": 100}
+        )
         expire_keys(shared_cluster, keys, ttl_ms=100)
 
         def settled() -> bool:
@@ -235,6 +274,7 @@ def test_a_slow_handler_keeps_its_queue_bounded_and_counts_what_it_sheds(shared_
             ok = replica.metric("expiryd_events_processed_total", route="slow", outcome="ok")
             dropped = replica.metric("expiryd_events_processed_total", route="slow", outcome="dropped")
             return ok + dropped == len(keys)
+
         wait_until(settled, timeout=60, interval=0.1, what="every event delivered or shed")
         delivered = len(receiver.events())
     dropped = replica.metric("expiryd_events_processed_total", route="slow", outcome="dropped")
@@ -254,14 +294,19 @@ def test_keys_that_are_not_utf8_come_through_every_handler(shared_cluster, confi
         return f"{prefix}:{handler}:".encode() + b'\xff\xfe\x00"\n{key}*'
 
     with WebhookReceiver() as receiver:
-        routes = [{"match": f"{prefix}:log:*", "name": "log", "log": {}},
-                  {"match": f"{prefix}:hook:*", "name": "hook", "webhook": {"url": receiver.url}},
-                  {"match": f"{prefix}:stream:*", "name": "stream", "stream": {"name": stream}},
-                  {"match": f"{prefix}:py:*", "name": "py", "python": "tests.callables:record_sync"}]
+        routes = [
+            {"match": f"{prefix}:log:*", "name": "log", "log": {}},
+            {"match": f"{prefix}:hook:*", "name": "hook", "webhook": {"url": receiver.url}},
+            {"match": f"{prefix}:stream:*", "name": "stream", "stream": {"name": stream}},
+            {"match": f"{prefix}:py:*", "name": "py", "python": "tests.callables:record_sync"},
+        ]
         replica = start_leader(spawn, config_for, shared_cluster, routes, env={"EXPIRYD_TEST_OUT": str(out)})
         expire_keys(shared_cluster, [key(h) for h in ("log", "hook", "stream", "py")])
-        wait_until(lambda: receiver.events() and stream_entries(shared_cluster, stream) and out.exists()
-                   and replica.events(), timeout=15, what="every handler to get its key")
+        wait_until(
+            lambda: receiver.events() and stream_entries(shared_cluster, stream) and out.exists() and replica.events(),
+            timeout=15,
+            what="every handler to get its key",
+        )
         assert [event_key(e) for e in receiver.events()] == [key("hook")]
         assert receiver.events()[0]["key_b64"] == base64.b64encode(key("hook")).decode()
     assert [event_key(e) for e in replica.events()] == [key("log")]
@@ -270,13 +315,18 @@ def test_keys_that_are_not_utf8_come_through_every_handler(shared_cluster, confi
 
 
 def test_events_still_being_retried_when_the_leader_dies_are_delivered_by_the_next_leader(
-        shared_cluster, config_for, spawn):
+    shared_cluster, config_for, spawn
+):
     prefix = unique("retrying")
     keys = [f"{prefix}:{i}".encode() for i in range(20)]
     receiver_down = True
     with WebhookReceiver(respond=lambda request: 503 if receiver_down else 200) as receiver:
-        route = {"match": f"{prefix}:*", "name": "retrying", "webhook": {"url": receiver.url},
-                 "retry": {"max_attempts": 1000, "backoff": "100ms", "max_backoff": "200ms"}}
+        route = {
+            "match": f"{prefix}:*",
+            "name": "retrying",
+            "webhook": {"url": receiver.url},
+            "retry": {"max_attempts": 1000, "backoff": "100ms", "max_backoff": "200ms"},
+        }
         config = config_for(shared_cluster, routes=[route])
         first = spawn("1", config)
         first.wait_ready()
@@ -290,13 +340,17 @@ def test_events_still_being_retried_when_the_leader_dies_are_delivered_by_the_ne
         first.kill()
         receiver_down = False
         wait_until(lambda: second.leads(), timeout=15, what="the second replica to take over")
-        wait_until(lambda: {event_key(e) for e in receiver.events()} == set(keys), timeout=15,
-                   what="every key delivered by the new leader")
+        wait_until(
+            lambda: {event_key(e) for e in receiver.events()} == set(keys),
+            timeout=15,
+            what="every key delivered by the new leader",
+        )
         assert {e["term"] for e in receiver.events()} == {int(second.metric("expiryd_leader_term"))}
 
 
 def test_a_stream_batch_sent_to_a_node_that_does_not_own_the_stream_follows_moved_and_writes_each_entry_once(
-        shared_cluster: LocalCluster):
+    shared_cluster: LocalCluster,
+):
     stream = f"{{{unique('moved')}}}:expired"
     owner = shared_cluster.node_for_key(stream)
     other = next(node for node in shared_cluster.primaries() if node.port != owner.port)
@@ -315,6 +369,11 @@ def test_a_stream_batch_sent_to_a_node_that_does_not_own_the_stream_follows_move
         return now_owner
 
     assert asyncio.run(write_through_a_stale_slot_table()) == owner.port
-    expected = [{name.encode(): value if isinstance(value, bytes) else value.encode()
-                 for name, value in event.to_fields().items()} for event in events]
+    expected = [
+        {
+            name.encode(): value if isinstance(value, bytes) else value.encode()
+            for name, value in event.to_fields().items()
+        }
+        for event in events
+    ]
     assert stream_entries(shared_cluster, stream) == expected

@@ -24,8 +24,26 @@ from expiryd.routing import Route
 from .harness import event_key, expire_keys, wait_for_single_leader, wait_until
 from .receiver import WebhookReceiver
 
-SPECIAL = st.sampled_from([b"{key}", b"{", b"}", b"*", b"?", b"[", b"\n", b"\r", b'"', b"\\", b"\x00", b"\xff",
-                           b"\xc3\x28", "é".encode(), b"%s", b"{0}"])
+SPECIAL = st.sampled_from(
+    [
+        b"{key}",
+        b"{",
+        b"}",
+        b"*",
+        b"?",
+        b"[",
+        b"\n",
+        b"\r",
+        b'"',
+        b"\\",
+        b"\x00",
+        b"\xff",
+        b"\xc3\x28",
+        "é".encode(),
+        b"%s",
+        b"{0}",
+    ]
+)
 KEYS = st.lists(st.one_of(st.binary(max_size=40), SPECIAL), max_size=12).map(b"".join)
 
 
@@ -59,8 +77,7 @@ def test_the_payload_template_substitutes_the_key_exactly_once(key):
 @given(key=KEYS)
 def test_a_catch_all_route_matches_every_key_and_a_literal_route_only_its_own(key):
     assert Route(config=RouteConfig(match="*", name="all"), handler=None).matches(key)  # type: ignore[arg-type]
-    assert not Route(config=RouteConfig(match="literal", name="x"),
-                     handler=None).matches(key + b"!")  # type: ignore[arg-type]
+    assert not Route(config=RouteConfig(match="literal", name="x"), handler=None).matches(key + b"!")  # type: ignore[arg-type]
 
 
 @settings(max_examples=50)

@@ -29,8 +29,7 @@ def test_metrics_expose_every_documented_series(shared_cluster, config_for, spaw
     wait_for_single_leader([replica])
     expire_keys(shared_cluster, [b"metrics:1"])
     wait_until(lambda: replica.events(), timeout=10, what="one processed event")
-    wait_until(lambda: replica.metric("expiryd_lock_renewals_total", result="ok") >= 1, timeout=5,
-               what="a renewal")
+    wait_until(lambda: replica.metric("expiryd_lock_renewals_total", result="ok") >= 1, timeout=5, what="a renewal")
 
     status, text = replica.http("/metrics")
     assert status == 200

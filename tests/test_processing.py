@@ -35,8 +35,11 @@ def test_only_the_leader_processes(shared_cluster, config_for, spawn):
 
     wait_until(lambda: set(keys) <= set(leader.handled_keys()), timeout=15, what="the leader to process every key")
     followers = [r for r in replicas if r is not leader]
-    wait_until(lambda: all(f.metric("expiryd_events_skipped_total") >= len(keys) for f in followers),
-               timeout=10, what="followers to receive and skip the events")
+    wait_until(
+        lambda: all(f.metric("expiryd_events_skipped_total") >= len(keys) for f in followers),
+        timeout=10,
+        what="followers to receive and skip the events",
+    )
     assert all(f.events() == [] for f in followers)
 
 
@@ -52,8 +55,7 @@ def test_first_matching_route_wins_and_unmatched_keys_are_counted(cluster, confi
     wait_for_single_leader([replica])
     expire_keys(cluster, [b"order:1", b"order:vip:2", b"session:3", b"cart:4", b"cart:5"])
 
-    wait_until(lambda: replica.metric("expiryd_events_unrouted_total") == 2, timeout=15,
-               what="two unrouted events")
+    wait_until(lambda: replica.metric("expiryd_events_unrouted_total") == 2, timeout=15, what="two unrouted events")
     wait_until(lambda: len(replica.events()) == 3, timeout=5, what="three routed events")
     assert replica.metric("expiryd_events_processed_total", route="orders", outcome="ok") == 2
     assert replica.metric("expiryd_events_processed_total", route="sessions", outcome="ok") == 1
@@ -81,13 +83,17 @@ def test_a_running_leader_opens_no_new_connections(shared_cluster, config_for, s
     wait_for_single_leader([replica])
     # The schedule's start-up scan of each primary opens its connection for good.
     primaries = len(shared_cluster.primaries())
-    wait_until(lambda: replica.metric("expiryd_schedule_scans_total", result="complete") >= primaries,
-               timeout=30, what="the start-up scans")
+    wait_until(
+        lambda: replica.metric("expiryd_schedule_scans_total", result="complete") >= primaries,
+        timeout=30,
+        what="the start-up scans",
+    )
     # One client per node, kept open, so that reading the counters opens nothing either.
     clients = [node.client() for node in shared_cluster.nodes]
 
     def connections_accepted() -> int:
         return sum(client.info("stats")["total_connections_received"] for client in clients)
+
     try:
         time.sleep(2)  # settled: the election and the subscriptions are connected
         before = connections_accepted()

@@ -21,14 +21,26 @@ def prometheus(tmp_path):
 
     def start(targets: list[str]) -> str:
         config = tmp_path / "prometheus.yml"
-        config.write_text(yaml.safe_dump({
-            "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
-            "scrape_configs": [{"job_name": "expiryd", "static_configs": [{"targets": targets}]}],
-        }))
-        process.append(subprocess.Popen(
-            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb")))
+        config.write_text(
+            yaml.safe_dump(
+                {
+                    "global": {"scrape_interval": "1s", "scrape_timeout": "1s"},
+                    "scrape_configs": [{"job_name": "expiryd", "static_configs": [{"targets": targets}]}],
+                }
+            )
+        )
+        process.append(
+            subprocess.Popen(
+                [
+                    "prometheus",
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={tmp_path / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=(tmp_path / "prometheus.log").open("wb"),
+            )
+        )
         return f"http://127.0.0.1:{port}"
 
     yield start
@@ -75,15 +87,21 @@ def test_prometheus_sees_one_leader_and_a_new_one_after_a_kill(shared_cluster, c
     wait_until_eligible(replicas)
     old_instance = f"127.0.0.1:{leader.port}"
 
-    wait_until(lambda: sum_of_leaders(base) == 1 and len(query(base, "up == 1")) == 3, timeout=30,
-               what="Prometheus to scrape all three and see one leader")
+    wait_until(
+        lambda: sum_of_leaders(base) == 1 and len(query(base, "up == 1")) == 3,
+        timeout=30,
+        what="Prometheus to scrape all three and see one leader",
+    )
     assert leader_instances(base) == [old_instance]
 
     leader.kill()
     # One query per look: a scrape that times out on a busy machine drops a
     # series for a second, so the new leader is judged on a single snapshot.
-    wait_until(lambda: len(seen := leader_instances(base)) == 1 and seen != [old_instance], timeout=30,
-               what="Prometheus to see another replica as the only leader")
+    wait_until(
+        lambda: len(seen := leader_instances(base)) == 1 and seen != [old_instance],
+        timeout=30,
+        what="Prometheus to see another replica as the only leader",
+    )
     assert most_leaders_seen(base) == 1
 
 
@@ -92,6 +110,5 @@ def test_exposition_passes_promtool_check_metrics(shared_cluster, config_for, sp
     replica.wait_ready()
     wait_for_single_leader([replica])
     _, text = replica.http("/metrics")
-    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
-                            timeout=30)
+    result = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -16,7 +16,7 @@ from .harness import (
     wait_until_eligible,
 )
 
-RATE = 200          # keys per second
+RATE = 200  # keys per second
 RENEW_INTERVAL = 1.0
 
 
@@ -44,7 +44,8 @@ def test_repeated_sigkill_of_the_leader_loses_nothing(shared_cluster_each_server
 
 
 def test_hash_field_expirations_are_replayed_after_a_sigkill_like_key_expirations(
-        shared_valkey_cluster, config_for, spawn):
+    shared_valkey_cluster, config_for, spawn
+):
     routes = [{"match": "*", "name": "all", "events": ["expired", "hexpired"], "log": {}}]
     _, replicas = start_replicas(shared_valkey_cluster, config_for, spawn, count=2, routes=routes)
     leader = wait_for_single_leader(replicas)
@@ -81,7 +82,8 @@ def test_sigterm_hand_off_processes_every_event_exactly_once(shared_cluster, con
 
 
 def test_a_leader_paused_past_its_lease_loses_nothing_and_acts_only_with_its_old_term(
-        shared_cluster, config_for, spawn):
+    shared_cluster, config_for, spawn
+):
     _, replicas = start_replicas(shared_cluster, config_for, spawn)
     paused = wait_for_single_leader(replicas)
     with SteadyStream(shared_cluster, prefix="sigstop", rate=RATE) as stream:

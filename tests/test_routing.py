@@ -9,8 +9,12 @@ from expiryd.routing import Route, Router
 
 
 def test_router_takes_the_first_matching_glob_on_raw_bytes():
-    router = Router([Route(config=RouteConfig(match="order:*", name="a"), handler=None),  # type: ignore[arg-type]
-                     Route(config=RouteConfig(match="*", name="b"), handler=None)])  # type: ignore[arg-type]
+    router = Router(
+        [
+            Route(config=RouteConfig(match="order:*", name="a"), handler=None),  # type: ignore[arg-type]
+            Route(config=RouteConfig(match="*", name="b"), handler=None),
+        ]
+    )  # type: ignore[arg-type]
     assert router.match(b"order:\xff").name == "a"
     assert router.match(b"session:1").name == "b"
     assert Router([]).match(b"x") is None
@@ -25,8 +29,7 @@ def test_glob_classes_and_single_character_wildcards():
 
 def test_a_route_gets_only_the_event_kinds_it_lists():
     expired_only = Route(config=RouteConfig(match="*", name="plain"), handler=None)  # type: ignore[arg-type]
-    both = Route(config=RouteConfig(match="cart:*", name="both", events=["expired", "hexpired"]),
-                 handler=None)  # type: ignore[arg-type]
+    both = Route(config=RouteConfig(match="cart:*", name="both", events=["expired", "hexpired"]), handler=None)  # type: ignore[arg-type]
     router = Router([both, expired_only])
     assert router.match(b"cart:1", "hexpired") is both
     assert router.match(b"other:1", "hexpired") is None
@@ -35,8 +38,15 @@ def test_a_route_gets_only_the_event_kinds_it_lists():
 
 
 def test_a_route_reads_its_settings_from_its_route_config():
-    config = RouteConfig(match="order:*", name="orders", concurrency=4, queue_size=50, events=["hexpired"],
-                         batch=BatchConfig(size=7), retry=RetryConfig(max_attempts=2))
+    config = RouteConfig(
+        match="order:*",
+        name="orders",
+        concurrency=4,
+        queue_size=50,
+        events=["hexpired"],
+        batch=BatchConfig(size=7),
+        retry=RetryConfig(max_attempts=2),
+    )
     route = Route(config=config, handler=None)  # type: ignore[arg-type]
     assert (route.name, route.pattern, route.concurrency, route.queue_size) == ("orders", "order:*", 4, 50)
     assert route.batch is config.batch and route.retry is config.retry

@@ -9,8 +9,9 @@ NOW = 1_800_000_000.0
 
 def schedule(**overrides: float) -> Schedule:
     settings = {"max_keys": 1000, "horizon": 3600.0, "keep_due_for": 15.0, **overrides}
-    return Schedule(max_keys=int(settings["max_keys"]), horizon=settings["horizon"],
-                    keep_due_for=settings["keep_due_for"])
+    return Schedule(
+        max_keys=int(settings["max_keys"]), horizon=settings["horizon"], keep_due_for=settings["keep_due_for"]
+    )
 
 
 def test_keys_come_due_in_order_of_due_time_and_not_before():

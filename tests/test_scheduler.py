@@ -129,8 +129,9 @@ def assert_fires_on_time(crowded: LocalCluster, leader: Replica) -> None:
     before = keys_left(crowded)
     due = set_with_ttl(crowded, keys + unrouted, ttl_ms=1000)
 
-    events = wait_until(lambda: len(h := handled(leader, keys)) == len(keys) and h, timeout=30,
-                        what="every routed key to be handled")
+    events = wait_until(
+        lambda: len(h := handled(leader, keys)) == len(keys) and h, timeout=30, what="every routed key to be handled"
+    )
     assert max(lateness(event) for event in events.values()) < ON_TIME
     assert all(abs(float(event["due_at"]) - due) < 1.0 for event in events.values())
     # Meanwhile Redis itself has not got round to most of the unrouted keys, due at the same moment.
@@ -182,8 +183,11 @@ def test_keys_due_during_a_leader_kill_fire_as_soon_as_the_next_leader_takes_ove
         wait_until(new.leads, timeout=30, what="the follower to take over")
         took_over = time.time()
 
-        events = wait_until(lambda: len(h := handled(new, keys)) == len(keys) and h, timeout=30,
-                            what="every key due during the takeover to be handled")
+        events = wait_until(
+            lambda: len(h := handled(new, keys)) == len(keys) and h,
+            timeout=30,
+            what="every key due during the takeover to be handled",
+        )
         assert max(float(event["received_at"]) for event in events.values()) < took_over + ON_TIME
     finally:
         for replica in replicas:
@@ -204,8 +208,11 @@ def test_keys_set_while_every_replica_was_down_fire_on_time_after_a_restart(crow
     second = Replica("2", config, tmp_path)
     try:
         second.wait_ready()
-        events = wait_until(lambda: len(h := handled(second, keys)) == len(keys) and h, timeout=45,
-                            what="every key set while down to be handled")
+        events = wait_until(
+            lambda: len(h := handled(second, keys)) == len(keys) and h,
+            timeout=45,
+            what="every key set while down to be handled",
+        )
         assert max(lateness(event) for event in events.values()) < ON_TIME
         assert second.metric("expiryd_schedule_scans_total", result="complete") >= 3
     finally:

@@ -36,8 +36,7 @@ def documented_rule(user: str = USER) -> list[str]:
 def create_user(servers: Iterable[Server], rule: list[str], password: str, *, user: str = USER) -> None:
     for server in servers:
         with server.client() as client:
-            client.execute_command("ACL", "SETUSER", user,
-                                   *[f">{password}" if r == ">CHANGE-ME" else r for r in rule])
+            client.execute_command("ACL", "SETUSER", user, *[f">{password}" if r == ">CHANGE-ME" else r for r in rule])
             client.config_set("notify-keyspace-events", "Ex")  # the user may not: an operator's job
             client.execute_command("ACL", "LOG", "RESET")
 
@@ -64,11 +63,13 @@ def test_expiryd_runs_fully_under_the_documented_acl_rule(shared_cluster, spawn,
     payload_key, failing_key = f"order:{{{suffix}}}".encode(), f"order:{{{suffix}}}:fails".encode()
     stream = f"expired:{{{suffix}}}"
     with WebhookReceiver(respond=lambda request: 400) as receiver:
-        routes = [{"match": f"order:{{{suffix}}}:fails", "name": "hook", "webhook": {"url": receiver.url}},
-                  {"match": f"order:{{{suffix}}}", "name": "orders", "payload": "{key}:payload",
-                   "stream": {"name": stream}}]
-        config = config_for(shared_cluster, routes=routes, redis={"username": USER},
-                            election={"lock_name": "{expiryd}:leader"})
+        routes = [
+            {"match": f"order:{{{suffix}}}:fails", "name": "hook", "webhook": {"url": receiver.url}},
+            {"match": f"order:{{{suffix}}}", "name": "orders", "payload": "{key}:payload", "stream": {"name": stream}},
+        ]
+        config = config_for(
+            shared_cluster, routes=routes, redis={"username": USER}, election={"lock_name": "{expiryd}:leader"}
+        )
         replica = spawn("1", config, env={"EXPIRYD_REDIS_PASSWORD": password})
         replica.wait_ready()
         wait_until(replica.leads, timeout=20, what="the ACL user to win the lease")
@@ -76,8 +77,11 @@ def test_expiryd_runs_fully_under_the_documented_acl_rule(shared_cluster, spawn,
         client.set(payload_key + b":payload", b"data")
         expire_keys(shared_cluster, [payload_key, failing_key])
         wait_until(lambda: client.xlen(stream) == 1, timeout=15, what="the stream entry")
-        wait_until(lambda: any(f[b"key"] == failing_key for _, f in client.xrange("{expiryd}:dead-letter")),
-                   timeout=15, what="the dead-letter entry")
+        wait_until(
+            lambda: any(f[b"key"] == failing_key for _, f in client.xrange("{expiryd}:dead-letter")),
+            timeout=15,
+            what="the dead-letter entry",
+        )
         wait_until(lambda: client.exists(payload_key + b":payload") == 0, timeout=5, what="the payload deleted")
     (entry,) = [fields for _, fields in client.xrange(stream)]
     client.close()
@@ -89,11 +93,16 @@ def test_expiryd_runs_fully_under_the_documented_acl_rule(shared_cluster, spawn,
 
 
 def test_without_config_and_class_g_keys_fire_on_redis_timing_counted_and_warned_once_per_node(
-        shared_cluster, spawn, config_for, password):
+    shared_cluster, spawn, config_for, password
+):
     create_user(shared_cluster.nodes, documented_rule(), password)  # notify-keyspace-events "Ex": no g
     prefix = f"order:{{{uuid.uuid4().hex[:8]}}}"
-    config = config_for(shared_cluster, routes=[{"match": f"{prefix}:*", "name": "orders", "log": {}}],
-                        redis={"username": USER}, election={"lock_name": "{expiryd}:leader"})
+    config = config_for(
+        shared_cluster,
+        routes=[{"match": f"{prefix}:*", "name": "orders", "log": {}}],
+        redis={"username": USER},
+        election={"lock_name": "{expiryd}:leader"},
+    )
     replica = spawn("1", config, env={"EXPIRYD_REDIS_PASSWORD": password})
     replica.wait_ready()
     started = time.monotonic()
@@ -113,20 +122,34 @@ def test_without_config_and_class_g_keys_fire_on_redis_timing_counted_and_warned
 
 
 def test_independent_masters_and_a_stream_on_another_server_work_under_their_documented_rules(
-        shared_cluster, spawn, config_for, password, tmp_path):
+    shared_cluster, spawn, config_for, password, tmp_path
+):
     stream_password = f"stream-{uuid.uuid4().hex}"
     password_file = tmp_path / "stream-password"
     password_file.write_text(stream_password + "\n")
-    with standalone_servers(3, tmp_path / "masters") as masters, \
-            standalone_servers(1, tmp_path / "target") as (target,):
+    with (
+        standalone_servers(3, tmp_path / "masters") as masters,
+        standalone_servers(1, tmp_path / "target") as (target,),
+    ):
         create_user([*shared_cluster.nodes, *masters], documented_rule(), password)
         create_user([target], documented_rule(STREAM_USER), stream_password, user=STREAM_USER)
         prefix = f"order:{{{uuid.uuid4().hex[:8]}}}"
-        route = {"match": f"{prefix}:*", "name": "orders",
-                 "stream": {"name": "expired:orders", "url": target.url, "username": STREAM_USER,
-                            "password_file": str(password_file)}}
-        config = config_for(shared_cluster, routes=[route], redis={"username": USER},
-                            election={"lock_name": "{expiryd}:leader", "masters": [m.url for m in masters]})
+        route = {
+            "match": f"{prefix}:*",
+            "name": "orders",
+            "stream": {
+                "name": "expired:orders",
+                "url": target.url,
+                "username": STREAM_USER,
+                "password_file": str(password_file),
+            },
+        }
+        config = config_for(
+            shared_cluster,
+            routes=[route],
+            redis={"username": USER},
+            election={"lock_name": "{expiryd}:leader", "masters": [m.url for m in masters]},
+        )
         replica = spawn("1", config, env={"EXPIRYD_REDIS_PASSWORD": password})
         replica.wait_ready()
         wait_until(replica.leads, timeout=20, what="the ACL user to win the lease on the masters")
@@ -157,17 +180,22 @@ def test_a_missing_permission_is_logged_naming_the_refused_command(shared_cluste
     assert not replica.leads()
 
 
-def test_a_wrong_password_never_appears_in_logs_metrics_or_check_output(shared_cluster, spawn, config_for, password,
-                                                                        tmp_path):
+def test_a_wrong_password_never_appears_in_logs_metrics_or_check_output(
+    shared_cluster, spawn, config_for, password, tmp_path
+):
     create_user(shared_cluster.nodes, documented_rule(), password)
     wrong = f"wrong-{uuid.uuid4().hex}"
     config = config_for(shared_cluster, redis={"username": USER})
     replica = spawn("1", config, env={"EXPIRYD_REDIS_PASSWORD": wrong})
     wait_until(lambda: replica.logged("cannot read the cluster topology"), timeout=30, what="refused topology reads")
     _, metrics = replica.http("/metrics")
-    check = subprocess.run([sys.executable, "-m", "expiryd", "check", "--config", str(config)],
-                           capture_output=True, text=True, timeout=60, env={"EXPIRYD_REDIS_PASSWORD": wrong,
-                                                                            "PATH": "/usr/bin:/bin"})
+    check = subprocess.run(
+        [sys.executable, "-m", "expiryd", "check", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"EXPIRYD_REDIS_PASSWORD": wrong, "PATH": "/usr/bin:/bin"},
+    )
     replica.terminate()
     outputs = replica.stderr_path.read_text() + replica.stdout_path.read_text() + metrics + check.stdout + check.stderr
     assert "AuthenticationError" in outputs

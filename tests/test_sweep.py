@@ -96,8 +96,11 @@ async def sweeping(
 
 
 def payload_route(name: str, pattern: str, template: str = "{key}:payload") -> Route:
-    return Route(config=RouteConfig(match=pattern, name=name, payload=template), handler=None,  # type: ignore[arg-type]
-                 payload=PayloadKeys(template=template, client=None))
+    return Route(
+        config=RouteConfig(match=pattern, name=name, payload=template),
+        handler=None,  # type: ignore[arg-type]
+        payload=PayloadKeys(template=template, client=None),
+    )
 
 
 def plain_route(name: str, pattern: str) -> Route:
@@ -472,15 +475,18 @@ def test_every_replica_killed_for_ten_seconds_loses_nothing_on_a_payload_route(s
 
     swept = sum(r.metric("expiryd_swept_events_total", route="all") for r in restarted)
     duplicates = sum(counts[key] - 1 for key in stream.keys)
-    print(f"{len(stream.keys)} keys ({written_while_down} by the end of the outage), {swept:.0f} swept, "
-          f"{duplicates} duplicates")
+    print(
+        f"{len(stream.keys)} keys ({written_while_down} by the end of the outage), {swept:.0f} swept, "
+        f"{duplicates} duplicates"
+    )
     assert swept >= 1000  # what expired in the 10 s nobody listened
     # At most what the killed leader had handled without deleting the companion yet: the batches in hand.
     assert duplicates <= RATE
 
 
 def test_every_expiryd_connection_to_one_primary_killed_loses_nothing_on_a_payload_route_and_moves_no_lease(
-        shared_cluster, config_for, spawn):
+    shared_cluster, config_for, spawn
+):
     _, replicas = start_replicas(shared_cluster, config_for, spawn, routes=PAYLOAD_ROUTE, sweep=QUICK_SWEEP)
     leader = wait_for_single_leader(replicas)
     wait_until_eligible(replicas)
@@ -492,10 +498,15 @@ def test_every_expiryd_connection_to_one_primary_killed_loses_nothing_on_a_paylo
     counts = wait_for_all(replicas, stream.keys, timeout=30)
 
     # Nobody heard the gaps: the leader keeps the lease, and counts what nobody heard.
-    wait_until(lambda: leader.metric("expiryd_leader_history_gaps_total", outcome="uncovered") >= 1, timeout=15,
-               what="the leader to accept a gap no replica heard")
+    wait_until(
+        lambda: leader.metric("expiryd_leader_history_gaps_total", outcome="uncovered") >= 1,
+        timeout=15,
+        what="the leader to accept a gap no replica heard",
+    )
     assert leaders(replicas) == [leader]
     assert sum(r.metric("expiryd_leader_history_gaps_total", outcome="handed_over") for r in replicas) == 0
     assert leader.metric("expiryd_unheard_seconds_total") > 0
-    print(f"{len(stream.keys)} keys, {sum(counts[k] - 1 for k in stream.keys)} duplicates, "
-          f"{leader.metric('expiryd_swept_events_total', route='all'):.0f} swept")
+    print(
+        f"{len(stream.keys)} keys, {sum(counts[k] - 1 for k in stream.keys)} duplicates, "
+        f"{leader.metric('expiryd_swept_events_total', route='all'):.0f} swept"
+    )

@@ -26,7 +26,8 @@ def test_slot_owners_follow_the_primaries_slot_ranges():
     nodes = parse_cluster_nodes(
         "a 127.0.0.1:7000@17000 master - 0 0 1 connected 0-5460\n"
         "b 127.0.0.1:7001@17001 master - 0 0 2 connected 5461-10922 [5461->-c]\n"
-        "c 127.0.0.1:7002@17002 master,fail - 0 0 3 connected 10923-16383\n")
+        "c 127.0.0.1:7002@17002 master,fail - 0 0 3 connected 10923-16383\n"
+    )
     owners = ClusterView(nodes=nodes, answered_by=NodeAddress("127.0.0.1", 7000)).slot_owners()
     assert owners[0] == owners[5460] == NodeAddress("127.0.0.1", 7000)
     assert owners[5461] == owners[10922] == NodeAddress("127.0.0.1", 7001)

@@ -87,8 +87,11 @@ def test_restarted_primary_with_notifications_off_is_repaired(patient_cluster, c
     cluster = patient_cluster
     replica = start_leader(cluster, config_for, spawn)
     node = cluster.primaries()[0]
-    wait_until(lambda: b"E" in node.client().config_get("notify-keyspace-events")["notify-keyspace-events"].encode(),
-               timeout=5, what="expiryd to enable notifications at start")
+    wait_until(
+        lambda: b"E" in node.client().config_get("notify-keyspace-events")["notify-keyspace-events"].encode(),
+        timeout=5,
+        what="expiryd to enable notifications at start",
+    )
     cluster.kill(node)
     cluster.restart(node)
     assert node.client().config_get("notify-keyspace-events")["notify-keyspace-events"] == ""
@@ -96,6 +99,7 @@ def test_restarted_primary_with_notifications_off_is_repaired(patient_cluster, c
     def repaired() -> bool:
         classes = node.client().config_get("notify-keyspace-events")["notify-keyspace-events"]
         return "E" in classes and "x" in classes
+
     wait_until(repaired, timeout=10, what="expiryd to repair notify-keyspace-events")
     wait_until(lambda: subscribed(replica, node), timeout=10, what="the subscription to return")
     cluster.wait_until_healthy()
@@ -124,6 +128,9 @@ def test_frozen_node_is_detected_and_resubscribed_when_it_thaws(patient_cluster,
     wait_until(lambda: subscribed(replica, node), timeout=10, what="the subscription to return after SIGCONT")
     by_node = keys_on_every_primary(cluster, "thawed", per_node=3)
     expire_keys(cluster, [k for keys in by_node.values() for k in keys])
-    wait_until(lambda: set(by_node[node.address]) <= set(replica.handled_keys()), timeout=10,
-               what="events from the thawed node")
+    wait_until(
+        lambda: set(by_node[node.address]) <= set(replica.handled_keys()),
+        timeout=10,
+        what="events from the thawed node",
+    )
     assert replica.http("/readyz")[0] == 200

@@ -25,8 +25,16 @@ from .python import PythonHandler
 from .stream import StreamHandler
 from .webhook import WebhookHandler
 
-__all__ = ["Handler", "LogHandler", "PermanentFailure", "PythonHandler", "RetryLater", "StreamHandler",
-           "WebhookHandler", "build_handler"]
+__all__ = [
+    "Handler",
+    "LogHandler",
+    "PermanentFailure",
+    "PythonHandler",
+    "RetryLater",
+    "StreamHandler",
+    "WebhookHandler",
+    "build_handler",
+]
 
 
 def build_handler(route: RouteConfig, *, cluster: Any) -> Handler:

@@ -12,16 +12,31 @@ What a ``python`` handler needs is importable from the package itself::
             if reply.status == 503:
                 raise RetryLater("orders service busy", after=2.0)  # retried in 2 s or later
 
-Importing it loads no Redis, YAML or HTTP client: :mod:`expiryd.events` and
-:mod:`expiryd.errors` import only the standard library.
+and so is the application's side of a payload route, which writes a key and its companion
+together (see :mod:`expiryd.companions`)::
+
+    from expiryd import Companions
+
+    companions = Companions(client=cluster, template="{key}:payload")
+    await companions.schedule("order:{42}", b'{"customer": 7}', ttl=900)
+
+Importing the package loads no Redis, YAML or HTTP client: :mod:`expiryd.events` and
+:mod:`expiryd.errors` import only the standard library, and ``Companions`` (which needs
+redis-py) is imported on first use.
 """
+
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ExpirydError, PermanentFailure, RetryLater
 from .events import Event, Expiration
 
+if TYPE_CHECKING:
+    from .companions import Companions
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "Companions",
     "ConfigError",
     "Event",
     "Expiration",
@@ -30,3 +45,11 @@ __all__ = [
     "RetryLater",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Companions":
+        from .companions import Companions
+
+        return Companions
+    raise AttributeError(f"module 'expiryd' has no attribute {name!r}")

@@ -41,3 +41,11 @@ def test_importing_the_errors_loads_no_client_library() -> None:
 def test_importing_the_handler_api_loads_no_client_library() -> None:
     statement = "import expiryd; from expiryd import Event, PermanentFailure, RetryLater"
     assert loaded_client_libraries(statement) == []
+
+
+def test_the_writing_side_of_a_payload_route_is_public_and_loaded_only_when_asked_for() -> None:
+    import expiryd.companions
+
+    assert expiryd.Companions is expiryd.companions.Companions
+    assert loaded_client_libraries("import expiryd") == []
+    assert "redis" in loaded_client_libraries("from expiryd import Companions")

@@ -152,6 +152,8 @@ def test_prometheus_rules_pass_promtool_and_name_real_metrics(tmp_path):
         "ExpirydEventsDeadLettered",
         "ExpirydRouteDropping",
         "ExpirydRouteLagging",
+        "ExpirydEventsUnheard",
+        "ExpirydSweepsStalled",
     } <= alerts.keys()
     known = metric_names()
     for expr in alerts.values():

@@ -11,8 +11,9 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from redis.asyncio.cluster import RedisCluster
@@ -176,43 +177,41 @@ def test_a_key_in_flight_is_not_emitted(shared_cluster: LocalCluster) -> None:
     assert asyncio.run(scenario()).emitted == []
 
 
-def test_a_companion_deleted_before_the_confirmation_is_not_emitted(shared_cluster: LocalCluster) -> None:
+def emitted_after_a_change_between_the_two_looks(cluster: LocalCluster, change: Callable[[Any, bytes], Any]) -> list:
+    """What the sweep emits for an orphan when ``change(client, key)`` happens after its first look."""
     p = prefix()
     key = f"{p}:{{1}}".encode()
-    orphan(shared_cluster, key)
+    orphan(cluster, key)
     settings = SweepConfig(interval=60, confirm_after=0.8, scan_rate=1_000_000)
 
     async def scenario() -> Sweep:
-        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")], settings=settings) as sweep:
+        async with sweeping(cluster, [payload_route("r", f"{p}:{{*}}")], settings=settings) as sweep:
             while sweep.sweeps("complete") < 1:
                 await asyncio.sleep(0.01)
-            # Normal delivery finished between the two looks: the handler's success deleted it.
-            client = shared_cluster.client()
-            client.delete(key + b":payload")
+            client = cluster.client()
+            change(client, key)
             client.close()
             await asyncio.sleep(1.2)
         return sweep
 
-    assert asyncio.run(scenario()).emitted == []
+    return asyncio.run(scenario()).emitted
+
+
+def test_a_companion_deleted_before_the_confirmation_is_not_emitted(shared_cluster: LocalCluster) -> None:
+    # Normal delivery finished between the two looks: the handler's success deleted it.
+    assert (
+        emitted_after_a_change_between_the_two_looks(
+            shared_cluster, lambda client, key: client.delete(key + b":payload")
+        )
+        == []
+    )
 
 
 def test_a_companion_written_just_before_its_key_is_not_emitted(shared_cluster: LocalCluster) -> None:
-    p = prefix()
-    key = f"{p}:{{1}}".encode()
-    orphan(shared_cluster, key)
-    settings = SweepConfig(interval=60, confirm_after=0.8, scan_rate=1_000_000)
-
-    async def scenario() -> Sweep:
-        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")], settings=settings) as sweep:
-            while sweep.sweeps("complete") < 1:
-                await asyncio.sleep(0.01)
-            client = shared_cluster.client()
-            client.set(key, b"1", ex=60)
-            client.close()
-            await asyncio.sleep(1.2)
-        return sweep
-
-    assert asyncio.run(scenario()).emitted == []
+    assert (
+        emitted_after_a_change_between_the_two_looks(shared_cluster, lambda client, key: client.set(key, b"1", ex=60))
+        == []
+    )
 
 
 def test_a_cancelled_key_is_never_swept(shared_cluster: LocalCluster) -> None:

@@ -130,7 +130,6 @@ class RedisOptions:
             password=self.password,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=timeout or self.command_timeout,
-            retry_on_timeout=False,
             single_connection_client=not pipelined,
             ssl=self.tls is not None,
             **_tls_client_arguments(self.tls),

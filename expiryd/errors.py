@@ -7,6 +7,8 @@ Every one derives from :class:`ExpirydError`::
     ├── PermanentFailure       raised by a handler: retrying cannot help, dead-letter the batch now
     ├── RetryLater             raised by a handler: retry, no sooner than ``after`` seconds
     ├── TopologyUnavailable    no known node answered ``CLUSTER NODES``
+    ├── SubscriptionLost       a node subscription stopped delivering (the text says why); it reconnects
+    │   └── SubscriptionRefused    the node answered a subscription command with an error
     └── RedisNotInstalled      the local cluster's server or redis-cli is missing (also a RuntimeError)
 
 A handler signals its failures like this::
@@ -30,6 +32,8 @@ __all__ = [
     "PermanentFailure",
     "RedisNotInstalled",
     "RetryLater",
+    "SubscriptionLost",
+    "SubscriptionRefused",
     "TopologyUnavailable",
 ]
 
@@ -66,3 +70,11 @@ class TopologyUnavailable(ExpirydError):
 
 class RedisNotInstalled(ExpirydError, RuntimeError):
     """The server binary (``redis-server`` or ``valkey-server``) or ``redis-cli`` cannot be found."""
+
+
+class SubscriptionLost(ExpirydError):
+    """A node subscription stopped delivering; the text says why. The subscription reconnects."""
+
+
+class SubscriptionRefused(SubscriptionLost):
+    """The node answered a command of the subscription (AUTH, SUBSCRIBE) with an error."""

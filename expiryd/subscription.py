@@ -40,6 +40,7 @@ import hiredis
 import redis.asyncio as aioredis
 
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, tls_context
+from .errors import SubscriptionLost, SubscriptionRefused
 from .eventqueue import EventQueue
 from .events import EXPIRED, HEXPIRED, Expiration
 from .metrics import Metrics
@@ -58,14 +59,6 @@ _NOTIFICATION_CHECK_EVERY = 10  # watchdog ticks
 _OVERFLOW_LOG_INTERVAL = 10.0
 
 log = logging.getLogger("expiryd.subscription")
-
-
-class SubscriptionLost(Exception):
-    """The subscription stopped delivering; the text says why."""
-
-
-class SubscriptionRefused(SubscriptionLost):
-    """The server answered a command of the subscription with an error."""
 
 
 class NodeSubscription(Service):

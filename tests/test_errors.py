@@ -15,13 +15,30 @@ from expiryd.errors import (
     PermanentFailure,
     RedisNotInstalled,
     RetryLater,
+    SubscriptionLost,
+    SubscriptionRefused,
     TopologyUnavailable,
 )
 
 
-@pytest.mark.parametrize("error", [ConfigError, PermanentFailure, RetryLater, TopologyUnavailable, RedisNotInstalled])
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConfigError,
+        PermanentFailure,
+        RetryLater,
+        TopologyUnavailable,
+        SubscriptionLost,
+        SubscriptionRefused,
+        RedisNotInstalled,
+    ],
+)
 def test_every_error_is_an_expiryd_error(error: type[Exception]) -> None:
     assert issubclass(error, ExpirydError)
+
+
+def test_a_refused_subscription_is_a_lost_one() -> None:
+    assert issubclass(SubscriptionRefused, SubscriptionLost)
 
 
 def test_redis_not_installed_is_still_a_runtime_error() -> None:

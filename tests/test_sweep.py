@@ -120,18 +120,18 @@ def orphan(cluster: LocalCluster, key: bytes, payload: bytes = b"data") -> None:
 
 
 def test_a_companion_whose_key_expired_is_emitted_once_marked_swept_after_the_confirmation(
-    shared_cluster: LocalCluster,
+    shared_cluster_each_server: LocalCluster,
 ) -> None:
     p = prefix()
     key = f"{p}:{{1}}".encode()
-    client = shared_cluster.client()
+    client = shared_cluster_each_server.client()
     client.set(key + b":payload", b"data", ex=600)
     client.set(key, b"1", px=50)
     time.sleep(0.1)
     client.close()
 
     async def scenario() -> Sweep:
-        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")]) as sweep:
+        async with sweeping(shared_cluster_each_server, [payload_route("r", f"{p}:{{*}}")]) as sweep:
             await asyncio.sleep(2.0)  # several intervals: the companion stays, nothing deletes it
         return sweep
 
@@ -141,7 +141,7 @@ def test_a_companion_whose_key_expired_is_emitted_once_marked_swept_after_the_co
     assert route.name == "r"
     assert at - sweep.started >= FAST.confirm_after
     assert expiration.swept and expiration.kind == "expired"
-    assert expiration.node == shared_cluster.node_for_key(key).address
+    assert expiration.node == shared_cluster_each_server.node_for_key(key).address
     assert sweep.metrics.registry.get_sample_value("expiryd_swept_events_total", {"route": "r"}) == 1
 
 

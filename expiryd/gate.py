@@ -162,8 +162,11 @@ class LeaderGate(Service):
         await shift.deliveries[route].submit([shift.completion.add(expiration) for expiration in expirations])
 
     def subscription_lost(self, node: str, *, heard_until: float) -> None:
-        """This replica may have missed what ``node`` published after ``heard_until``: hold its mark there."""
-        if self._shift is not None:
+        """This replica may have missed what ``node`` published after ``heard_until``: hold its mark there.
+
+        Only a primary publishes expirations: a replica's subscription (kept for a failover) is not a gap.
+        """
+        if self._shift is not None and node in self._coverage_since():
             self._shift.completion.freeze(node, heard_until=heard_until)
 
     async def _dispatch(self, batch: list[Expiration]) -> None:
@@ -268,7 +271,13 @@ class LeaderGate(Service):
 
     async def _resolve_gaps(self, completion: Completion) -> bool:
         """Whether to hand over to a replica that heard what this one missed; if none did, accept the gaps."""
+        primaries = self._coverage_since().keys()
+        for node in completion.frozen().keys() - primaries:
+            # A primary that failed and left: its promoted replica was subscribed ahead of time.
+            completion.thaw(node)
         frozen = completion.frozen()
+        if not frozen:
+            return False
         verdict = await self._covered_elsewhere(completion.marks(), max(frozen.values()))
         if verdict is None:
             return False  # another replica's report is older than the gap: ask again at the next record

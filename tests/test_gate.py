@@ -251,3 +251,28 @@ def test_a_gap_no_other_replica_heard_is_accepted_and_the_mark_moves_on():
     assert g.leadership.handed_over == []
     assert g.metrics.registry.get_sample_value("expiryd_leader_history_gaps_total", {"outcome": "uncovered"}) == 1
     assert g.metrics.registry.get_sample_value("expiryd_unheard_seconds_total") == 3.0
+
+
+def test_a_lost_subscription_to_a_replica_node_is_no_gap():
+    async def scenario(g: Gate) -> None:
+        g.queue.put([Expiration(b"order:1", "n:1", 10.0)])
+        await until(lambda: len(g.orders.events) == 1)
+        g.gate.subscription_lost("replica:9", heard_until=11.0)
+        g.queue.put([Expiration(b"order:2", "n:1", 20.0)])
+        await until(lambda: any(m.get("n:1", ProgressMark(b"", 0, 0)).key == b"order:2" for _, m in g.replay.recorded))
+
+    g = run(Gate(term=3, heard_elsewhere=True), scenario)
+    assert g.leadership.handed_over == []
+
+
+def test_a_gap_on_a_primary_that_left_the_cluster_is_let_go_without_a_hand_over():
+    async def scenario(g: Gate) -> None:
+        g.queue.put([Expiration(b"order:1", "n:1", 10.0)])
+        await until(lambda: len(g.orders.events) == 1)
+        g.gate.subscription_lost("n:1", heard_until=11.0)
+        del g.since["n:1"]  # failed over: no longer a primary
+        g.queue.put([Expiration(b"order:2", "n:1", 20.0)])
+        await until(lambda: any(m.get("n:1", ProgressMark(b"", 0, 0)).key == b"order:2" for _, m in g.replay.recorded))
+
+    g = run(Gate(term=3, heard_elsewhere=True), scenario)
+    assert g.leadership.handed_over == []

@@ -116,6 +116,12 @@ class Completion:
         if node in self._unfinished and not self._closed:
             self._advance(node)
 
+    def start_from(self, marks: dict[str, ProgressMark]) -> None:
+        """Take ``marks`` (the last leader's, read on taking over) for the nodes that have not moved yet."""
+        for node, mark in marks.items():
+            if node not in self._unfinished and node not in self._frozen:
+                self._marks[node] = mark
+
     def marks(self) -> dict[str, ProgressMark]:
         return dict(self._marks)
 

@@ -94,6 +94,8 @@ class Daemon:
             interval=config.election.renew_interval,
         )
         self._shortfall_at_last_look = 0.0
+        # Monotonic; since when this replica has deferred to a better-placed one (None while it may lead).
+        self._deferring_since: float | None = None
         self._elector = Elector(
             masters=self._masters,
             settings=config.election,
@@ -182,12 +184,14 @@ class Daemon:
                 stack.push_async_callback(route.handler.aclose)
             stack.push_async_callback(self._topology.aclose)
             # The coverage report is withdrawn before the lease is released: followers then wait for no one.
+            # The sweeper stops before the gate, so that nothing enters the routes while they drain.
             services: list[Service] = [
                 self._fanin,
                 self._elector,
                 self._coverage,
                 *self._optional_services(),
                 self._gate,
+                *([self._sweeper] if self._sweeper.has_work else []),
             ]
             for service in services:
                 await stack.enter_async_context(service)
@@ -216,10 +220,7 @@ class Daemon:
         return 1 if failed else 0
 
     def _optional_services(self) -> list[Service]:
-        services: list[Service] = [] if self._scheduler is None else [self._scheduler]
-        if self._sweeper.has_work:
-            services.append(self._sweeper)
-        return services
+        return [] if self._scheduler is None else [self._scheduler]
 
     def _subscription_lost(self, address: NodeAddress, heard_until: float) -> None:
         self._gate.subscription_lost(str(address), heard_until=heard_until)
@@ -255,9 +256,8 @@ class Daemon:
         """
         settings = self.config.replay
         assert settings.warmup is not None  # load_config fills it in
-        covered = self._fanin.covered_for()
-        self.metrics.subscriptions_unbroken_seconds.set(covered)
-        eligible = not settings.enabled or covered >= settings.warmup
+        self.metrics.subscriptions_unbroken_seconds.set(self._fanin.covered_for())
+        eligible = not settings.enabled
         if not eligible:
             mine = self._coverage.now()
             try:
@@ -272,12 +272,20 @@ class Daemon:
             else:
                 eligible = may_lead(mine, others=others, marks=marks, tolerance=settings.clock_tolerance)
                 self._shortfall_at_last_look = shortfall(mine, marks).seconds
+            now = time.monotonic()
+            if eligible:
+                self._deferring_since = None
+            elif self._deferring_since is None:
+                self._deferring_since = now
+            else:
+                eligible = now - self._deferring_since >= settings.warmup
         self.metrics.leader_eligible.set(eligible)
         return eligible
 
     def _elected(self) -> None:
         # Wake the leader gate: a new leader must not wait for the next event to replay what the last one left.
         self._queue.wake()
+        self._deferring_since = None
         unheard = self._shortfall_at_last_look
         self._shortfall_at_last_look = 0.0
         if 0 < unheard < math.inf:

@@ -288,8 +288,9 @@ class RouteDelivery:
             return
         if outcome is Outcome.DEAD_LETTERED:
             # The entry holds the payload. A companion left behind would be found by the sweep and
-            # fail again; one whose event was dropped stays, so that the sweep delivers it later.
-            await self._delete_payloads([event.key for event in events])
+            # fail again. One never read (the fetch itself failed) stays, as does one whose event was
+            # dropped, so that the sweep delivers it later.
+            await self._delete_payloads([event.key for event in events if event.has_payload])
         self._outcomes[outcome].inc(len(batch))
         self._finish(batch)
 

@@ -144,6 +144,8 @@ class Elector(Service):
     async def _renew_or_step_down(self) -> None:
         next_attempt = self._last_renewal_attempt + self._settings.renew_interval
         await asyncio.sleep(max(0.0, next_attempt - time.monotonic()))
+        if self._term is None:
+            return  # handed over while this renewal waited
         started = self._last_renewal_attempt = time.monotonic()
         remaining = self._act_until - started
         if remaining <= 0:
@@ -163,6 +165,8 @@ class Elector(Service):
             if time.monotonic() >= self._act_until:
                 self._step_down("renew deadline passed")
             return
+        if self._term is None:
+            return  # handed over while the renewal was in flight: the release is on its way
         self._act_until = started + self._settings.renew_deadline
         self._metrics.lock_renewals.labels(result="ok").inc()
 
@@ -179,6 +183,8 @@ class Elector(Service):
             self._step_down(reason)
 
     def _step_down(self, reason: str) -> None:
+        if self._term is None:
+            return
         term = self._term
         self._term = None
         self._act_until = 0.0

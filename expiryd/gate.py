@@ -63,7 +63,9 @@ class ReplayLike(Protocol):
 
     def remember(self, batch: list[Expiration]) -> None: ...
 
-    async def unfinished(self, *, term: int, own: dict[str, ProgressMark]) -> list[Expiration]: ...
+    async def unfinished(
+        self, *, term: int, own: dict[str, ProgressMark]
+    ) -> tuple[list[Expiration], dict[str, ProgressMark]]: ...
 
     async def record(self, *, term: int, marks: dict[str, ProgressMark] | None) -> None: ...
 
@@ -170,8 +172,6 @@ class LeaderGate(Service):
             self._shift.completion.freeze(node, heard_until=heard_until)
 
     async def _dispatch(self, batch: list[Expiration]) -> None:
-        if batch:
-            self._dispatched_through = max(self._dispatched_through, batch[-1].received_at)
         term = self._leadership.term()
         if term != self._active_term:
             self._end_shift()
@@ -186,6 +186,8 @@ class LeaderGate(Service):
             self._metrics.events_skipped.inc(len(batch))
             return
         await self._process(batch)
+        if batch:  # only now is all of it in the completion, finished or not
+            self._dispatched_through = max(self._dispatched_through, batch[-1].received_at)
 
     def _begin_shift(self, term: int) -> None:
         completion = Completion(term=term, marks=self._own_marks)
@@ -220,7 +222,11 @@ class LeaderGate(Service):
         task.add_done_callback(self._retiring.discard)
 
     async def _take_over(self, term: int) -> None:
-        pending = self._replaying = await self._replay.unfinished(term=term, own=self._own_marks)
+        pending, marks = await self._replay.unfinished(term=term, own=self._own_marks)
+        self._replaying = pending
+        if self._shift is not None:
+            # From where the last leader got to, not from this replica's own older marks.
+            self._shift.completion.start_from(marks)
         for start in range(0, len(pending), _REPLAY_CHUNK):
             await self._process(pending[start : start + _REPLAY_CHUNK])
         self._replaying = []
@@ -257,8 +263,9 @@ class LeaderGate(Service):
             if shift is None or self._leadership.term() != shift.term:
                 continue
             completion = shift.completion
-            subscribed = [node for node, since in self._coverage_since().items() if since is not None]
-            completion.quiet(subscribed, through=self._quiet_through(), idle_for=self._idle_after)
+            if not self._replaying:  # a node's replayed events may not be in the completion yet
+                subscribed = [node for node, since in self._coverage_since().items() if since is not None]
+                completion.quiet(subscribed, through=self._quiet_through(), idle_for=self._idle_after)
             hand_over = bool(completion.frozen()) and await self._resolve_gaps(completion)
             await self._replay.record(term=shift.term, marks=completion.take_marks())
             if hand_over:

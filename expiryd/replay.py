@@ -106,13 +106,19 @@ class ReplayBuffer:
     def _replay_start(self, history: list[Expiration], node: str, mark: ProgressMark, tolerance: float) -> _Start:
         best_index, best_distance = -1, tolerance
         first_seen: float | None = None
+        names_an_event = mark.key != b""  # an idle primary's mark (see Completion.quiet) is a time only
         for index, expiration in enumerate(history):
             if expiration.node != node:
                 continue
             if first_seen is None:
                 first_seen = expiration.received_at
             distance = abs(expiration.received_at - mark.received_at)
-            if expiration.key == mark.key and expiration.kind == mark.kind and distance <= best_distance:
+            if (
+                names_an_event
+                and expiration.key == mark.key
+                and expiration.kind == mark.kind
+                and distance <= best_distance
+            ):
                 best_index, best_distance = index, distance
         if best_index >= 0:
             return _Start(after_index=best_index)
@@ -169,8 +175,13 @@ class Replay:
         if batch:
             self._buffer.append(batch)
 
-    async def unfinished(self, *, term: int, own: dict[str, ProgressMark]) -> list[Expiration]:
-        """What the buffer holds beyond the last recorded marks, or beyond ``own`` where those are newer."""
+    async def unfinished(
+        self, *, term: int, own: dict[str, ProgressMark]
+    ) -> tuple[list[Expiration], dict[str, ProgressMark]]:
+        """What the buffer holds beyond the last marks, and those marks: the recorded ones, or ``own`` where newer.
+
+        When the progress cannot be read, everything buffered is replayed, and the marks are ``own``.
+        """
         marks = await self._read_marks(own)
         pending = self._buffer.after(marks, tolerance=self._tolerance)
         log.warning(
@@ -178,7 +189,7 @@ class Replay:
             extra={"term": term, "events": len(pending), "progress": "unreadable" if marks is None else "read"},
         )
         self._metrics.replayed_events.inc(len(pending))
-        return pending
+        return pending, own if marks is None else marks
 
     async def record(self, *, term: int, marks: dict[str, ProgressMark] | None) -> None:
         """Write ``marks`` for ``term``; None means none moved, but a failed write of this term is tried again."""
@@ -240,8 +251,10 @@ class NoReplay:
     def remember(self, batch: list[Expiration]) -> None:
         pass
 
-    async def unfinished(self, *, term: int, own: dict[str, ProgressMark]) -> list[Expiration]:
-        return []
+    async def unfinished(
+        self, *, term: int, own: dict[str, ProgressMark]
+    ) -> tuple[list[Expiration], dict[str, ProgressMark]]:
+        return [], own
 
     async def record(self, *, term: int, marks: dict[str, ProgressMark] | None) -> None:
         pass

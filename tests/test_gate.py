@@ -54,9 +54,11 @@ class FakeReplay:
     def remember(self, batch: list[Expiration]) -> None:
         self.remembered += [expiration.key for expiration in batch]
 
-    async def unfinished(self, *, term: int, own: dict[str, ProgressMark]) -> list[Expiration]:
+    async def unfinished(
+        self, *, term: int, own: dict[str, ProgressMark]
+    ) -> tuple[list[Expiration], dict[str, ProgressMark]]:
         self.takeovers.append((term, own))
-        return self._unfinished
+        return self._unfinished, own
 
     async def record(self, *, term: int, marks: dict[str, ProgressMark] | None) -> None:
         if marks is not None:

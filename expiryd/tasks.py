@@ -25,13 +25,21 @@ from typing import Any, Self
 
 __all__ = ["Service", "cancel_and_wait", "until_first_failure"]
 
+_CANCEL_AGAIN_AFTER = 0.5
+
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any] | None]) -> None:
     """Cancel the tasks and wait until every one has ended; their errors are not raised."""
-    pending = [task for task in tasks if task is not None]
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
+    pending = {task for task in tasks if task is not None}
+    while pending:
+        for task in pending:
+            task.cancel()
+        # Python 3.11's wait_for swallows a cancellation that races the completion of what it waits
+        # for, and a loop around it then runs on: cancel whatever is still running again.
+        done, pending = await asyncio.wait(pending, timeout=_CANCEL_AGAIN_AFTER)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved, so that asyncio does not log it as never retrieved
 
 
 async def until_first_failure(*coroutines: Coroutine[Any, Any, None]) -> None:

@@ -11,6 +11,8 @@ timeouts are applied the same way everywhere::
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import ssl
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from .config import RedisConfig, StreamConfig, TlsConfig
 
-__all__ = ["REDIS_FAILURES", "NodeAddress", "RedisOptions", "describe_error", "tls_context"]
+__all__ = ["REDIS_FAILURES", "NodeAddress", "NodeClients", "RedisOptions", "describe_error", "tls_context"]
 
 # What a call to Redis raises when the server is down, slow or refuses:
 # redis-py's cluster client raises RedisClusterException, which is not a RedisError.
@@ -162,3 +164,39 @@ class RedisOptions:
             ssl=self.tls is not None,
             **_tls_client_arguments(self.tls),
         )
+
+
+class NodeClients:
+    """One pooled client per node, made on first use, for a part that sends pipelines to many nodes.
+
+    A client that failed is dropped, so that the next use connects afresh::
+
+        clients = NodeClients(options=options)
+        await clients.get(node).pexpiretime(key)
+        await clients.drop(node)      # after a failure
+        await clients.aclose()        # every client
+    """
+
+    def __init__(self, *, options: RedisOptions) -> None:
+        self._options = options
+        self._clients: dict[NodeAddress, aioredis.Redis] = {}
+
+    def get(self, node: NodeAddress) -> aioredis.Redis:
+        client = self._clients.get(node)
+        if client is None:
+            client = self._clients[node] = self._options.client(node, pipelined=True)
+        return client
+
+    def nodes(self) -> list[NodeAddress]:
+        return list(self._clients)
+
+    async def drop(self, node: NodeAddress) -> None:
+        client = self._clients.pop(node, None)
+        if client is not None:
+            with contextlib.suppress(*REDIS_FAILURES):
+                await client.aclose()
+
+    async def aclose(self) -> None:
+        clients = list(self._clients.values())
+        self._clients.clear()
+        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)

@@ -53,7 +53,7 @@ import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from .config import ScheduleConfig
-from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error
+from .connections import REDIS_FAILURES, NodeAddress, NodeClients, RedisOptions, describe_error
 from .events import EXPIRED, Expiration
 from .metrics import Metrics
 from .routing import Router
@@ -133,8 +133,8 @@ class Scheduler(Service):
         self._learned = asyncio.Event()
         self._sooner = asyncio.Event()
         self._sleeping_until = 0.0
-        self._lookup_clients: dict[NodeAddress, aioredis.Redis] = {}
-        self._touch_clients: dict[NodeAddress, aioredis.Redis] = {}
+        self._lookup_clients = NodeClients(options=options)
+        self._touch_clients = NodeClients(options=options)
         admissions = metrics.schedule_admissions
         self._admitted = {admission: admissions.labels(result=admission.value) for admission in Admission}
         self._touches = metrics.schedule_touches
@@ -143,10 +143,7 @@ class Scheduler(Service):
         await until_first_failure(self._look_up_learned(), self._fire(), self._recover())
 
     async def _close(self) -> None:
-        clients = [*self._lookup_clients.values(), *self._touch_clients.values()]
-        self._lookup_clients.clear()
-        self._touch_clients.clear()
-        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
+        await asyncio.gather(self._lookup_clients.aclose(), self._touch_clients.aclose())
 
     def learn(self, address: NodeAddress, keys: list[bytes]) -> None:
         """Keys whose TTL was just set on ``address``: look up the due time of those a route will handle."""
@@ -185,7 +182,7 @@ class Scheduler(Service):
 
     async def _look_up(self, node: NodeAddress, keys: list[bytes]) -> None:
         """Schedule ``keys`` at the due times their primary ``node`` gives."""
-        client = self._client(self._lookup_clients, node)
+        client = self._lookup_clients.get(node)
         for start in range(0, len(keys), _LOOKUP_CHUNK):
             chunk = keys[start : start + _LOOKUP_CHUNK]
             try:
@@ -196,7 +193,7 @@ class Scheduler(Service):
                     "cannot look up due times: these keys fire on Redis's own timing",
                     extra={"node": str(node), "keys": len(chunk), "error": describe_error(error)},
                 )
-                await self._drop_client(self._lookup_clients, node)
+                await self._lookup_clients.drop(node)
                 return
             self._admit(chunk, replies)
 
@@ -271,7 +268,7 @@ class Scheduler(Service):
         self._report_size()
 
     async def _touch_node(self, node: NodeAddress, entries: list[tuple[bytes, float]]) -> None:
-        client = self._client(self._touch_clients, node)
+        client = self._touch_clients.get(node)
         try:
             replies = await _pexpiretimes(client, [key for key, _ in entries])
         except REDIS_FAILURES as error:
@@ -279,7 +276,7 @@ class Scheduler(Service):
                 "cannot touch due keys: retrying",
                 extra={"node": str(node), "keys": len(entries), "error": describe_error(error)},
             )
-            await self._drop_client(self._touch_clients, node)
+            await self._touch_clients.drop(node)
             self._retry(entries)
             return
         now = time.time()
@@ -338,12 +335,12 @@ class Scheduler(Service):
 
     async def _scan(self, node: NodeAddress) -> bool:
         """Schedule every routed key with a TTL on ``node``; False if the scan broke off."""
-        client = self._client(self._lookup_clients, node)
+        client = self._lookup_clients.get(node)
         started = time.monotonic()
         pause = _SCAN_COUNT / self._settings.scan_rate
         try:
             # The node's connections open now, once: not at its first due key, in the middle of work.
-            await _open(self._client(self._touch_clients, node))
+            await _open(self._touch_clients.get(node))
             await _open(client)
             for pattern in self._patterns:
                 cursor = 0
@@ -364,7 +361,7 @@ class Scheduler(Service):
         except REDIS_FAILURES as error:
             self._metrics.schedule_scans.labels(result="error").inc()
             log.warning("schedule recovery scan broke off", extra={"node": str(node), "error": describe_error(error)})
-            await self._drop_client(self._lookup_clients, node)
+            await self._lookup_clients.drop(node)
             return False
         self._metrics.schedule_scans.labels(result="complete").inc()
         self._report_size()
@@ -379,18 +376,6 @@ class Scheduler(Service):
         return True
 
     # Connections
-
-    def _client(self, clients: dict[NodeAddress, aioredis.Redis], node: NodeAddress) -> aioredis.Redis:
-        client = clients.get(node)
-        if client is None:
-            client = clients[node] = self._options.client(node, pipelined=True)
-        return client
-
-    async def _drop_client(self, clients: dict[NodeAddress, aioredis.Redis], node: NodeAddress) -> None:
-        client = clients.pop(node, None)
-        if client is not None:
-            with contextlib.suppress(*REDIS_FAILURES):
-                await client.aclose()
 
     def _report_size(self) -> None:
         self._metrics.schedule_keys.set(len(self._schedule))

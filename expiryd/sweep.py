@@ -34,18 +34,16 @@ event whose outcome it cannot know.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import redis.asyncio as aioredis
 from redis.crc import key_slot
 
 from .config import SweepConfig
-from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error
+from .connections import REDIS_FAILURES, NodeAddress, NodeClients, RedisOptions, describe_error
 from .events import EXPIRED, Expiration
 from .metrics import Metrics
 from .payload import PayloadKeys
@@ -134,7 +132,7 @@ class Sweeper(Service):
         self._sweep_number = 0
         self._leading: int | None = None  # the term the candidates were found in
         self._check_failures = 0
-        self._clients: dict[NodeAddress, aioredis.Redis] = {}
+        self._clients = NodeClients(options=options)
 
     @property
     def has_work(self) -> bool:
@@ -149,9 +147,7 @@ class Sweeper(Service):
     async def _close(self) -> None:
         self._metrics.sweep_interval.set(0)
         self._forget()
-        clients = list(self._clients.values())
-        self._clients.clear()
-        await asyncio.gather(*(client.aclose() for client in clients), return_exceptions=True)
+        await self._clients.aclose()
 
     async def _sweep_loop(self) -> None:
         next_sweep = 0.0
@@ -197,9 +193,9 @@ class Sweeper(Service):
         failures_before = self._check_failures
         started = time.monotonic()
         primaries = sorted(view.primaries)
-        for node in list(self._clients):
+        for node in self._clients.nodes():
             if node not in view.primaries:
-                await self._drop_client(node)
+                await self._clients.drop(node)
         # Primaries in parallel: scan_rate bounds each node's load, and a sweep lasts as long as its largest node.
         results = await asyncio.gather(*(self._scan_node(node, term) for node in primaries))
         if None in results:
@@ -231,7 +227,7 @@ class Sweeper(Service):
 
     async def _scan(self, node: NodeAddress, target: _Target, term: int) -> bool | None:
         """Make candidates of ``target``'s companions on ``node``; False if the scan broke off, None on a new term."""
-        client = self._client(node)
+        client = self._clients.get(node)
         pause = self._settings.count / self._settings.scan_rate
         cursor = 0
         try:
@@ -248,7 +244,7 @@ class Sweeper(Service):
                 await asyncio.sleep(pause)
         except REDIS_FAILURES as error:
             log.warning("sweep scan broke off", extra={"node": str(node), "error": describe_error(error)})
-            await self._drop_client(node)
+            await self._clients.drop(node)
             return False
 
     async def _consider(self, node: NodeAddress, target: _Target, names: list[Any]) -> None:
@@ -359,14 +355,14 @@ class Sweeper(Service):
                 by_node.setdefault(owner, []).append(index)
 
         async def run(node: NodeAddress, indexes: list[int]) -> None:
-            pipe = self._client(node).pipeline(transaction=False)
+            pipe = self._clients.get(node).pipeline(transaction=False)
             for index in indexes:
                 pipe.execute_command(*commands[index])
             try:
                 results = await pipe.execute(raise_on_error=False)
             except REDIS_FAILURES as error:
                 log.warning("sweep cannot check keys", extra={"node": str(node), "error": describe_error(error)})
-                await self._drop_client(node)
+                await self._clients.drop(node)
                 results = [error] * len(indexes)
             for index, result in zip(indexes, results, strict=True):
                 if isinstance(result, BaseException):
@@ -380,15 +376,3 @@ class Sweeper(Service):
         """The primary that owns each slot, from the fan-in's last topology read."""
         view = self._view()
         return None if view is None else view.slot_owners()
-
-    def _client(self, node: NodeAddress) -> aioredis.Redis:
-        client = self._clients.get(node)
-        if client is None:
-            client = self._clients[node] = self._options.client(node, pipelined=True)
-        return client
-
-    async def _drop_client(self, node: NodeAddress) -> None:
-        client = self._clients.pop(node, None)
-        if client is not None:
-            with contextlib.suppress(*REDIS_FAILURES):
-                await client.aclose()

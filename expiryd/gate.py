@@ -222,11 +222,11 @@ class LeaderGate(Service):
         task.add_done_callback(self._retiring.discard)
 
     async def _take_over(self, term: int) -> None:
+        assert self._shift is not None
         pending, marks = await self._replay.unfinished(term=term, own=self._own_marks)
         self._replaying = pending
-        if self._shift is not None:
-            # From where the last leader got to, not from this replica's own older marks.
-            self._shift.completion.start_from(marks)
+        # From where the last leader got to, not from this replica's own older marks.
+        self._shift.completion.start_from(marks)
         for start in range(0, len(pending), _REPLAY_CHUNK):
             await self._process(pending[start : start + _REPLAY_CHUNK])
         self._replaying = []
@@ -278,8 +278,7 @@ class LeaderGate(Service):
 
     async def _resolve_gaps(self, completion: Completion) -> bool:
         """Whether to hand over to a replica that heard what this one missed; if none did, accept the gaps."""
-        primaries = self._coverage_since().keys()
-        for node in completion.frozen().keys() - primaries:
+        for node in completion.frozen().keys() - self._coverage_since().keys():
             # A primary that failed and left: its promoted replica was subscribed ahead of time.
             completion.thaw(node)
         frozen = completion.frozen()
@@ -294,6 +293,7 @@ class LeaderGate(Service):
             )
             self._metrics.history_gaps.labels(outcome="handed_over").inc(len(frozen))
             return True
+        # Read again: a primary may have been subscribed anew while the coverage reports were read.
         for node, since in sorted(self._coverage_since().items()):
             if since is None or node not in frozen:
                 continue

@@ -114,6 +114,17 @@ class Setup:
     async def submit(self, *keys: bytes) -> None:
         await self.delivery.submit([self.completion.add(Expiration(key, "n:1", 1.0)) for key in keys])
 
+    def deliver(self, *keys: bytes) -> Setup:
+        """Start the delivery, submit ``keys``, and close it once they are done."""
+
+        async def scenario() -> None:
+            self.delivery.start()
+            await self.submit(*keys)
+            await self.delivery.aclose()
+
+        asyncio.run(scenario())
+        return self
+
     def processed(self, outcome: str) -> float:
         value = self.metrics.registry.get_sample_value(
             "expiryd_events_processed_total", {"route": "orders", "outcome": outcome}
@@ -137,30 +148,16 @@ def test_retry_later_waits_at_least_its_after_within_max_backoff():
 
 
 def test_a_batch_is_handed_to_the_handler_with_the_term_and_replica():
-    async def scenario() -> tuple[Recorder, Setup]:
-        handler = Recorder()
-        setup = Setup(handler)
-        setup.delivery.start()
-        await setup.submit(b"a", b"b")
-        await setup.delivery.aclose()
-        return handler, setup
-
-    handler, setup = asyncio.run(scenario())
+    handler = Recorder()
+    setup = Setup(handler).deliver(b"a", b"b")
     [(_, events)] = handler.calls
     assert [(e.key, e.term, e.replica) for e in events] == [(b"a", 1, "r1"), (b"b", 1, "r1")]
     assert setup.processed("ok") == 2 and setup.completion.unfinished() == 0
 
 
 def test_a_failing_handler_is_retried_then_dead_lettered_with_the_attempt_count():
-    async def scenario() -> tuple[Recorder, Setup]:
-        handler = Recorder(*(RuntimeError("boom") for _ in range(3)))
-        setup = Setup(handler)
-        setup.delivery.start()
-        await setup.submit(b"a")
-        await setup.delivery.aclose()
-        return handler, setup
-
-    handler, setup = asyncio.run(scenario())
+    handler = Recorder(*(RuntimeError("boom") for _ in range(3)))
+    setup = Setup(handler).deliver(b"a")
     assert len(handler.calls) == 3
     [entry] = setup.stream.entries
     assert entry["key"] == b"a" and entry["attempts"] == "3" and "boom" in entry["error"]
@@ -169,40 +166,20 @@ def test_a_failing_handler_is_retried_then_dead_lettered_with_the_attempt_count(
 
 
 def test_a_permanent_failure_is_dead_lettered_without_a_retry():
-    async def scenario() -> tuple[Recorder, Setup]:
-        handler = Recorder(PermanentFailure("HTTP 403"))
-        setup = Setup(handler)
-        setup.delivery.start()
-        await setup.submit(b"a")
-        await setup.delivery.aclose()
-        return handler, setup
-
-    handler, setup = asyncio.run(scenario())
+    handler = Recorder(PermanentFailure("HTTP 403"))
+    setup = Setup(handler).deliver(b"a")
     assert len(handler.calls) == 1 and setup.stream.entries[0]["attempts"] == "1"
 
 
 def test_retry_later_delays_the_next_attempt_by_at_least_after():
-    async def scenario() -> Recorder:
-        handler = Recorder(RetryLater("HTTP 429", after=0.2))
-        setup = Setup(handler, retry=RetryConfig(max_attempts=3, backoff=0.001, max_backoff=10.0))
-        setup.delivery.start()
-        await setup.submit(b"a")
-        await setup.delivery.aclose()
-        return handler
-
-    (first, _), (second, _) = asyncio.run(scenario()).calls
+    handler = Recorder(RetryLater("HTTP 429", after=0.2))
+    Setup(handler, retry=RetryConfig(max_attempts=3, backoff=0.001, max_backoff=10.0)).deliver(b"a")
+    (first, _), (second, _) = handler.calls
     assert second - first >= 0.2
 
 
 def test_events_are_logged_and_counted_dropped_when_the_dead_letter_stream_cannot_be_written(caplog):
-    async def scenario() -> Setup:
-        setup = Setup(Recorder(PermanentFailure("HTTP 400")), stream_down=True)
-        setup.delivery.start()
-        await setup.submit(b"lost-but-logged")
-        await setup.delivery.aclose()
-        return setup
-
-    setup = asyncio.run(scenario())
+    setup = Setup(Recorder(PermanentFailure("HTTP 400")), stream_down=True).deliver(b"lost-but-logged")
     assert setup.processed("dropped") == 1 and setup.completion.unfinished() == 0
     assert any("lost-but-logged" in str(getattr(r, "event", "")) for r in caplog.records)
 

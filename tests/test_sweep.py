@@ -68,6 +68,11 @@ class Sweep:
     def sweeps(self, result: str) -> float:
         return self.metrics.registry.get_sample_value("expiryd_sweeps_total", {"result": result}) or 0.0
 
+    async def first_complete(self) -> None:
+        """Wait for the first sweep of every primary to end: its candidates have had their first look."""
+        while self.sweeps("complete") < 1:
+            await asyncio.sleep(0.01)
+
 
 @contextlib.asynccontextmanager
 async def sweeping(
@@ -186,8 +191,7 @@ def emitted_after_a_change_between_the_two_looks(cluster: LocalCluster, change: 
 
     async def scenario() -> Sweep:
         async with sweeping(cluster, [payload_route("r", f"{p}:{{*}}")], settings=settings) as sweep:
-            while sweep.sweeps("complete") < 1:
-                await asyncio.sleep(0.01)
+            await sweep.first_complete()
             client = cluster.client()
             change(client, key)
             client.close()
@@ -307,8 +311,7 @@ def test_a_candidate_of_a_former_term_is_not_emitted(shared_cluster: LocalCluste
 
     async def scenario() -> Sweep:
         async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")], settings=settings) as sweep:
-            while sweep.sweeps("complete") < 1:
-                await asyncio.sleep(0.01)
+            await sweep.first_complete()
             sweep.leadership.value = None
             await asyncio.sleep(0.8)
         return sweep
@@ -340,8 +343,7 @@ def test_a_complete_sweep_sets_its_timestamp_and_counts_the_keys_it_scanned(shar
     async def scenario() -> Sweep:
         async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}")]) as sweep:
             before = time.time()
-            while sweep.sweeps("complete") < 1:
-                await asyncio.sleep(0.01)
+            await sweep.first_complete()
             registry = sweep.metrics.registry
             assert registry.get_sample_value("expiryd_sweep_last_complete_timestamp_seconds") >= before
             assert registry.get_sample_value("expiryd_sweep_keys_scanned_total") >= 3

@@ -38,6 +38,10 @@ from .keys import term_key
 from .metrics import Metrics
 from .tasks import Service
 
+# What a lease call may raise without ending the election: Redis failures, pottery's, and the odd
+# AttributeError redis-py raises from a connection torn down under it (a primary restarting).
+_LEASE_FAILURES = (*REDIS_FAILURES, PrimitiveError, AttributeError)
+
 __all__ = ["Elector"]
 
 log = logging.getLogger("expiryd.election")
@@ -120,7 +124,7 @@ class Elector(Service):
         started = time.monotonic()
         try:
             acquired = await asyncio.wait_for(self._lock.acquire(blocking=False), self._settings.renew_deadline)
-        except (*REDIS_FAILURES, PrimitiveError) as error:
+        except _LEASE_FAILURES as error:
             self._report_failed_attempt(describe_error(error))
             return
         if not acquired:
@@ -159,7 +163,7 @@ class Elector(Service):
             self._metrics.lock_renewals.labels(result="lost").inc()
             self._step_down("lease lost")
             return
-        except (*REDIS_FAILURES, PrimitiveError) as error:
+        except _LEASE_FAILURES as error:
             self._metrics.lock_renewals.labels(result="error").inc()
             log.warning("lease renewal failed", extra={"term": self._term, "reason": describe_error(error)})
             if time.monotonic() >= self._act_until:
@@ -205,7 +209,7 @@ class Elector(Service):
     async def _release(self) -> None:
         try:
             await asyncio.wait_for(self._lock.release(), self._settings.renew_interval)
-        except (*REDIS_FAILURES, PrimitiveError):
+        except _LEASE_FAILURES:
             pass  # the lease expires on its own
 
     async def _next_term(self) -> int:

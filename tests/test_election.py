@@ -291,3 +291,17 @@ def test_each_new_term_is_greater_than_the_last():
         return terms
 
     assert asyncio.run(scenario()) == [1, 2]
+
+
+def test_a_client_error_from_a_torn_down_connection_is_a_failed_renewal_not_the_end_of_the_election():
+    async def scenario() -> tuple[int | None, bool]:
+        elector, lock, _ = elector_with_fake_lock(renew_deadline=60.0)
+        async with elector:
+            await leading(elector)
+            # What redis-py raised when the lease's primary restarted under a renewal.
+            lock.extend_error = AttributeError("'NoneType' object has no attribute 'writelines'")
+            await asyncio.sleep(0.2)
+            return elector.term(), elector.task.done()
+
+    term, ended = asyncio.run(scenario())
+    assert term == 1 and not ended

@@ -6,7 +6,7 @@ VENV ?= .venv
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test bench-smoke setup system-packages clean
+.PHONY: demo test test-fast bench-smoke setup system-packages clean
 
 demo: setup
 	$(VENV)/bin/expiryd demo
@@ -14,18 +14,23 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest
 
+# The in-process tests only: no servers, no expiryd processes; under a minute.
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not cluster" -q
+
 setup: system-packages $(VENV)/.installed
 
 # redis-server for the local clusters; prometheus (with promtool) for the deployment tests;
-# openssl for the TLS tests' certificates.
+# openssl for the TLS tests' certificates; iptables and faketime for the network-fault tests.
 system-packages:
 	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
 	    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
-	    || ! command -v openssl >/dev/null; then \
-	  echo "installing Debian packages: redis-server redis-tools prometheus openssl"; \
+	    || ! command -v openssl >/dev/null || ! command -v iptables >/dev/null \
+	    || [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then \
+	  echo "installing Debian packages: redis-server redis-tools prometheus openssl iptables faketime"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    redis-server redis-tools prometheus openssl; \
+	    redis-server redis-tools prometheus openssl iptables faketime; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

@@ -87,6 +87,7 @@ async def _one_sweep(cluster: LocalCluster, *, rate: int, companions: int, orpha
         in_flight=lambda key: False,
         emit=emit,
         metrics=metrics,
+        now=time.time,
     )
     primaries = [cluster.node(str(node)) for node in sorted(view.primaries)]
     redis_before = _redis_cpu(primaries)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import socket
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,9 +24,18 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException, RedisError
 
-from .config import RedisConfig, StreamConfig, TlsConfig
+from .config import KeepaliveConfig, RedisConfig, StreamConfig, TlsConfig
 
-__all__ = ["REDIS_FAILURES", "NodeAddress", "NodeClients", "RedisOptions", "describe_error", "tls_context"]
+__all__ = [
+    "REDIS_FAILURES",
+    "NodeAddress",
+    "NodeClients",
+    "RedisOptions",
+    "describe_error",
+    "keepalive_options",
+    "set_keepalive",
+    "tls_context",
+]
 
 # What a call to Redis raises when the server is down, slow or refuses:
 # redis-py's cluster client raises RedisClusterException, which is not a RedisError.
@@ -68,6 +78,22 @@ class NodeAddress:
         return cls(host, int(port))
 
 
+def keepalive_options(keepalive: KeepaliveConfig) -> dict[int, int]:
+    """The TCP-level options (level ``IPPROTO_TCP``) that make ``keepalive`` so; SO_KEEPALIVE turns it on."""
+    return {
+        socket.TCP_KEEPIDLE: max(1, round(keepalive.idle)),
+        socket.TCP_KEEPINTVL: max(1, round(keepalive.interval)),
+        socket.TCP_KEEPCNT: keepalive.count,
+    }
+
+
+def set_keepalive(sock: socket.socket, keepalive: KeepaliveConfig) -> None:
+    """Turn TCP keepalive on for a socket opened by hand (redis-py's and httpx's take the same options)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in keepalive_options(keepalive).items():
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
 @functools.cache
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:
     """An SSL context for connections opened by hand (the node subscriptions), built once and shared."""
@@ -99,12 +125,18 @@ class RedisOptions:
     command_timeout: float = 2.0
     # None: plain connections (the URLs say redis://).
     tls: TlsConfig | None = None
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
 
     @classmethod
-    def for_stream(cls, stream: StreamConfig) -> RedisOptions:
+    def for_stream(cls, stream: StreamConfig, *, keepalive: KeepaliveConfig) -> RedisOptions:
         """The options for a route's stream on another server: its own credentials and TLS settings."""
         uses_tls = urlsplit(stream.url or "").scheme == "rediss"
-        return cls(username=stream.username, password=stream.password, tls=stream.tls if uses_tls else None)
+        return cls(
+            username=stream.username,
+            password=stream.password,
+            tls=stream.tls if uses_tls else None,
+            keepalive=keepalive,
+        )
 
     @classmethod
     def from_config(cls, config: RedisConfig) -> RedisOptions:
@@ -116,6 +148,7 @@ class RedisOptions:
             connect_timeout=config.connect_timeout,
             command_timeout=config.watchdog_timeout,
             tls=tls,
+            keepalive=config.keepalive,
         )
 
     def client(self, address: NodeAddress, *, timeout: float | None = None, pipelined: bool = False) -> aioredis.Redis:
@@ -132,6 +165,7 @@ class RedisOptions:
             password=self.password,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=timeout or self.command_timeout,
+            **self._keepalive_arguments(),
             single_connection_client=not pipelined,
             ssl=self.tls is not None,
             **_tls_client_arguments(self.tls),
@@ -151,6 +185,7 @@ class RedisOptions:
             password=self.password,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=self.command_timeout,
+            **self._keepalive_arguments(),
             **_tls_client_arguments(self.tls),  # the rediss:// scheme picks the TLS connection
         )
 
@@ -161,9 +196,13 @@ class RedisOptions:
             password=self.password,
             socket_connect_timeout=self.connect_timeout,
             socket_timeout=self.command_timeout,
+            **self._keepalive_arguments(),
             ssl=self.tls is not None,
             **_tls_client_arguments(self.tls),
         )
+
+    def _keepalive_arguments(self) -> dict[str, Any]:
+        return {"socket_keepalive": True, "socket_keepalive_options": keepalive_options(self.keepalive)}
 
 
 class NodeClients:

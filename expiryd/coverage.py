@@ -27,7 +27,6 @@ import asyncio
 import json
 import logging
 import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -187,16 +186,23 @@ class CoverageReporter(Service):
     name = "coverage reporter"
 
     def __init__(
-        self, *, store: CoverageStore, replica: str, since: Callable[[], dict[str, float | None]], interval: float
+        self,
+        *,
+        store: CoverageStore,
+        replica: str,
+        since: Callable[[], dict[str, float | None]],
+        interval: float,
+        now: Callable[[], float],
     ) -> None:
         self._store = store
+        self._now = now
         self._replica = replica
         self._since = since
         self._interval = interval
         self._failing = False
 
     def now(self) -> Coverage:
-        return Coverage(replica=self._replica, written_at=time.time(), since=self._since())
+        return Coverage(replica=self._replica, written_at=self._now(), since=self._since())
 
     async def _run(self) -> None:
         while True:

@@ -27,6 +27,7 @@ import math
 import time
 from typing import Any
 
+from .clock import ClusterClock
 from .config import Config, RouteConfig
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .coverage import CoverageReporter, CoverageStore, covered_elsewhere, may_lead, shortfall
@@ -59,6 +60,9 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
+        # Every time compared across replicas or with Redis is the cluster's, whatever this host's clock says.
+        self._clock = ClusterClock()
+        self.metrics.clock_offset.set_function(self._clock.offset)
         options = RedisOptions.from_config(config.redis)
         seeds = [NodeAddress.from_url(url) for url in config.redis.nodes]
         self._queue = EventQueue(capacity=config.pipeline.queue_size)
@@ -69,6 +73,7 @@ class Daemon:
             topology=self._topology,
             queue=self._queue,
             metrics=self.metrics,
+            clock=self._clock,
             options=options,
             settings=config.redis,
             overflow_wait=config.pipeline.overflow_wait,
@@ -92,6 +97,7 @@ class Daemon:
             replica=config.id,
             since=self._fanin.coverage_since,
             interval=config.election.renew_interval,
+            now=self._clock.now,
         )
         self._shortfall_at_last_look = 0.0
         # Monotonic; since when this replica has deferred to a better-placed one (None while it may lead).
@@ -121,6 +127,7 @@ class Daemon:
                 view=self._fanin.view,
                 subscription_starts=self._fanin.subscription_starts,
                 metrics=self.metrics,
+                clock=self._clock,
                 internal_keys=internal_keys,
             )
         self._gate = LeaderGate(
@@ -136,6 +143,7 @@ class Daemon:
             overflow_wait=config.pipeline.overflow_wait,
             grace=config.pipeline.shutdown_grace,
             due_times=self._scheduler or NoSchedule(),
+            now=self._clock.now,
             internal_keys=internal_keys,
             coverage_since=self._fanin.coverage_since,
             covered_elsewhere=self._covered_elsewhere,
@@ -152,6 +160,7 @@ class Daemon:
             in_flight=self._gate.in_flight,
             emit=self._gate.emit_swept,
             metrics=self.metrics,
+            now=self._clock.now,
         )
         status = {
             "/healthz": self._health_reply,
@@ -231,7 +240,11 @@ class Daemon:
 
     def _route(self, config: RouteConfig) -> Route:
         payload = None if config.payload is None else PayloadKeys(template=config.payload, client=self._data)
-        return Route(config=config, handler=build_handler(config, cluster=self._data), payload=payload)
+        return Route(
+            config=config,
+            handler=build_handler(config, cluster=self._data, keepalive=self.config.redis.keepalive),
+            payload=payload,
+        )
 
     def _replay(self) -> Replay | NoReplay:
         settings = self.config.replay
@@ -239,7 +252,7 @@ class Daemon:
             return NoReplay()
         assert settings.window is not None  # load_config fills both in
         return Replay(
-            buffer=ReplayBuffer(window=settings.window, max_events=settings.max_events),
+            buffer=ReplayBuffer(window=settings.window, max_events=settings.max_events, now=self._clock.now),
             store=self._progress,
             tolerance=settings.clock_tolerance,
             record_interval=self.config.election.renew_interval,
@@ -301,7 +314,7 @@ class Daemon:
             return False  # nothing could replay the gap
         try:
             others = await asyncio.wait_for(
-                self._coverage_store.others(replica=self.config.id, now=time.time()),
+                self._coverage_store.others(replica=self.config.id, now=self._clock.now()),
                 self.config.election.renew_deadline,
             )
         except REDIS_FAILURES:

@@ -89,8 +89,10 @@ class RouteDelivery:
         upstream_blocked: Callable[[], float],
         shed_after: float,
         grace: float,
+        now: Callable[[], float],
     ) -> None:
         self.route = route
+        self._now = now
         self._term = term
         self._replica = replica
         self._leadership = leadership
@@ -231,7 +233,7 @@ class RouteDelivery:
 
     def _observe_lateness(self, batch: list[Pending]) -> None:
         """How late each event reaches its first handler call, measured from its key's due time."""
-        now = time.time()
+        now = self._now()
         unscheduled = 0
         observe = self._lateness_seconds.observe
         for pending in batch:
@@ -298,5 +300,5 @@ class RouteDelivery:
         # One observation per batch, for its oldest event: per event it was a
         # sixth of the leader's time at 10,000 events/s.
         oldest = min(pending.expiration.received_at for pending in batch)
-        self._lag_seconds.observe(time.time() - oldest)
+        self._lag_seconds.observe(self._now() - oldest)
         self._completion.finish(batch)

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from .clock import ClusterClock
 from .config import RedisConfig
 from .connections import NodeAddress, RedisOptions
 from .eventqueue import EventQueue
@@ -33,7 +34,7 @@ from .metrics import Metrics
 from .notifications import EXPIRED_CLASSES
 from .subscription import NodeSubscription
 from .tasks import Service
-from .topology import ClusterView, Topology, TopologyUnavailable
+from .topology import SLOTS, ClusterView, Topology, TopologyUnavailable
 
 __all__ = ["FanIn"]
 
@@ -49,6 +50,7 @@ class FanIn(Service):
         topology: Topology,
         queue: EventQueue,
         metrics: Metrics,
+        clock: ClusterClock,
         options: RedisOptions,
         settings: RedisConfig,
         overflow_wait: float,
@@ -61,6 +63,7 @@ class FanIn(Service):
         self._kinds = kinds
         self._queue = queue
         self._metrics = metrics
+        self._clock = clock
         self._options = options
         self._settings = settings
         self._overflow_wait = overflow_wait
@@ -70,7 +73,10 @@ class FanIn(Service):
         self._view: ClusterView | None = None
         self._subscriptions: dict[NodeAddress, NodeSubscription] = {}
         self._primaries: frozenset[NodeAddress] = frozenset()
+        # Every node the last view listed, failed ones included: their series stay while they are being lost.
+        self._listed: frozenset[str] = frozenset()
         self._refresh_now = asyncio.Event()
+        self._unheard_reported: set[str] = set()
         self._last_topology_ok = 0.0
 
     @property
@@ -100,15 +106,44 @@ class FanIn(Service):
 
     def coverage_since(self) -> dict[str, float | None]:
         """When each current primary's unbroken subscription began, in epoch seconds; None while it is down."""
-        monotonic_now, now = time.monotonic(), time.time()
+        monotonic_now, now = time.monotonic(), self._clock.now()
         return {
             str(primary): None if since is None else now - (monotonic_now - since)
             for primary, since in self.subscription_starts().items()
         }
 
     def primary_states(self) -> dict[str, bool]:
-        """Whether each current primary is subscribed (what readiness needs)."""
+        """Whether each current primary is subscribed."""
         return {str(p): p in self._subscriptions and self._subscriptions[p].subscribed for p in sorted(self._primaries)}
+
+    def unheard(self) -> dict[str, int]:
+        """Slots whose expirations this replica cannot hear now, by primary ("no primary" for unserved slots).
+
+        Empty when every slot's primary is subscribed: what readiness needs.
+        """
+        if self._view is None:
+            return {"no topology read yet": SLOTS}
+        counts: dict[str, int] = {}
+        subscriptions = self._subscriptions
+        for owner in self._view.slot_owners():
+            if owner is None:
+                counts["no primary"] = counts.get("no primary", 0) + 1
+            elif owner not in subscriptions or not subscriptions[owner].subscribed:
+                name = str(owner)
+                counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def report_unheard(self) -> dict[str, int]:
+        """:meth:`unheard`, also set on the metrics (a series per primary missed, dropped once heard again)."""
+        unheard = self.unheard()
+        self._metrics.unheard_slots.set(sum(unheard.values()))
+        for node in self._unheard_reported - set(unheard):
+            with contextlib.suppress(KeyError):
+                self._metrics.unheard_node.remove(node)
+        for node, count in unheard.items():
+            self._metrics.unheard_node.labels(node=node).set(count)
+        self._unheard_reported = set(unheard)
+        return unheard
 
     def request_refresh(self) -> None:
         self._refresh_now.set()
@@ -126,6 +161,7 @@ class FanIn(Service):
         await asyncio.gather(*(subscription.aclose() for subscription in subscriptions))
 
     async def _refresh(self) -> None:
+        disputed = self._topology.disputed
         try:
             view = await self._topology.read()
         except TopologyUnavailable as error:
@@ -135,10 +171,17 @@ class FanIn(Service):
         self._last_topology_ok = time.monotonic()
         self._view = view
         self._metrics.topology_refreshes.labels(result="ok").inc()
+        if self._topology.disputed > disputed:
+            self._metrics.topology_refreshes.labels(result="disputed").inc()
         self._metrics.cluster_primaries.set(len(view.primaries))
         self._log_role_changes(view.primaries)
         self._primaries = view.primaries
         await self._reconcile(view.primaries | view.replicas)
+        listed = frozenset(str(node.address) for node in view.nodes)
+        for node in self._listed - listed:
+            self._metrics.forget_node(node)
+        self._listed = listed
+        self.report_unheard()
 
     def _log_role_changes(self, primaries: frozenset[NodeAddress]) -> None:
         for address in sorted(primaries - self._primaries):
@@ -157,6 +200,7 @@ class FanIn(Service):
                 options=self._options,
                 queue=self._queue,
                 metrics=self._metrics,
+                clock=self._clock,
                 repair_notifications=self._settings.ensure_notifications,
                 watchdog_interval=self._settings.watchdog_interval,
                 watchdog_timeout=self._settings.watchdog_timeout,

@@ -92,6 +92,7 @@ class LeaderGate(Service):
         overflow_wait: float,
         grace: float,
         due_times: DueTimes,
+        now: Callable[[], float],
         internal_keys: frozenset[bytes] = frozenset(),
         coverage_since: Callable[[], dict[str, float | None]] = dict,
         covered_elsewhere: Callable[[dict[str, ProgressMark], float], Awaitable[bool | None]] = _never,
@@ -107,6 +108,7 @@ class LeaderGate(Service):
         self._overflow_wait = overflow_wait
         self._grace = grace
         self._due_times = due_times
+        self._now = now
         self._internal_keys = internal_keys
         self._coverage_since = coverage_since
         self._idle_after = idle_after
@@ -203,6 +205,7 @@ class LeaderGate(Service):
                 upstream_blocked=self._queue.blocked_for,
                 shed_after=self._overflow_wait / 2,
                 grace=self._grace,
+                now=self._now,
             )
             for route in self._router.routes
         }

@@ -69,6 +69,30 @@ class Metrics:
             ["node"],
             registry=r,
         )
+        self.node_clock_offset = Gauge(
+            "expiryd_node_clock_offset_seconds",
+            "How far the node's clock (TIME) runs ahead of this replica's host clock; negative: behind.",
+            ["node"],
+            registry=r,
+        )
+        self.clock_offset = Gauge(
+            "expiryd_clock_offset_seconds",
+            "How far the cluster's clock (the median of the nodes') runs ahead of this replica's host clock. "
+            "expiryd keeps time by the cluster's clock, so this is what the host's clock is off by, not an error.",
+            registry=r,
+        )
+        self.unheard_slots = Gauge(
+            "expiryd_unheard_slots",
+            "Slots whose primary this replica is not subscribed to, or that no usable primary serves: "
+            "expirations there reach no handler through this replica.",
+            registry=r,
+        )
+        self.unheard_node = Gauge(
+            "expiryd_unheard_node_slots",
+            "Slots of each primary that this replica is not subscribed to (a series per primary it misses).",
+            ["node"],
+            registry=r,
+        )
         self.node_notifications_ok = Gauge(
             "expiryd_node_notifications_ok",
             "1 when the primary's notify-keyspace-events is known to include every class expiryd needs "
@@ -233,6 +257,11 @@ class Metrics:
 
     def forget_node(self, node: str) -> None:
         """Drop a node's per-node series once it is no longer a primary."""
-        for gauge in (self.node_subscribed, self.node_notifications_ok, self.node_config_refused):
+        for gauge in (
+            self.node_subscribed,
+            self.node_notifications_ok,
+            self.node_config_refused,
+            self.node_clock_offset,
+        ):
             with contextlib.suppress(KeyError):
                 gauge.remove(node)

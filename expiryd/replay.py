@@ -9,7 +9,7 @@ sequence as a :class:`ProgressMark` in Redis (see :mod:`expiryd.progress`).
 A new leader replays what its buffer holds beyond the marks before it takes
 new events::
 
-    buffer = ReplayBuffer(window=15.0, max_events=200_000)
+    buffer = ReplayBuffer(window=15.0, max_events=200_000, now=clock.now)
     buffer.append(batch)                        # every batch the leader gate sees
     replay = buffer.after(marks, tolerance=2.0)  # on taking over
 
@@ -34,9 +34,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .connections import REDIS_FAILURES
@@ -50,8 +49,9 @@ log = logging.getLogger("expiryd.replay")
 
 
 class ReplayBuffer:
-    def __init__(self, *, window: float, max_events: int) -> None:
+    def __init__(self, *, window: float, max_events: int, now: Callable[[], float]) -> None:
         self.window = window
+        self._now = now
         self.max_events = max_events
         self._history: deque[Expiration] = deque()
         self.per_node: Counter[str] = Counter()
@@ -68,7 +68,7 @@ class ReplayBuffer:
 
     def trim(self, now: float | None = None) -> None:
         """Forget events older than the window, then the oldest beyond ``max_events``."""
-        horizon = (time.time() if now is None else now) - self.window
+        horizon = (self._now() if now is None else now) - self.window
         history = self._history
         while history and history[0].received_at < horizon:
             self._forget(history.popleft())
@@ -84,7 +84,7 @@ class ReplayBuffer:
     def oldest_age(self, now: float | None = None) -> float:
         if not self._history:
             return 0.0
-        return (time.time() if now is None else now) - self._history[0].received_at
+        return (self._now() if now is None else now) - self._history[0].received_at
 
     def after(self, marks: dict[str, ProgressMark] | None, *, tolerance: float) -> list[Expiration]:
         """The buffered events that the marks do not cover, in arrival order.
@@ -153,7 +153,7 @@ class Replay:
     marks of its own last term when it takes over (:meth:`unfinished`), and a
     term's marks to record (:meth:`record`)::
 
-        replay = Replay(buffer=ReplayBuffer(window=15.0, max_events=200_000), store=store,
+        replay = Replay(buffer=ReplayBuffer(window=15.0, max_events=200_000, now=clock.now), store=store,
                         tolerance=2.0, record_interval=1.0, metrics=metrics)
         replay.remember(batch)
         pending = await replay.unfinished(term=8, own=marks_of_term_7)

@@ -16,7 +16,11 @@ key on its primary deletes it at once and publishes ``expired``. So:
   each time a primary's subscription (re)starts, and every
   ``schedule.rescan_interval`` for keys that were beyond the horizon.
 * **Firing.** While this replica leads, each key is touched at its due time
-  with ``PEXPIRETIME`` on the primary that owns its slot. A due key is deleted
+  with ``PEXPIRETIME`` on the primary that owns its slot. Due times are the
+  primaries' own (``PEXPIRETIME``), so the schedule keeps the cluster's clock
+  (:mod:`expiryd.clock`), not this host's: a replica whose clock is off still
+  fires on time. A touch that arrives before the node's clock reaches the due
+  time waits for the moment the node's measured clock will. A due key is deleted
   by the touch and its ``expired`` event flows through the usual path
   (routing, replay, fencing, payload). A key whose TTL was extended answers
   with its new due time and is rescheduled; a persisted or deleted one is
@@ -52,6 +56,7 @@ from typing import Any, Protocol
 import redis.asyncio as aioredis
 from redis.crc import key_slot
 
+from .clock import ClusterClock
 from .config import ScheduleConfig
 from .connections import REDIS_FAILURES, NodeAddress, NodeClients, RedisOptions, describe_error
 from .events import EXPIRED, Expiration
@@ -70,7 +75,8 @@ _TOUCH_CHUNK = 5_000
 _SCAN_COUNT = 1_000
 _MAX_PENDING = 200_000  # learned keys waiting for their lookup, all nodes together
 _RETRY_AFTER_ERROR = 0.1
-_RETRY_BEFORE_REDIS_CLOCK = 0.005
+# Past the moment the node's clock is reckoned to reach a due time, for an early touch's second try.
+_EARLY_RETRY_MARGIN = 0.002
 _IDLE_WAKE = 0.1  # how often an idle fire loop looks at the leadership again
 _RECOVERY_CHECK_INTERVAL = 1.0
 
@@ -116,9 +122,11 @@ class Scheduler(Service):
         view: Callable[[], ClusterView | None],
         subscription_starts: Callable[[], dict[NodeAddress, float | None]],
         metrics: Metrics,
+        clock: ClusterClock,
         internal_keys: frozenset[bytes] = frozenset(),
     ) -> None:
         self._schedule = schedule
+        self._clock = clock
         self._settings = settings
         self._options = options
         self._router = router
@@ -198,7 +206,7 @@ class Scheduler(Service):
             self._admit(chunk, replies)
 
     def _admit(self, keys: list[bytes], replies: list[Any]) -> None:
-        now = time.time()
+        now = self._clock.now()
         add, counts = self._schedule.add, dict.fromkeys(Admission, 0)
         earliest = float("inf")
         gone = failed = 0
@@ -235,7 +243,7 @@ class Scheduler(Service):
                     log.info("touching keys that came due while no one led", extra={"term": term, "keys": len(overdue)})
                     await self._touch(overdue)
             leading = term
-            now = time.time()
+            now = self._clock.now()
             due = self._schedule.pop_due(now, limit=_TOUCH_CHUNK)
             if due:
                 if term is not None:
@@ -279,7 +287,9 @@ class Scheduler(Service):
             await self._touch_clients.drop(node)
             self._retry(entries)
             return
-        now = time.time()
+        now = self._clock.now()
+        # The node's clock may run ahead of or behind the cluster's: an early touch waits for the node's.
+        node_lead = self._clock.node_lead(str(node))
         counts = {"fired": 0, "rescheduled": 0, "no_ttl": 0}
         retry = []
         for (key, due), reply in zip(entries, replies, strict=True):
@@ -294,9 +304,9 @@ class Scheduler(Service):
                 counts["rescheduled"] += 1
                 self._schedule.add(key, reply / 1000, now=now)
             else:
-                # Redis's clock has not reached the due time yet: ours runs ahead of it.
+                # The node's clock has not reached the due time yet: try again when it will have.
                 self._touches.labels(result="early").inc()
-                self._schedule.retry(key, due, at=now + _RETRY_BEFORE_REDIS_CLOCK)
+                self._schedule.retry(key, due, at=max(now, due - node_lead) + _EARLY_RETRY_MARGIN)
         for result, count in counts.items():
             if count:
                 self._touches.labels(result=result).inc(count)
@@ -306,7 +316,7 @@ class Scheduler(Service):
     def _retry(self, entries: list[tuple[bytes, float]]) -> None:
         """Touch these again shortly (their touch failed), as long as a new leader would still touch them."""
         self._touches.labels(result="error").inc(len(entries))
-        at = time.time() + _RETRY_AFTER_ERROR
+        at = self._clock.now() + _RETRY_AFTER_ERROR
         oldest = at - self._schedule.keep_due_for
         for key, due in entries:
             if due >= oldest:

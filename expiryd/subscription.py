@@ -20,10 +20,21 @@ socket reads to the hiredis parser drains about a million. So the subscription
 speaks RESP itself (AUTH, SUBSCRIBE, then read), and uses redis-py only for the
 watchdog and ``CONFIG``.
 
-Why a watchdog: a frozen server (SIGSTOP, a stalled VM) keeps its TCP
-connections open and simply says nothing, which looks exactly like a quiet
-node. The watchdog PINGs on a second connection; a node that neither answers
-nor sends any event for ``watchdog_timeout`` is treated as lost.
+Why a watchdog on the subscribed socket itself: a frozen server (SIGSTOP, a
+stalled VM) keeps its TCP connections open and simply says nothing, and a NAT,
+conntrack table or load balancer that forgets a flow drops its packets without
+a FIN or RST. Both look exactly like a quiet node. A subscribed RESP2
+connection answers ``PING`` with a ``pong`` message, so every
+``watchdog_interval`` the subscription PINGs its own socket; a socket that
+stays silent for ``watchdog_timeout`` after a PING is lost, and only bytes read
+from it count as heard. (A PING on another connection proves nothing about
+this one: that connection can live on while this one is dead.) While the
+reader waits for room in the merged queue the socket is not read, and that
+wait is not silence.
+
+A second connection carries what a subscribed connection cannot send: the
+notification check (``CONFIG``) and the node's clock (``TIME``, see
+:mod:`expiryd.clock`).
 """
 
 from __future__ import annotations
@@ -39,7 +50,8 @@ from typing import Any
 import hiredis
 import redis.asyncio as aioredis
 
-from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, tls_context
+from .clock import ClusterClock, sample_offset
+from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error, set_keepalive, tls_context
 from .errors import SubscriptionLost, SubscriptionRefused
 from .eventqueue import EventQueue
 from .events import EXPIRED, HEXPIRED, Expiration
@@ -55,7 +67,8 @@ HEXPIRED_CHANNEL = b"__keyevent@0__:hexpired"
 # A TTL was set: what the schedule learns from (see expiryd.scheduler).
 EXPIRE_CHANNEL = b"__keyevent@0__:expire"
 _READ_SIZE = 256 * 1024
-_NOTIFICATION_CHECK_EVERY = 10  # watchdog ticks
+_PING = hiredis.pack_command((b"PING",))  # type: ignore[arg-type]
+_NOTIFICATION_CHECK_EVERY = 10  # watchdog ticks; the node's clock is read as often
 _OVERFLOW_LOG_INTERVAL = 10.0
 
 log = logging.getLogger("expiryd.subscription")
@@ -69,6 +82,7 @@ class NodeSubscription(Service):
         options: RedisOptions,
         queue: EventQueue,
         metrics: Metrics,
+        clock: ClusterClock,
         repair_notifications: bool,
         watchdog_interval: float,
         watchdog_timeout: float,
@@ -86,6 +100,7 @@ class NodeSubscription(Service):
         self._tls = tls_context(options.tls) if options.tls is not None else None
         self._queue = queue
         self._metrics = metrics
+        self._clock = clock
         self._repair = repair_notifications
         self._watchdog_interval = watchdog_interval
         self._watchdog_timeout = watchdog_timeout
@@ -94,18 +109,22 @@ class NodeSubscription(Service):
         self._classes = notification_classes
         self._on_expire = on_expire
         self._on_lost = on_lost
-        # Epoch seconds: the last time the node was heard from, on either connection.
+        # Cluster-clock seconds: the last time bytes were read from the subscribed socket.
         self._heard_at = 0.0
         self.name = f"subscription {self._node}"
-        self._last_read = 0.0
+        # Monotonic: since when a PING on the subscribed socket has gone unanswered (None: nothing owed).
+        self._unanswered_since: float | None = None
+        # True while the reader waits for room in the merged queue, and so does not read the socket.
+        self._enqueuing = False
         self._last_overflow_log = 0.0
         self._warned: set[str] = set()
         self.subscribed = False
         self.subscribed_since: float | None = None  # monotonic; None while not subscribed
 
     async def _close(self) -> None:
+        # The node's series stay (subscribed 0) until the fan-in sees it leave the cluster for good.
         self._set_subscribed(False)
-        self._metrics.forget_node(self._node)
+        self._clock.forget(self._node)
 
     async def _run(self) -> None:
         failures = 0
@@ -136,13 +155,16 @@ class NodeSubscription(Service):
                 self._options.connect_timeout,
             )
             try:
+                set_keepalive(writer.get_extra_info("socket"), self._options.keepalive)
                 parser = hiredis.Reader()
                 await asyncio.wait_for(self._subscribe(reader, writer, parser), self._watchdog_timeout)
+                await self._measure_clock(control)
                 await self._check_notifications(control)
+                self._unanswered_since = None
                 self._set_subscribed(True)
-                self._heard_at = time.time()
+                self._heard_at = self._clock.now()
                 log.info("subscribed", extra={"node": self._node})
-                await until_first_failure(self._read(reader, parser), self._watch(control))
+                await until_first_failure(self._read(reader, parser), self._watch(writer, control))
             finally:
                 writer.close()
                 with contextlib.suppress(OSError, RuntimeError):
@@ -178,12 +200,13 @@ class NodeSubscription(Service):
         received = self._metrics.events_received.labels(node=self._node)
         node = self._node
         on_expire = self._on_expire
+        clock = self._clock
         while True:
             data = await reader.read(_READ_SIZE)
-            now = self._heard_at = time.time()
             if not data:
                 raise SubscriptionLost("closed: the server closed the connection")
-            self._last_read = time.monotonic()
+            now = self._heard_at = clock.now()
+            self._unanswered_since = None
             parser.feed(data)
             batch = []
             learned = []
@@ -204,7 +227,11 @@ class NodeSubscription(Service):
 
     async def _enqueue(self, batch: list[Expiration]) -> None:
         started = time.monotonic()
-        refused = await self._queue.put_within(batch, timeout=self._overflow_wait)
+        self._enqueuing = True
+        try:
+            refused = await self._queue.put_within(batch, timeout=self._overflow_wait)
+        finally:
+            self._enqueuing = False
         waited = time.monotonic() - started
         self._metrics.queue_depth.set(len(self._queue))
         if waited > 0.001:
@@ -220,22 +247,51 @@ class NodeSubscription(Service):
                 extra={"node": self._node, "dropped": refused, "capacity": self._queue.capacity},
             )
 
-    async def _watch(self, control: aioredis.Redis) -> None:
+    async def _watch(self, writer: asyncio.StreamWriter, control: aioredis.Redis) -> None:
+        """PING the subscribed socket every ``watchdog_interval``; raise once it is silent for ``watchdog_timeout``.
+
+        Silence starts at the first PING sent after the last bytes read, so a
+        dead socket is found within ``watchdog_interval + watchdog_timeout``.
+        """
         ticks = 0
+        next_ping = time.monotonic() + self._watchdog_interval
         while True:
-            await asyncio.sleep(self._watchdog_interval)
-            ticks += 1
-            sent = time.monotonic()
-            try:
-                await asyncio.wait_for(control.ping(), self._watchdog_timeout)
-            except REDIS_FAILURES as error:
-                if self._last_read >= sent:
-                    continue  # events kept arriving, so the node is alive, only busy
-                raise SubscriptionLost(f"hung: no answer to PING ({error.__class__.__name__})") from None
-            # Only the control connection answered: the subscription's own socket may already be dead.
-            self._heard_at = max(self._heard_at, time.time() - self._watchdog_interval)
-            if ticks % _NOTIFICATION_CHECK_EVERY == 0:
-                await self._check_notifications(control)
+            now = time.monotonic()
+            if now >= next_ping:
+                writer.write(_PING)
+                next_ping = now + self._watchdog_interval
+                if self._unanswered_since is None:
+                    self._unanswered_since = now
+                ticks += 1
+                if ticks % _NOTIFICATION_CHECK_EVERY == 0:
+                    await self._look_after_node(control)
+            if self._enqueuing:
+                self._unanswered_since = None  # the socket is not being read: nothing can be heard
+            unanswered = self._unanswered_since
+            if unanswered is not None and time.monotonic() - unanswered >= self._watchdog_timeout:
+                raise SubscriptionLost(
+                    f"silent: no reply to PING on the subscribed connection for {self._watchdog_timeout:g}s"
+                )
+            wake = next_ping if unanswered is None else min(next_ping, unanswered + self._watchdog_timeout)
+            await asyncio.sleep(max(0.005, wake - time.monotonic()))
+
+    async def _look_after_node(self, control: aioredis.Redis) -> None:
+        """The periodic checks on the second connection; its failure says nothing about the subscription."""
+        try:
+            await self._measure_clock(control)
+            await self._check_notifications(control)
+        except REDIS_FAILURES as error:
+            log.warning(
+                "cannot check the node's clock and notifications: retrying later",
+                extra={"node": self._node, "error": describe_error(error)},
+            )
+
+    async def _measure_clock(self, control: aioredis.Redis) -> None:
+        sent = time.time()
+        seconds, microseconds = await asyncio.wait_for(control.time(), self._watchdog_timeout)
+        sample = sample_offset(sent=sent, node_time=seconds + microseconds / 1e6, received=time.time())
+        self._clock.observe(self._node, sample)
+        self._metrics.node_clock_offset.labels(node=self._node).set(self._clock.node_offset(self._node) or 0.0)
 
     async def _check_notifications(self, control: aioredis.Redis) -> None:
         status = await asyncio.wait_for(

@@ -113,8 +113,10 @@ class Sweeper(Service):
         in_flight: InFlight,
         emit: Emit,
         metrics: Metrics,
+        now: Callable[[], float],
     ) -> None:
         self._settings = settings
+        self._now = now
         self._router = router
         self._options = options
         self._leadership = leadership
@@ -304,7 +306,7 @@ class Sweeper(Service):
         replies = await self._on_owners(commands)
         if self._leadership.term() != term:
             return
-        now = time.time()
+        now = self._now()
         orphans: dict[Route, list[Expiration]] = {}
         for index, (key, candidate) in enumerate(due):
             exists, expire_time = replies[2 * index], replies[2 * index + 1]

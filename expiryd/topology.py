@@ -6,7 +6,16 @@ one reachable node for ``CLUSTER NODES``, trying the node that answered last
 time first, then every node it has ever learned of, then the seeds. The
 connection to the node that answered stays open for the next read: at one read
 a second, a new connection each time would cost the node a TCP (and TLS)
-handshake and an AUTH every second, for every replica::
+handshake and an AUTH every second, for every replica.
+
+No single answer is trusted to shrink the cluster. A node that was ``CLUSTER
+RESET``, or restarted without its ``nodes.conf``, knows only itself: taken at
+its word, it would unsubscribe expiryd from every other primary. So an answer
+that drops a primary the last view had (not failed, not demoted: simply not
+listed) or serves fewer slots than the last view is *disputed*: every known node
+is asked, and the view that most of them give wins (ties: the one that serves
+the most slots). A disputed view that no other node confirms is not taken at
+all: the last view stays::
 
     topology = Topology(seeds=[NodeAddress("127.0.0.1", 7000)], options=options)
     view = await topology.read()
@@ -16,6 +25,9 @@ handshake and an AUTH every second, for every replica::
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -25,9 +37,11 @@ from redis.exceptions import RedisError
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error
 from .errors import TopologyUnavailable
 
-__all__ = ["ClusterView", "Topology", "TopologyUnavailable", "parse_cluster_nodes"]
+__all__ = ["ClusterView", "Topology", "TopologyUnavailable", "choose_view", "disputes", "parse_cluster_nodes"]
 
 SLOTS = 16384
+
+log = logging.getLogger("expiryd.topology")
 
 # Flags that mean a node cannot serve a subscription now.
 _UNUSABLE = frozenset({"fail", "handshake", "noaddr"})
@@ -99,10 +113,33 @@ class ClusterView:
                 owners[start : end + 1] = [node.address] * (end - start + 1)
         return owners
 
+    def served_slots(self) -> int:
+        """How many slots a usable primary serves."""
+        return sum(owner is not None for owner in self.slot_owners())
+
+    def shape(self) -> tuple[frozenset[NodeAddress], tuple[NodeAddress | None, ...]]:
+        """What two views must share to agree: the primaries, and who serves each slot."""
+        return self.primaries, tuple(self.slot_owners())
+
     def slot_count(self, primary: NodeAddress) -> int:
         return sum(
             end - start + 1 for node in self.nodes if node.address == primary for start, end in node.slot_ranges()
         )
+
+
+def disputes(view: ClusterView, last: ClusterView) -> bool:
+    """Whether ``view`` shrinks ``last`` without saying why: a primary left unlisted, or slots left unserved.
+
+    A failover does not dispute: the failed primary is still listed, flagged ``fail``.
+    """
+    listed = {node.address for node in view.nodes}
+    return bool(last.primaries - listed) or view.served_slots() < last.served_slots()
+
+
+def choose_view(views: list[ClusterView]) -> ClusterView:
+    """The view most nodes give; among equals, the one that serves the most slots, then the first asked."""
+    votes = Counter(view.shape() for view in views)
+    return max(views, key=lambda view: (votes[view.shape()], view.served_slots(), -views.index(view)))
 
 
 def parse_cluster_nodes(text: str) -> tuple[ClusterNodeInfo, ...]:
@@ -132,6 +169,10 @@ class Topology:
         self._known: list[NodeAddress] = []
         self._options = options
         self._connected: tuple[NodeAddress, aioredis.Redis] | None = None
+        self._last: ClusterView | None = None
+        #: Disputed answers so far (see the module's docstring), and how many of them were not taken.
+        self.disputed = 0
+        self.refused = 0
 
     async def aclose(self) -> None:
         """Close the connection kept for the next read."""
@@ -148,9 +189,44 @@ class Topology:
             except REDIS_FAILURES as error:
                 errors.append(f"{address}: {describe_error(error)}")
                 continue
+            if self._last is not None and disputes(view, self._last):
+                view = await self._settle_dispute(view)
             self._remember(view)
+            self._last = view
             return view
         raise TopologyUnavailable("no node answered CLUSTER NODES (" + "; ".join(errors) + ")")
+
+    async def _settle_dispute(self, view: ClusterView) -> ClusterView:
+        """Ask every other known node; the view most of them give wins (see :func:`choose_view`)."""
+        assert self._last is not None
+        self.disputed += 1
+        others = [address for address in self._candidates() if address != view.answered_by]
+        answers = await asyncio.gather(*(self._read_once(address) for address in others), return_exceptions=True)
+        views = [view, *(answer for answer in answers if isinstance(answer, ClusterView))]
+        chosen = choose_view(views)
+        lost = sorted(str(address) for address in self._last.primaries - chosen.primaries)
+        if len(views) == 1:
+            self.refused += 1
+            log.warning(
+                "a node's view of the cluster drops primaries and no other node answered: keeping the last view",
+                extra={"node": str(view.answered_by), "dropped": lost},
+            )
+            return self._last
+        if chosen is not view:
+            log.warning(
+                "a node's view of the cluster drops primaries that the other nodes still list: ignored",
+                extra={"node": str(view.answered_by), "answers": len(views)},
+            )
+        return chosen
+
+    async def _read_once(self, address: NodeAddress) -> ClusterView:
+        """One answer on a connection of its own, closed at once (the kept connection stays where it is)."""
+        client = self._options.client(address)
+        try:
+            raw = await client.execute_command("CLUSTER", "NODES")
+        finally:
+            await client.aclose()
+        return _view(raw, address)
 
     def _candidates(self) -> list[NodeAddress]:
         ordered = []
@@ -171,11 +247,7 @@ class Topology:
         except Exception:
             await self.aclose()
             raise
-        text = raw.decode() if isinstance(raw, bytes) else str(raw)
-        nodes = parse_cluster_nodes(text)
-        if not nodes:
-            raise RedisError("empty CLUSTER NODES reply")
-        return ClusterView(nodes=nodes, answered_by=address)
+        return _view(raw, address)
 
     async def _connect(self, address: NodeAddress) -> aioredis.Redis:
         """The kept client if it is for ``address``, else a new one kept in its place."""
@@ -185,3 +257,11 @@ class Topology:
         client = self._options.client(address)
         self._connected = (address, client)
         return client
+
+
+def _view(raw: object, address: NodeAddress) -> ClusterView:
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    nodes = parse_cluster_nodes(text)
+    if not nodes:
+        raise RedisError("empty CLUSTER NODES reply")
+    return ClusterView(nodes=nodes, answered_by=address)

@@ -18,6 +18,27 @@ from .harness import Replica, write_config
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 
+# Fixtures that start servers or expiryd processes. A test that takes none of them runs in process:
+# `make test-fast` (pytest -m "not cluster") runs only those, in seconds.
+_CLUSTER_FIXTURES = frozenset(
+    {
+        "shared_cluster",
+        "shared_valkey_cluster",
+        "shared_cluster_each_server",
+        "cluster_each_server",
+        "cluster",
+        "spawn",
+        "crowded",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("cluster"):
+            item.add_marker(pytest.mark.cluster)
+
+
 @pytest.fixture(scope="session")
 def shared_cluster() -> Iterator[LocalCluster]:
     """One cluster for tests that do not hurt it; each test uses its own lock and keys."""

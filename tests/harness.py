@@ -9,6 +9,7 @@ would.
 from __future__ import annotations
 
 import base64
+import datetime
 import json
 import os
 import signal
@@ -74,7 +75,15 @@ def write_config(directory: Path, cluster: LocalCluster, **overrides: Any) -> Pa
 
 
 class Replica:
-    def __init__(self, name: str, config: Path, directory: Path, *, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        config: Path,
+        directory: Path,
+        *,
+        env: dict[str, str] | None = None,
+        group: int | None = None,
+    ) -> None:
         self.name = name
         self.config: dict[str, Any] = yaml.safe_load(config.read_text(encoding="utf-8"))
         self.port = free_port()
@@ -98,6 +107,7 @@ class Replica:
             stderr=self._stderr,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            group=group,  # a group of its own lets an iptables owner rule single it out (tests/faults.py)
         )
 
     # Observation
@@ -386,6 +396,28 @@ def local_ports(pid: int) -> set[int]:
             if fields[9] in inodes:
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+def logged_at(entry: dict[str, Any]) -> float:
+    """When a JSON log line was written (epoch seconds, by the replica's own clock)."""
+    stamp = datetime.datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
+    return stamp.replace(tzinfo=datetime.UTC).timestamp()
+
+
+def subscription_port(node: Any, replica: Replica) -> int:
+    """The local port of ``replica``'s Pub/Sub connection to ``node`` (a cluster node)."""
+    client = node.client()
+    try:
+        ports = local_ports(replica.process.pid)
+        found = [
+            port
+            for entry in client.client_list(_type="pubsub")
+            if (port := int(entry["addr"].rsplit(":", 1)[1])) in ports
+        ]
+    finally:
+        client.close()
+    assert len(found) == 1, f"replica {replica.name} has {len(found)} subscriptions on {node.address}"
+    return found[0]
 
 
 def kill_subscriptions(node: Any, *, of: Replica | None = None) -> int:

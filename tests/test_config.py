@@ -250,6 +250,7 @@ def test_cli_reports_a_missing_file_the_same_way(tmp_path):
     assert "absent.yaml: (file): cannot read" in result.stderr
 
 
+@pytest.mark.cluster
 def test_check_exits_2_when_no_seed_is_reachable(tmp_path):
     from .harness import free_port
 

@@ -109,6 +109,7 @@ class Setup:
             upstream_blocked=lambda: upstream_blocked,
             shed_after=1.0,
             grace=5.0,
+            now=time.time,
         )
 
     async def submit(self, *keys: bytes) -> None:
@@ -223,6 +224,7 @@ def test_abandoned_events_stay_unfinished_and_reach_no_handler():
             upstream_blocked=lambda: 0.0,
             shed_after=1.0,
             grace=5.0,
+            now=time.time,
         )
         setup.delivery.start()
         await setup.submit(b"in-flight")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 from expiryd.config import BatchConfig, RouteConfig
@@ -99,6 +100,7 @@ class Gate:
             overflow_wait=5.0,
             grace=5.0,
             due_times=NoSchedule(),
+            now=time.time,
             internal_keys=internal_keys,
             coverage_since=lambda: self.since,
             covered_elsewhere=self._covered_elsewhere,

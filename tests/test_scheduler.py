@@ -118,6 +118,7 @@ def test_keys_fire_within_seconds_of_their_due_time_though_redis_runs_late(crowd
     assert_fires_on_time(crowded, leader)
 
 
+@pytest.mark.cluster
 def test_keys_fire_within_seconds_of_their_due_time_on_valkey_too(tmp_path):
     with crowded_cluster("valkey") as cluster, leading_replica(cluster, tmp_path) as replica:
         assert_fires_on_time(cluster, replica)

@@ -96,6 +96,7 @@ async def sweeping(
         in_flight=sweep.in_flight.__contains__,
         emit=emit,
         metrics=sweep.metrics,
+        now=time.time,
     )
     async with sweeper:
         yield sweep
@@ -439,6 +440,7 @@ def test_a_sweep_that_cannot_reach_a_primary_fails_and_still_delivers_what_the_o
             in_flight=sweep.in_flight.__contains__,
             emit=emit,
             metrics=sweep.metrics,
+            now=time.time,
         )
         async with sweeper:
             deadline = time.monotonic() + 15  # redis-py retries a refused connection for about 5 s

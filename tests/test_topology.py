@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from expiryd.connections import NodeAddress
-from expiryd.topology import ClusterView, parse_cluster_nodes
+from expiryd.topology import ClusterView, choose_view, disputes, parse_cluster_nodes
 
 CLUSTER_NODES = """\
 07c3 127.0.0.1:30004@40004 slave e7d1 0 1426238317239 4 connected
@@ -32,3 +32,40 @@ def test_slot_owners_follow_the_primaries_slot_ranges():
     assert owners[0] == owners[5460] == NodeAddress("127.0.0.1", 7000)
     assert owners[5461] == owners[10922] == NodeAddress("127.0.0.1", 7001)
     assert owners[10923] is None and owners[16383] is None  # its primary failed
+
+
+# No single answer shrinks the cluster (see expiryd.topology)
+
+_HEALTHY = (
+    "a1 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-8191\n"
+    "b1 127.0.0.1:7001@17001 master - 0 0 2 connected 8192-16383\n"
+    "c1 127.0.0.1:7002@17002 slave a1 0 0 1 connected\n"
+)
+_RESET = "c1 127.0.0.1:7002@17002 myself,master - 0 0 0 connected\n"
+_FAILED_OVER = (
+    "a1 127.0.0.1:7000@17000 master,fail - 0 0 1 connected\n"
+    "b1 127.0.0.1:7001@17001 myself,master - 0 0 2 connected 8192-16383\n"
+    "c1 127.0.0.1:7002@17002 master - 0 0 3 connected 0-8191\n"
+)
+
+
+def _view_of(text: str, port: int) -> ClusterView:
+    return ClusterView(nodes=parse_cluster_nodes(text), answered_by=NodeAddress("127.0.0.1", port))
+
+
+def test_an_answer_that_leaves_primaries_unlisted_is_disputed():
+    assert disputes(_view_of(_RESET, 7002), _view_of(_HEALTHY, 7000))
+
+
+def test_a_failover_that_lists_the_failed_primary_is_not_disputed():
+    assert not disputes(_view_of(_FAILED_OVER, 7001), _view_of(_HEALTHY, 7000))
+
+
+def test_the_view_most_nodes_give_wins_a_dispute():
+    views = [_view_of(_RESET, 7002), _view_of(_HEALTHY, 7000), _view_of(_HEALTHY, 7001)]
+    assert choose_view(views) is views[1]
+
+
+def test_among_single_answers_the_one_serving_most_slots_wins():
+    views = [_view_of(_RESET, 7002), _view_of(_FAILED_OVER, 7001)]
+    assert choose_view(views) is views[1]

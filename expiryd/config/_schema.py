@@ -37,14 +37,26 @@ class TlsConfig:
 
 
 @dataclass(frozen=True)
+class KeepaliveConfig:
+    # TCP keepalive on every connection expiryd opens (Redis, webhooks). Probes start after `idle`
+    # without traffic, so a NAT or load balancer that forgets idle flows (AWS NAT: 350 s) never sees
+    # one idle; a peer that stops answering `count` probes `interval` apart is declared dead.
+    idle: Duration = 30.0
+    interval: Duration = 5.0
+    count: int = 3
+
+
+@dataclass(frozen=True)
 class RedisConfig:
     nodes: list[str] = field(default_factory=list)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
     username: str | None = None
     password_file: str | None = None
     ensure_notifications: bool = True
     topology_interval: Duration = 1.0
     connect_timeout: Duration = 2.0
+    # Each subscription PINGs its own socket this often; one silent for watchdog_timeout after a PING is lost.
     watchdog_interval: Duration = 1.0
     watchdog_timeout: Duration = 2.0
     # Filled from EXPIRYD_REDIS_PASSWORD or password_file, never from YAML or flags.

@@ -42,6 +42,12 @@ def validate(config: Config, source: str) -> None:
     for i, url in enumerate(config.election.masters):
         _check_url(url, key=f"election.masters[{i}]", source=source)
     _check_tls(config, source)
+    keepalive = config.redis.keepalive
+    for name in ("idle", "interval"):
+        if getattr(keepalive, name) < 1:
+            raise ConfigError(source, f"redis.keepalive.{name}", "must be at least 1s (TCP counts whole seconds)")
+    if keepalive.count < 1:
+        raise ConfigError(source, "redis.keepalive.count", "must be at least 1")
     election = config.election
     if election.renew_interval >= election.renew_deadline:
         raise ConfigError(source, "election.renew_interval", "must be shorter than election.renew_deadline")

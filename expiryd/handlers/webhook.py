@@ -6,7 +6,8 @@ carries ``X-Expiryd-Signature: sha256=<hex HMAC-SHA256 of the body>``, so the
 receiver can check that expiryd sent it; ``X-Expiryd-Term`` carries the
 leadership term, so the receiver can refuse a stale leader::
 
-    handler = WebhookHandler(url="https://orders.internal/expired", timeout=10.0, headers={}, secret=b"s3cret")
+    handler = WebhookHandler(url="https://orders.internal/expired", timeout=10.0, headers={}, secret=b"s3cret",
+                             keepalive=KeepaliveConfig())
     await handler.handle(events)
 
 A 2xx response means done. 408, 429 and 5xx responses and connection errors
@@ -19,10 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import socket
 
 import httpx
 
-from ..connections import describe_error
+from ..config import KeepaliveConfig
+from ..connections import describe_error, keepalive_options
 from ..events import Event
 from .base import PermanentFailure, RetryLater, encode_json
 
@@ -37,10 +40,27 @@ def signature(secret: bytes, body: bytes) -> str:
 
 
 class WebhookHandler:
-    def __init__(self, *, url: str, timeout: float, headers: dict[str, str], secret: bytes | None) -> None:
+    def __init__(
+        self,
+        *,
+        url: str,
+        timeout: float,
+        headers: dict[str, str],
+        secret: bytes | None,
+        keepalive: KeepaliveConfig,
+    ) -> None:
         self._url = url
         self._secret = secret
-        self._client = httpx.AsyncClient(timeout=timeout, headers=headers, follow_redirects=False)
+        # A receiver behind a NAT or load balancer: the pooled connection must not die silently between events.
+        socket_options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)] + [
+            (socket.IPPROTO_TCP, option, value) for option, value in keepalive_options(keepalive).items()
+        ]
+        self._client = httpx.AsyncClient(
+            timeout=timeout,
+            headers=headers,
+            follow_redirects=False,
+            transport=httpx.AsyncHTTPTransport(socket_options=socket_options),
+        )
 
     async def handle(self, events: list[Event]) -> None:
         body = encode_json({"events": [event.to_json() for event in events]}).encode("utf-8")

@@ -337,10 +337,11 @@ class Daemon:
     def _readiness_reply(self) -> Reply:
         if not self._fanin.cluster_reachable:
             return Reply(503, b"cluster unreachable\n")
-        states = self._fanin.primary_states()
-        down = [node for node, up in states.items() if not up]
-        if not states or down:
-            return Reply(503, ("not subscribed: " + ", ".join(down or ["no primaries yet"]) + "\n").encode())
+        # Judged by the slots: a replica is ready when it hears the primary of every one of them.
+        unheard = self._fanin.report_unheard()
+        if unheard:
+            missed = ", ".join(f"{node} ({count} slots)" for node, count in sorted(unheard.items()))
+            return Reply(503, f"not subscribed: {missed}\n".encode())
         return Reply(200, b"ready\n")
 
     def _leader_reply(self) -> Reply:

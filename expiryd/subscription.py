@@ -49,6 +49,7 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from .clock import ClusterClock, sample_offset
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error, set_keepalive, tls_context
@@ -288,7 +289,15 @@ class NodeSubscription(Service):
 
     async def _measure_clock(self, control: aioredis.Redis) -> None:
         sent = time.time()
-        seconds, microseconds = await asyncio.wait_for(control.time(), self._watchdog_timeout)
+        try:
+            seconds, microseconds = await asyncio.wait_for(control.time(), self._watchdog_timeout)
+        except ResponseError as error:  # an ACL without +time: keep the subscription, say what it costs
+            self._warn_once(
+                "time_refused",
+                f"TIME refused ({error}): this node's clock is not measured, and expiryd keeps time by the "
+                "other nodes' clocks or, with none, by this host's",
+            )
+            return
         sample = sample_offset(sent=sent, node_time=seconds + microseconds / 1e6, received=time.time())
         self._clock.observe(self._node, sample)
         self._metrics.node_clock_offset.labels(node=self._node).set(self._clock.node_offset(self._node) or 0.0)

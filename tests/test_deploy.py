@@ -146,6 +146,8 @@ def test_prometheus_rules_pass_promtool_and_name_real_metrics(tmp_path):
     assert {
         "ExpirydSeveralLeaders",
         "ExpirydNodeNotSubscribed",
+        "ExpirydSlotsUnheard",
+        "ExpirydClockOff",
         "ExpirydNotificationsDisabled",
         "ExpirydEventsDropped",
         "ExpirydQueueSaturated",

@@ -112,22 +112,3 @@ class Firewall:
     def restore(self) -> None:
         for chain in self._chains.values():
             _iptables("-F", chain)
-
-
-def connections_to(pid: int, port: int) -> list[int]:
-    """The local ports of ``pid``'s established TCP connections to ``port`` on loopback."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    found = []
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
-        if inode in inodes and state == "01" and int(remote.rsplit(":", 1)[1], 16) == port:
-            found.append(int(local.rsplit(":", 1)[1], 16))
-    return found

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from .clock import ClusterClock
@@ -112,10 +113,6 @@ class FanIn(Service):
             for primary, since in self.subscription_starts().items()
         }
 
-    def primary_states(self) -> dict[str, bool]:
-        """Whether each current primary is subscribed."""
-        return {str(p): p in self._subscriptions and self._subscriptions[p].subscribed for p in sorted(self._primaries)}
-
     def unheard(self) -> dict[str, int]:
         """Slots whose expirations this replica cannot hear now, by primary ("no primary" for unserved slots).
 
@@ -123,15 +120,14 @@ class FanIn(Service):
         """
         if self._view is None:
             return {"no topology read yet": SLOTS}
-        counts: dict[str, int] = {}
-        subscriptions = self._subscriptions
-        for owner in self._view.slot_owners():
-            if owner is None:
-                counts["no primary"] = counts.get("no primary", 0) + 1
-            elif owner not in subscriptions or not subscriptions[owner].subscribed:
-                name = str(owner)
-                counts[name] = counts.get(name, 0) + 1
-        return counts
+        heard = {address for address, subscription in self._subscriptions.items() if subscription.subscribed}
+        return dict(
+            Counter(
+                "no primary" if owner is None else str(owner)
+                for owner in self._view.slot_owners()
+                if owner not in heard
+            )
+        )
 
     def report_unheard(self) -> dict[str, int]:
         """:meth:`unheard`, also set on the metrics (a series per primary missed, dropped once heard again)."""

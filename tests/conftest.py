@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +79,29 @@ def cluster() -> Iterator[LocalCluster]:
         yield cluster
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report ends with what each of its replicas logged: a failure in CI is read from there."""
+    report = yield
+    if report.failed:
+        for replica in item.stash.get(_REPLICAS, []):
+            report.sections.append(
+                (f"replica {replica.name} log (last {_LOG_TAIL} lines)", replica.log_tail(_LOG_TAIL))
+            )
+    return report
+
+
+_REPLICAS = pytest.StashKey[list[Replica]]()
+_LOG_TAIL = 60
+
+
 @pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., Replica]]:
+def spawn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., Replica]]:
     """Start replicas of expiryd; every one is killed when the test ends."""
     started: list[Replica] = []
+    request.node.stash[_REPLICAS] = started
 
     def start(name: str, config: Path, **kwargs: Any) -> Replica:
         replica = Replica(name, config, tmp_path, **kwargs)

@@ -128,6 +128,9 @@ class Replica:
                 entries.append({"msg": line.decode(errors="replace")})
         return entries
 
+    def log_tail(self, lines: int) -> str:
+        return b"\n".join(self.stderr_path.read_bytes().splitlines()[-lines:]).decode(errors="replace")
+
     def logged(self, message: str) -> list[dict[str, Any]]:
         return [entry for entry in self.logs() if entry.get("msg") == message]
 

@@ -194,6 +194,10 @@ class RouteDelivery:
                 if self.route.payload is not None and payloads is None:
                     payloads = await self.route.payload.fetch(keys)
                     events = self._events(batch, payloads)
+                    if not self._leading():
+                        # Stepped down while a node was slow to answer: a call now would reach the
+                        # receiver after the next leader's, under the older term.
+                        return
                 await self._call(events)
             except PermanentFailure as error:
                 await self._dead_letter(batch, events, error, attempt)

@@ -252,3 +252,33 @@ def test_shed_events_are_counted_dropped_and_finished():
     setup, (fits, shed) = asyncio.run(scenario())
     assert setup.processed("dropped") == 1
     assert shed.done and not fits.done
+
+
+def test_a_step_down_during_a_slow_payload_fetch_leaves_the_batch_to_the_next_leader():
+    class SlowPayloads:
+        """Companion keys on a node that answers only once the leader has stepped down."""
+
+        def __init__(self, leadership: Term) -> None:
+            self.leadership = leadership
+
+        async def fetch(self, keys: list[bytes]) -> list[bytes | None]:
+            self.leadership.current = None
+            return [b"payload" for _ in keys]
+
+        async def delete(self, keys: list[bytes]) -> None:
+            raise AssertionError("nothing was handled, so nothing is deleted")
+
+    async def scenario() -> tuple[Recorder, Setup]:
+        handler = Recorder()
+        setup = Setup(handler)
+        route = make_route(handler)
+        setup.delivery.route = Route(config=route.config, handler=handler, payload=SlowPayloads(setup.leadership))
+        setup.delivery.start()
+        await setup.submit(b"a")
+        await setup.delivery.aclose()
+        return handler, setup
+
+    handler, setup = asyncio.run(scenario())
+    # Called now, the batch would reach the receiver under the old term after the next leader's first.
+    assert handler.calls == []
+    assert setup.completion.unfinished() == 1

@@ -21,7 +21,7 @@ from typing import Any
 from redis.exceptions import ResponseError
 
 from .connections import describe_error
-from .handlers import PermanentFailure
+from .errors import PermanentFailure
 
 __all__ = ["PayloadKeys"]
 

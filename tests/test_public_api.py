@@ -49,3 +49,7 @@ def test_the_writing_side_of_a_payload_route_is_public_and_loaded_only_when_aske
     assert expiryd.Companions is expiryd.companions.Companions
     assert loaded_client_libraries("import expiryd") == []
     assert "redis" in loaded_client_libraries("from expiryd import Companions")
+
+
+def test_the_writing_side_of_a_payload_route_loads_redis_alone() -> None:
+    assert loaded_client_libraries("from expiryd import Companions") == ["redis"]

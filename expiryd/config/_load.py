@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-import yaml
 
 from ..errors import ConfigError
 from ._schema import DURATION, HANDLER_DEFAULTS, ZERO_OK, Config, RouteConfig, takeover_gap
@@ -92,6 +91,10 @@ def parse_duration(text: str) -> float:
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
+    # Imported here, not at the top: the writing side of a payload route (``Companions``) uses the
+    # settings' types and has no config file to read.
+    import yaml
+
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as error:

@@ -12,6 +12,7 @@
     python -m bench profile --route stream
     python -m bench hexpired              # hash-field expirations against key expirations, on Valkey (not in "all")
     python -m bench sweep                 # one orphan sweep over 1M companion keys: time and Redis CPU (not in "all")
+    python -m bench faults                # silenced and cut-off connections, skewed clocks; as root (not in "all")
 
 Run from the repository root, with expiryd installed (``make setup``).
 """
@@ -28,14 +29,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import handlers, hash_fields, latency, ontime, profile, sweep, takeover, throughput
+from . import handlers, hash_fields, latency, network_faults, ontime, profile, sweep, takeover, throughput
 
 SCENARIOS = ("throughput", "latency", "takeover", "handlers", "ontime")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenario", choices=(*SCENARIOS, "all", "profile", "hexpired", "sweep"))
+    parser.add_argument("scenario", choices=(*SCENARIOS, "all", "profile", "hexpired", "sweep", "faults"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the scripts work")
     parser.add_argument("--json", type=Path, default=None, help="where to write raw numbers")
     parser.add_argument("--rounds", type=int, default=5, help="takeover: SIGKILLs and SIGTERMs per variant")
@@ -65,6 +66,10 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list
             background=1_000 if smoke else 100_000,
             wait=10.0 if smoke else 120.0,
         )
+    if scenario == "faults":
+        if smoke:
+            return network_faults.run(rate=100, cut_for=5.0, silent_for=5.0, phase=3.0)
+        return network_faults.run(rate=500)
     if scenario == "sweep":
         return sweep.run(
             companions=2_000 if smoke else 1_000_000,
@@ -76,7 +81,7 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list
         rounds = 1 if smoke else rounds
         results = takeover.run(
             kills=rounds,
-            terms=rounds,
+            terms=0 if smoke else rounds,  # a SIGTERM round differs from a SIGKILL one by the signal alone
             rate=100 if smoke else 500,
             variants=variants,
             young=0 if smoke else rounds,

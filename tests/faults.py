@@ -24,10 +24,27 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .harness import (
+    Replica,
+    SteadyStream,
+    event_key,
+    logged_at,
+    wait_for_single_leader,
+    wait_until,
+    wait_until_eligible,
+)
+from .receiver import WebhookReceiver
+
+# Found within watchdog_interval + watchdog_timeout (3 s by default); a test bounds it only ten times over.
+DETECTION_BOUND = 30.0
 
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
@@ -112,3 +129,103 @@ class Firewall:
     def restore(self) -> None:
         for chain in self._chains.values():
             _iptables("-F", chain)
+
+
+@dataclass
+class Run:
+    """Three replicas delivering one prefix's keys to a webhook receiver."""
+
+    cluster: Any
+    receiver: WebhookReceiver
+    replicas: list[Replica]
+    prefix: str
+    config: Any
+    stream: SteadyStream | None = None
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def leader(self) -> Replica:
+        return wait_for_single_leader(self.replicas)
+
+    def primary_other_than_the_lease(self) -> Any:
+        lock = self.replicas[0].config["election"]["lock_name"]
+        lease_owner = self.cluster.slot_owners().owner(f"redlock:{lock}".encode()).address
+        return next(node for node in self.cluster.primaries() if node.address != lease_owner)
+
+    def lost(self) -> list[bytes]:
+        assert self.stream is not None
+        handled = {event_key(event) for event in self.receiver.events()}
+        return [key for key in self.stream.keys if key not in handled]
+
+    def wait_for_every_key(self, timeout: float = 40.0) -> None:
+        try:
+            wait_until(lambda: not self.lost(), timeout=timeout, interval=0.25, what="every key to reach the receiver")
+        except AssertionError:
+            missing = self.lost()
+            raise AssertionError(f"{len(missing)} of {len(self.stream.keys)} keys lost, e.g. {missing[:3]}") from None
+
+    def late_terms(self) -> list[tuple[int, int]]:
+        """(term, newest term seen before it) for each batch that arrived after a newer term's first batch."""
+        newest, late = 0, []
+        for request in list(self.receiver.requests):
+            term = int(request.headers["x-expiryd-term"])
+            if term < newest:
+                late.append((term, newest))
+            newest = max(newest, term)
+        return late
+
+    def terms(self) -> set[int]:
+        return {int(request.headers["x-expiryd-term"]) for request in list(self.receiver.requests)}
+
+    def lateness(self) -> list[float]:
+        """Seconds from each routed key's due time (the cluster's clock) to its arrival at the receiver (true)."""
+        return [
+            request.arrived - event["due_at"]
+            for request in list(self.receiver.requests)
+            if 200 <= request.status < 300
+            for event in request.events
+            if "due_at" in event
+        ]
+
+
+@contextmanager
+def three_replicas(
+    cluster: Any,
+    config_for: Callable[..., Any],
+    spawn: Callable[..., Replica],
+    *,
+    first: dict[str, Any] | None = None,
+    others: list[dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> Iterator[Run]:
+    """Replica 1 starts first and leads; 2 and 3 follow. ``first``/``others``: spawn arguments (group, env)."""
+    prefix = f"nf-{uuid.uuid4().hex[:6]}"
+    with WebhookReceiver() as receiver:
+        routes = [{"match": f"{prefix}:*", "name": "hooks", "webhook": {"url": receiver.url}}]
+        if "payload" in overrides:
+            routes[0]["payload"] = overrides.pop("payload")
+        config = config_for(cluster, routes=routes, **overrides)
+        leader = spawn("1", config, **(first or {}))
+        leader.wait_ready()
+        wait_for_single_leader([leader])
+        followers = [spawn(str(i), config, **arguments) for i, arguments in zip((2, 3), others or [{}, {}])]
+        replicas = [leader, *followers]
+        for replica in followers:
+            replica.wait_ready()
+        wait_until_eligible(replicas)
+        yield Run(cluster=cluster, receiver=receiver, replicas=replicas, prefix=prefix, config=config)
+
+
+def detected_after(replica: Replica, node: Any, since: float, *, reason: str) -> float:
+    """Seconds from ``since`` until ``replica`` logged losing its subscription to ``node`` for ``reason``."""
+
+    def found() -> float | None:
+        for entry in replica.logged("subscription lost"):
+            if entry.get("node") == node.address and str(entry.get("reason", "")).startswith(reason):
+                at = logged_at(entry)
+                if at >= since - 0.5:
+                    return at - since
+        return None
+
+    return float(
+        wait_until(lambda: found() is not None, timeout=DETECTION_BOUND, what=f"{reason} on {node.address}") and found()
+    )

@@ -27,7 +27,7 @@ def test_benchmarks_run_in_smoke_mode(tmp_path):
     report = json.loads(output.read_text())
     assert report["machine"]["cores"] >= 1
     takeover = report["results"]["takeover"]
-    assert {row["variant"] for row in takeover} == {"replay on, SIGKILL", "replay on, SIGTERM"}
+    assert [row["variant"] for row in takeover] == ["replay on, SIGKILL"]
     assert all(row["lost"] == 0 for row in takeover)
     latency = report["results"]["latency"]
     assert [row["phase"] for row in latency] == ["idle", "load", "burst"]

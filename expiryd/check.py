@@ -6,7 +6,8 @@ finding. It changes nothing, not even a missing notification setting.
 
 Exit codes: 0 when a replica would work; 1 when something would stop events
 from arriving (a primary without notifications that expiryd cannot or may not
-repair, a cluster not in ``ok`` state); 2 when no seed node can be reached.
+repair, a primary that may evict keys, a cluster not in ``ok`` state); 2 when
+no seed node can be reached.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 from .config import Config
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .errors import TopologyUnavailable
+from .eviction import EvictionPolicy, read_eviction_policy
 from .keys import lease_key, term_key
 from .notifications import NotificationStatus, ensure_notifications, required_classes
 from .topology import ClusterView, Topology
@@ -79,8 +81,10 @@ async def _check_primary(
     primary: NodeAddress, view: ClusterView, options: RedisOptions, *, repair: bool, required: str
 ) -> int:
     client = options.client(primary)
+    eviction: EvictionPolicy | None = None
     try:
         status = await ensure_notifications(client, repair=False, required=required)
+        eviction = await read_eviction_policy(client)
     except REDIS_FAILURES as error:
         status = None
         note = f"unreachable ({error.__class__.__name__})"
@@ -90,9 +94,16 @@ async def _check_primary(
     if status is not None:
         note = _notification_note(status, repair=repair)
     _line("primary", f"{primary}  slots {view.slot_count(primary)}  replicas {replicas}  notifications {note}")
+    if eviction is not None and eviction.risk is not None:
+        _line(
+            "eviction",
+            f"{primary}  maxmemory-policy {eviction.name} with maxmemory {eviction.maxmemory}: may evict "
+            f"{eviction.risk}; set maxmemory-policy noeviction",
+        )
     if status is None or status.refused:
         return 1
-    return 0 if status.ok or repair or not status.expired_missing else 1
+    evicts = int(eviction is not None and eviction.risk is not None)
+    return evicts + (0 if status.ok or repair or not status.expired_missing else 1)
 
 
 def _notification_note(status: NotificationStatus, *, repair: bool) -> str:

@@ -106,6 +106,12 @@ class Metrics:
             ["node"],
             registry=r,
         )
+        self.node_eviction_possible = Gauge(
+            "expiryd_node_eviction_possible",
+            "1 when the node's maxmemory and maxmemory-policy let it evict keys: an evicted key is lost, not expired.",
+            ["node"],
+            registry=r,
+        )
         self.node_disconnects = Counter(
             "expiryd_node_disconnects", "Subscriptions lost, by node and reason.", ["node", "reason"], registry=r
         )
@@ -261,6 +267,7 @@ class Metrics:
             self.node_subscribed,
             self.node_notifications_ok,
             self.node_config_refused,
+            self.node_eviction_possible,
             self.node_clock_offset,
         ):
             with contextlib.suppress(KeyError):

@@ -56,9 +56,10 @@ from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_err
 from .errors import SubscriptionLost, SubscriptionRefused
 from .eventqueue import EventQueue
 from .events import EXPIRED, HEXPIRED, Expiration
+from .eviction import read_eviction_policy
 from .metrics import Metrics
 from .notifications import SCHEDULE_CLASS, ensure_notifications
-from .tasks import Service, until_first_failure
+from .tasks import Service, cancel_and_wait, until_first_failure
 
 __all__ = ["CHANNEL", "EXPIRE_CHANNEL", "HEXPIRED_CHANNEL", "NodeSubscription"]
 
@@ -161,6 +162,7 @@ class NodeSubscription(Service):
                 await asyncio.wait_for(self._subscribe(reader, writer, parser), self._watchdog_timeout)
                 await self._measure_clock(control)
                 await self._check_notifications(control)
+                await self._check_eviction(control)
                 self._unanswered_since = None
                 self._set_subscribed(True)
                 self._heard_at = self._clock.now()
@@ -256,31 +258,41 @@ class NodeSubscription(Service):
         """
         ticks = 0
         next_ping = time.monotonic() + self._watchdog_interval
-        while True:
-            now = time.monotonic()
-            if now >= next_ping:
-                writer.write(_PING)
-                next_ping = now + self._watchdog_interval
-                if self._unanswered_since is None:
-                    self._unanswered_since = now
-                ticks += 1
-                if ticks % _NOTIFICATION_CHECK_EVERY == 0:
-                    await self._look_after_node(control)
-            if self._enqueuing:
-                self._unanswered_since = None  # the socket is not being read: nothing can be heard
-            unanswered = self._unanswered_since
-            if unanswered is not None and time.monotonic() - unanswered >= self._watchdog_timeout:
-                raise SubscriptionLost(
-                    f"silent: no reply to PING on the subscribed connection for {self._watchdog_timeout:g}s"
-                )
-            wake = next_ping if unanswered is None else min(next_ping, unanswered + self._watchdog_timeout)
-            await asyncio.sleep(max(0.005, wake - time.monotonic()))
+        # The checks run beside the watchdog: a stalled node holds them for up to a timeout each, and the
+        # silence must still be found on time.
+        checks: asyncio.Task[None] | None = None
+        try:
+            while True:
+                now = time.monotonic()
+                if now >= next_ping:
+                    writer.write(_PING)
+                    next_ping = now + self._watchdog_interval
+                    if self._unanswered_since is None:
+                        self._unanswered_since = now
+                    ticks += 1
+                    if checks is not None and checks.done():
+                        checks.result()  # what the checks do not expect ends the session, as it did inline
+                        checks = None
+                    if ticks % _NOTIFICATION_CHECK_EVERY == 0 and checks is None:
+                        checks = asyncio.create_task(self._look_after_node(control), name=f"checks {self._node}")
+                if self._enqueuing:
+                    self._unanswered_since = None  # the socket is not being read: nothing can be heard
+                unanswered = self._unanswered_since
+                if unanswered is not None and time.monotonic() - unanswered >= self._watchdog_timeout:
+                    raise SubscriptionLost(
+                        f"silent: no reply to PING on the subscribed connection for {self._watchdog_timeout:g}s"
+                    )
+                wake = next_ping if unanswered is None else min(next_ping, unanswered + self._watchdog_timeout)
+                await asyncio.sleep(max(0.005, wake - time.monotonic()))
+        finally:
+            await cancel_and_wait([checks])
 
     async def _look_after_node(self, control: aioredis.Redis) -> None:
         """The periodic checks on the second connection; its failure says nothing about the subscription."""
         try:
             await self._measure_clock(control)
             await self._check_notifications(control)
+            await self._check_eviction(control)
         except REDIS_FAILURES as error:
             log.warning(
                 "cannot check the node's clock and notifications: retrying later",
@@ -301,6 +313,18 @@ class NodeSubscription(Service):
         sample = sample_offset(sent=sent, node_time=seconds + microseconds / 1e6, received=time.time())
         self._clock.observe(self._node, sample)
         self._metrics.node_clock_offset.labels(node=self._node).set(self._clock.node_offset(self._node) or 0.0)
+
+    async def _check_eviction(self, control: aioredis.Redis) -> None:
+        policy = await asyncio.wait_for(read_eviction_policy(control), self._watchdog_timeout)
+        if policy is None:
+            return  # CONFIG refused: said once already, by the notification check
+        self._metrics.node_eviction_possible.labels(node=self._node).set(policy.risk is not None)
+        if policy.risk is not None:
+            self._warn_once(
+                f"eviction {policy.name}",
+                f"maxmemory-policy {policy.name} with maxmemory {policy.maxmemory}: this node may evict {policy.risk}; "
+                "set maxmemory-policy noeviction",
+            )
 
     async def _check_notifications(self, control: aioredis.Redis) -> None:
         status = await asyncio.wait_for(

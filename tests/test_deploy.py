@@ -148,6 +148,7 @@ def test_prometheus_rules_pass_promtool_and_name_real_metrics(tmp_path):
         "ExpirydNodeNotSubscribed",
         "ExpirydSlotsUnheard",
         "ExpirydClockOff",
+        "ExpirydNodeMayEvict",
         "ExpirydNotificationsDisabled",
         "ExpirydEventsDropped",
         "ExpirydQueueSaturated",

@@ -106,6 +106,7 @@ class Daemon:
             masters=self._masters,
             settings=config.election,
             metrics=self.metrics,
+            now=self._clock.now,
             on_elected=self._elected,
             may_lead=self._may_lead,
         )

@@ -7,9 +7,11 @@ If the leader cannot renew for ``renew_deadline`` it steps down: it stops
 handing events to handlers while its lease, which runs for ``lease``, is still
 valid, so two replicas never act at once unless a clock or a pause betrays
 them. Each new term gets a fencing token greater than any earlier term's; it
-is stamped on every event so that a receiver can refuse a stale leader::
+is stamped on every event so that a receiver can refuse a stale leader. A term
+is never lower than the cluster's time in milliseconds (see :func:`propose_term`),
+so it still grows when the stored one is lost::
 
-    elector = Elector(masters=[cluster_client], settings=config.election, metrics=metrics)
+    elector = Elector(masters=[cluster_client], settings=config.election, metrics=metrics, now=clock.now)
     elector.start()
     term = elector.term()      # the fencing token while leading safely, else None
     await elector.aclose()     # on shutdown: release the lock at once, for the next replica
@@ -42,7 +44,7 @@ from .tasks import Service
 # AttributeError redis-py raises from a connection torn down under it (a primary restarting).
 _LEASE_FAILURES = (*REDIS_FAILURES, PrimitiveError, AttributeError)
 
-__all__ = ["Elector"]
+__all__ = ["Elector", "propose_term"]
 
 log = logging.getLogger("expiryd.election")
 
@@ -62,6 +64,17 @@ async def _always() -> bool:
     return True
 
 
+def propose_term(stored: Sequence[int], *, now: float) -> int:
+    """The next term: one more than the highest stored, and never less than ``now`` in milliseconds.
+
+    The stored term can be lost: evicted, a failover that dropped the last write, a lock master
+    restarted without persistence. Every earlier term was at most its own leader's start in
+    milliseconds, plus one per election since, so the time floor keeps a term from repeating
+    unless the cluster's clock has gone back by more than the time between two leaders.
+    """
+    return max(max(stored, default=0) + 1, int(now * 1000))
+
+
 class Elector(Service):
     name = "election"
 
@@ -71,9 +84,11 @@ class Elector(Service):
         masters: Sequence[Any],
         settings: ElectionConfig,
         metrics: Metrics,
+        now: Callable[[], float],
         on_elected: Callable[[], None] = lambda: None,
         may_lead: Callable[[], Awaitable[bool]] = _always,
     ) -> None:
+        self._now = now
         self._on_elected = on_elected
         self._may_lead = may_lead
         self._masters = list(masters)
@@ -216,9 +231,9 @@ class Elector(Service):
         """A term greater than every earlier one, written to a majority of the masters.
 
         Read the stored term from every master, take the highest seen by a
-        majority, and raise all masters to one more. Any two majorities share a
-        master, so the new term exceeds any term an earlier leader wrote to a
-        majority. With the cluster as the only master this is an INCR.
+        majority, and raise all masters to the next (see :func:`propose_term`).
+        Any two majorities share a master, so the new term exceeds any term an
+        earlier leader wrote to a majority, and the time floor covers a write lost since.
         """
         key = term_key(self._settings.lock_name)
         quorum = len(self._masters) // 2 + 1
@@ -228,7 +243,7 @@ class Elector(Service):
             raise _TermUnavailable(
                 f"read the term from {len(values)} of {len(self._masters)} masters" + _first_failure(readings)
             )
-        proposed = max(values) + 1
+        proposed = propose_term(values, now=self._now())
         writes = await asyncio.gather(
             *(m.eval(_RAISE_TERM, 1, key, proposed) for m in self._masters), return_exceptions=True
         )

@@ -9,7 +9,8 @@ from pottery.exceptions import ExtendUnlockedLock
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from expiryd.config import ElectionConfig
-from expiryd.election import Elector
+from expiryd.election import Elector, propose_term
+from expiryd.keys import term_key
 from expiryd.metrics import Metrics
 
 from .harness import (
@@ -86,6 +87,31 @@ def test_sigterm_hands_over_at_once_to_followers_of_any_age_and_loses_nothing(sh
     assert takeover < 2.0  # released, not expired: far below the 5 s lease
     assert [e["reason"] for e in leader.logged("stepped down")] == ["shutdown"]
     wait_for_all([leader, *survivors], stream.keys)
+
+
+def test_a_term_is_one_more_than_the_highest_stored():
+    assert propose_term([7, 9, 8], now=0.0) == 10
+
+
+def test_a_term_is_never_below_the_clusters_time_in_milliseconds():
+    assert propose_term([], now=1_796_305_630.5114) == 1_796_305_630_511
+
+
+def test_a_stored_term_ahead_of_the_clock_still_grows_by_one():
+    assert propose_term([1_796_305_630_511], now=1_796_305_630.0) == 1_796_305_630_512
+
+
+def test_the_next_leader_gets_a_higher_term_though_the_stored_term_was_lost(shared_cluster, config_for, spawn):
+    replicas = start_three(shared_cluster, config_for, spawn)
+    leader = wait_for_single_leader(replicas)
+    old_term = leader.metric("expiryd_leader_term")
+    # What an eviction, a failover that dropped the last write or a master restarted empty leaves behind.
+    with shared_cluster.client() as client:
+        assert client.delete(term_key(leader.config["election"]["lock_name"])) == 1
+    wait_until_eligible(replicas)
+    leader.terminate()
+    successor = wait_for_single_leader([r for r in replicas if r.running])
+    assert successor.metric("expiryd_leader_term") > old_term
 
 
 def test_terms_strictly_increase_across_transitions(shared_cluster, config_for, spawn):
@@ -190,7 +216,8 @@ def elector_with_fake_lock(**timings: float) -> tuple[Elector, FakeLock, Metrics
         **{"lease": 5.0, "renew_interval": 0.05, "renew_deadline": 0.3, "retry_interval": 0.05, **timings}
     )
     metrics = Metrics()
-    elector = Elector(masters=[FakeMaster()], settings=settings, metrics=metrics)
+    # At the epoch, the time floor is 0: terms count 1, 2, ... from the stored one.
+    elector = Elector(masters=[FakeMaster()], settings=settings, metrics=metrics, now=lambda: 0.0)
     lock = FakeLock()
     elector._lock = lock  # type: ignore[assignment]
     return elector, lock, metrics

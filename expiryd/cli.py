@@ -56,6 +56,9 @@ def _run(config: Config) -> int:
     gc.freeze()
     try:
         return asyncio.run(_serve(Daemon(config)))
+    except ConfigError as error:  # a setting only the running cluster can show wrong (a replica id in use)
+        print(f"expiryd: config error: {error}", file=sys.stderr)
+        return 2
     except OSError as error:
         print(f"expiryd: {error.strerror or error} (http.listen is {config.http.listen})", file=sys.stderr)
         return 1

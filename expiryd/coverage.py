@@ -35,7 +35,16 @@ from .connections import REDIS_FAILURES, describe_error
 from .progress import ProgressMark
 from .tasks import Service
 
-__all__ = ["Coverage", "CoverageReporter", "CoverageStore", "Shortfall", "covered_elsewhere", "may_lead", "shortfall"]
+__all__ = [
+    "Coverage",
+    "CoverageReporter",
+    "CoverageStore",
+    "Shortfall",
+    "another_process_publishes",
+    "covered_elsewhere",
+    "may_lead",
+    "shortfall",
+]
 
 log = logging.getLogger("expiryd.coverage")
 
@@ -49,20 +58,30 @@ _KEY_TTL_MS = 86_400_000
 
 @dataclass(frozen=True)
 class Coverage:
-    """When each of a replica's primary subscriptions began (epoch seconds), None while one is down."""
+    """When each of a replica's primary subscriptions began (epoch seconds), None while one is down.
+
+    ``instance`` tells apart two processes that run with one replica id (empty in a report from an
+    older version).
+    """
 
     replica: str
     written_at: float
     since: dict[str, float | None]
+    instance: str = ""
 
     def to_json(self) -> str:
-        return json.dumps({"written_at": self.written_at, "since": self.since})
+        return json.dumps({"written_at": self.written_at, "since": self.since, "instance": self.instance})
 
     @classmethod
     def from_json(cls, replica: str, text: str | bytes) -> Coverage:
         document = json.loads(text)
         since = {str(node): None if at is None else float(at) for node, at in dict(document["since"]).items()}
-        return cls(replica=replica, written_at=float(document["written_at"]), since=since)
+        return cls(
+            replica=replica,
+            written_at=float(document["written_at"]),
+            since=since,
+            instance=str(document.get("instance", "")),
+        )
 
 
 @dataclass(frozen=True, order=True)
@@ -109,6 +128,17 @@ def may_lead(mine: Coverage, *, others: Sequence[Coverage], marks: dict[str, Pro
         if theirs < own or (theirs == own and other.replica < mine.replica):
             return False
     return True
+
+
+def another_process_publishes(before: Coverage | None, after: Coverage | None, *, instance: str) -> bool:
+    """Whether reports under this replica's id, read twice a publishing interval apart, come from a live twin.
+
+    A report of another instance that moved between the two reads was written by a running process;
+    one that stayed put is what a crashed predecessor left behind.
+    """
+    if after is None or after.instance == instance:
+        return False
+    return before is None or after.written_at > before.written_at
 
 
 def covered_elsewhere(
@@ -170,6 +200,16 @@ class CoverageStore:
                     freshest[name] = coverage
         return list(freshest.values())
 
+    async def report(self, *, replica: str) -> Coverage | None:
+        """This id's freshest report on any master that answers; None when there is none."""
+        replies = await asyncio.gather(
+            *(master.hget(self._key, replica) for master in self._masters), return_exceptions=True
+        )
+        reports = [Coverage.from_json(replica, text) for text in replies if isinstance(text, (bytes, str))]
+        if not reports and all(isinstance(reply, BaseException) for reply in replies):
+            raise next(reply for reply in replies if isinstance(reply, BaseException))
+        return max(reports, key=lambda report: report.written_at, default=None)
+
     async def withdraw(self, *, replica: str) -> None:
         await asyncio.gather(*(master.hdel(self._key, replica) for master in self._masters), return_exceptions=True)
 
@@ -190,11 +230,13 @@ class CoverageReporter(Service):
         *,
         store: CoverageStore,
         replica: str,
+        instance: str,
         since: Callable[[], dict[str, float | None]],
         interval: float,
         now: Callable[[], float],
     ) -> None:
         self._store = store
+        self._instance = instance
         self._now = now
         self._replica = replica
         self._since = since
@@ -202,7 +244,7 @@ class CoverageReporter(Service):
         self._failing = False
 
     def now(self) -> Coverage:
-        return Coverage(replica=self._replica, written_at=self._now(), since=self._since())
+        return Coverage(replica=self._replica, written_at=self._now(), since=self._since(), instance=self._instance)
 
     async def _run(self) -> None:
         while True:

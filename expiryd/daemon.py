@@ -25,12 +25,20 @@ import contextlib
 import logging
 import math
 import time
+import uuid
 from typing import Any
 
 from .clock import ClusterClock
-from .config import Config, RouteConfig
+from .config import Config, ConfigError, RouteConfig
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
-from .coverage import CoverageReporter, CoverageStore, covered_elsewhere, may_lead, shortfall
+from .coverage import (
+    CoverageReporter,
+    CoverageStore,
+    another_process_publishes,
+    covered_elsewhere,
+    may_lead,
+    shortfall,
+)
 from .deadletter import DeadLetters
 from .election import Elector
 from .eventqueue import EventQueue
@@ -92,9 +100,12 @@ class Daemon:
         self._coverage_store = CoverageStore(
             masters=self._masters, key=coverage_key(config.election.lock_name), interval=config.election.renew_interval
         )
+        # Tells this process's reports apart from those of another started with the same id by mistake.
+        self._instance = uuid.uuid4().hex[:12]
         self._coverage = CoverageReporter(
             store=self._coverage_store,
             replica=config.id,
+            instance=self._instance,
             since=self._fanin.coverage_since,
             interval=config.election.renew_interval,
             now=self._clock.now,
@@ -145,6 +156,7 @@ class Daemon:
             grace=config.pipeline.shutdown_grace,
             due_times=self._scheduler or NoSchedule(),
             now=self._clock.now,
+            read_through=self._fanin.read_through,
             internal_keys=internal_keys,
             coverage_since=self._fanin.coverage_since,
             covered_elsewhere=self._covered_elsewhere,
@@ -193,6 +205,7 @@ class Daemon:
             for route in self._routes:
                 stack.push_async_callback(route.handler.aclose)
             stack.push_async_callback(self._topology.aclose)
+            await self._refuse_a_second_process_with_this_id()
             # The coverage report is withdrawn before the lease is released: followers then wait for no one.
             # The sweeper stops before the gate, so that nothing enters the routes while they drain.
             services: list[Service] = [
@@ -259,6 +272,35 @@ class Daemon:
             record_interval=self.config.election.renew_interval,
             metrics=self.metrics,
         )
+
+    async def _refuse_a_second_process_with_this_id(self) -> None:
+        """Raise :class:`ConfigError` when a running process already publishes reports under this replica id.
+
+        Two processes with one id would share one coverage report and one identity in every record.
+        A report left by a crashed predecessor stops moving; a live one moves within an interval.
+        """
+        interval = self.config.election.renew_interval
+        try:
+            before = await asyncio.wait_for(self._coverage_store.report(replica=self.config.id), interval)
+            if (
+                before is None
+                or before.instance == self._instance
+                or self._clock.now() - before.written_at > 3 * interval
+            ):
+                return  # none, or one a crashed predecessor left long enough ago
+            await asyncio.sleep(1.5 * interval)
+            after = await asyncio.wait_for(self._coverage_store.report(replica=self.config.id), interval)
+        except REDIS_FAILURES:
+            return  # Redis will be waited for by the services; this check is not worth blocking on
+        if another_process_publishes(before, after, instance=self._instance):
+            assert after is not None
+            raise ConfigError(
+                self.config.source,
+                "id",
+                f"replica id {self.config.id!r} is already live: another process published under it "
+                f"{max(0.0, self._clock.now() - after.written_at):.1f} s ago; give each replica its own id "
+                "(--id, EXPIRYD_ID)",
+            )
 
     async def _may_lead(self) -> bool:
         """Whether this replica's history is complete enough for it to take over (see :mod:`expiryd.coverage`).

@@ -66,6 +66,14 @@ class EventQueue:
             keys.update(expiration.key for expiration in waiter.remaining)
         return keys
 
+    def oldest(self) -> float | None:
+        """When the oldest expiration queued or waiting for room was received (epoch seconds); None if none is."""
+        queued = self._items[0].received_at if self._items else None
+        waiting = self.oldest_waiting()
+        if queued is None or waiting is None:
+            return queued if waiting is None else waiting
+        return min(queued, waiting)
+
     def oldest_waiting(self) -> float | None:
         """When the oldest expiration still waiting for room was received (epoch seconds); None if none waits."""
         return min((waiter.remaining[0].received_at for waiter in self._waiters if waiter.remaining), default=None)

@@ -113,6 +113,13 @@ class FanIn(Service):
             for primary, since in self.subscription_starts().items()
         }
 
+    def read_through(self) -> dict[str, float | None]:
+        """Per current primary, up to when everything it published has been read (see ``read_through``)."""
+        return {
+            str(primary): self._subscriptions[primary].read_through() if primary in self._subscriptions else None
+            for primary in self._primaries
+        }
+
     def unheard(self) -> dict[str, int]:
         """Slots whose expirations this replica cannot hear now, by primary ("no primary" for unserved slots).
 

@@ -93,6 +93,7 @@ class LeaderGate(Service):
         grace: float,
         due_times: DueTimes,
         now: Callable[[], float],
+        read_through: Callable[[], dict[str, float | None]],
         internal_keys: frozenset[bytes] = frozenset(),
         coverage_since: Callable[[], dict[str, float | None]] = dict,
         covered_elsewhere: Callable[[dict[str, ProgressMark], float], Awaitable[bool | None]] = _never,
@@ -109,12 +110,15 @@ class LeaderGate(Service):
         self._grace = grace
         self._due_times = due_times
         self._now = now
+        self._read_through = read_through
         self._internal_keys = internal_keys
         self._coverage_since = coverage_since
         self._idle_after = idle_after
         self._covered_elsewhere = covered_elsewhere
         # The newest receive time the gate has taken from the queue: everything received before it has been seen.
         self._dispatched_through = 0.0
+        # The oldest receive time of the batch taken from the queue and not yet in the completion.
+        self._in_hand: float | None = None
         # What a takeover has still to hand to the routes.
         self._replaying: list[Expiration] = []
         self._in_flight: tuple[float, set[bytes]] = (0.0, set())
@@ -139,7 +143,11 @@ class LeaderGate(Service):
         while True:
             batch = await self._queue.get()
             self._metrics.queue_depth.set(len(self._queue))
-            await self._dispatch(batch)
+            self._in_hand = min((expiration.received_at for expiration in batch), default=None)
+            try:
+                await self._dispatch(batch)
+            finally:
+                self._in_hand = None
             # A get() from a non-empty queue does not suspend: without this, a backlog
             # would hold the event loop until it is drained, starving lease renewals,
             # the watchdogs, the route lanes and /metrics.
@@ -268,16 +276,25 @@ class LeaderGate(Service):
             completion = shift.completion
             if not self._replaying:  # a node's replayed events may not be in the completion yet
                 subscribed = [node for node, since in self._coverage_since().items() if since is not None]
-                completion.quiet(subscribed, through=self._quiet_through(), idle_for=self._idle_after)
+                completion.quiet(subscribed, through=self._quiet_through(subscribed), idle_for=self._idle_after)
             hand_over = bool(completion.frozen()) and await self._resolve_gaps(completion)
             await self._replay.record(term=shift.term, marks=completion.take_marks())
             if hand_over:
                 # The final marks are recorded: the replica that heard the gap replays it from them.
                 self._leadership.hand_over("gap in the subscription history")
 
-    def _quiet_through(self) -> float:
+    def _quiet_through(self, nodes: list[str]) -> float:
+        """Up to when everything received from ``nodes`` has reached the completion (epoch seconds)."""
         waiting = self._queue.oldest_waiting()
-        return self._dispatched_through if waiting is None else min(self._dispatched_through, waiting)
+        taken = self._dispatched_through if waiting is None else min(self._dispatched_through, waiting)
+        read = [self._read_through().get(node) for node in nodes]
+        if not read or any(at is None for at in read):
+            return taken
+        # Everything these subscriptions read before then is in the queue, in the batch in hand, or past
+        # both; so a primary that publishes nothing moves on with its PINGs, not only with others' events.
+        limits = [at for at in read if at is not None]
+        limits += [at for at in (self._queue.oldest(), self._in_hand) if at is not None]
+        return max(taken, min(limits))
 
     async def _resolve_gaps(self, completion: Completion) -> bool:
         """Whether to hand over to a replica that heard what this one missed; if none did, accept the gaps."""

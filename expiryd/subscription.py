@@ -361,6 +361,16 @@ class NodeSubscription(Service):
             self._warned.add(kind)
             log.warning(message, extra={"node": self._node})
 
+    def read_through(self) -> float | None:
+        """Everything this subscription received before this time (cluster clock) is in the merged queue or past it.
+
+        None while it is down, or while a batch it read waits for room in the queue. The PINGs keep it
+        moving on a node that publishes nothing.
+        """
+        if not self.subscribed or self._enqueuing:
+            return None
+        return self._heard_at
+
     def _set_subscribed(self, subscribed: bool) -> None:
         if subscribed and not self.subscribed:
             self.subscribed_since = time.monotonic()

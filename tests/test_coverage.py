@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 import time
 
-from expiryd.coverage import Coverage, Shortfall, covered_elsewhere, may_lead, shortfall
+from expiryd.coverage import Coverage, Shortfall, another_process_publishes, covered_elsewhere, may_lead, shortfall
 from expiryd.progress import ProgressMark
 
 from .harness import (
     SteadyStream,
+    expire_keys,
     kill_subscriptions,
     start_replicas,
     wait_for_all,
     wait_for_single_leader,
+    wait_until,
     wait_until_eligible,
 )
 
@@ -124,8 +126,34 @@ def test_a_report_older_than_the_gap_cannot_tell_whether_that_replica_heard_it()
 
 
 def test_a_report_survives_its_json_form():
-    report = Coverage(replica="r-1", written_at=1.5, since={"10.0.0.7:6379": 2.25, "10.0.0.8:6379": None})
+    report = Coverage(
+        replica="r-1", written_at=1.5, since={"10.0.0.7:6379": 2.25, "10.0.0.8:6379": None}, instance="a1b2"
+    )
     assert Coverage.from_json("r-1", report.to_json()) == report
+
+
+def test_a_report_of_an_older_version_reads_with_no_instance():
+    assert Coverage.from_json("1", '{"written_at": 1.5, "since": {}}').instance == ""
+
+
+def instance_report(instance: str, at: float) -> Coverage:
+    return Coverage(replica="1", written_at=at, since={}, instance=instance)
+
+
+def test_another_process_that_keeps_publishing_under_this_id_is_a_live_twin():
+    assert another_process_publishes(instance_report("b", 10.0), instance_report("b", 11.0), instance="a")
+
+
+def test_a_report_that_stopped_moving_is_a_crashed_predecessor_not_a_twin():
+    assert not another_process_publishes(instance_report("b", 10.0), instance_report("b", 10.0), instance="a")
+
+
+def test_this_processs_own_reports_are_no_twin():
+    assert not another_process_publishes(instance_report("a", 10.0), instance_report("a", 11.0), instance="a")
+
+
+def test_no_report_under_this_id_is_no_twin():
+    assert not another_process_publishes(None, None, instance="a")
 
 
 # On a real cluster, under load.
@@ -153,3 +181,31 @@ def test_the_leaders_subscription_killed_three_times_loses_nothing(shared_cluste
     assert handovers >= 1
     # Per cut, at most what the leader finished between its cut and its final record.
     assert duplicates <= 3 * RATE * 3
+
+
+def test_a_second_process_with_a_live_replica_id_refuses_to_start_with_one_line(shared_cluster, config_for, spawn):
+    config = config_for(shared_cluster)
+    first = spawn("1", config)
+    first.wait_ready()
+    second = spawn("1", config)
+    assert second.process.wait(timeout=30) == 2
+    lines = second.stderr_path.read_text().splitlines()
+    assert lines[-1].startswith("expiryd: config error: ") and "replica id '1' is already live" in lines[-1]
+    assert first.running
+
+
+def test_a_follower_started_in_a_quiet_period_takes_over_with_nothing_unheard(shared_cluster, config_for, spawn):
+    config = config_for(shared_cluster)
+    leader = spawn("1", config)
+    leader.wait_ready()
+    wait_for_single_leader([leader])
+    expire_keys(shared_cluster, [b"before-the-quiet:1"])
+    wait_until(lambda: leader.events(), timeout=10, what="the last event before the quiet")
+    time.sleep(3.0)  # nothing expires: the marks must move on with time, not with events
+    follower = spawn("2", config)
+    follower.wait_ready()
+    wait_until(lambda: follower.metric("expiryd_leader_eligible") == 1, timeout=20, what="the follower eligible")
+    leader.kill()
+    wait_for_single_leader([follower])
+    assert follower.metric("expiryd_unheard_seconds_total") == 0
+    assert not [entry for entry in follower.logs() if entry.get("level") == "error"]

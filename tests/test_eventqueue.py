@@ -90,3 +90,18 @@ def test_room_goes_to_the_waiting_put_before_a_later_one():
         return refused, [e.key for e in first + await queue.get()]
 
     assert asyncio.run(scenario()) == (1, [b"first", b"waiting"])
+
+
+def test_the_oldest_receive_time_counts_the_queued_and_the_waiting():
+    async def scenario() -> tuple[float | None, float | None, float | None]:
+        queue = EventQueue(capacity=1)
+        empty = queue.oldest()
+        queue.put([Expiration(key=b"queued", node="n:1", received_at=5.0)])
+        waiting = asyncio.create_task(queue.put_within([Expiration(key=b"w", node="n:2", received_at=3.0)], timeout=5))
+        await asyncio.sleep(0.01)
+        both = queue.oldest()
+        await queue.get()
+        await waiting
+        return empty, both, queue.oldest()
+
+    assert asyncio.run(scenario()) == (None, 3.0, 3.0)

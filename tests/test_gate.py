@@ -79,6 +79,8 @@ class Gate:
         heard_elsewhere: bool = False,
     ) -> None:
         self.since: dict[str, float | None] = {"n:1": 1.0, "n:2": 1.0}
+        # Up to when each subscription has read (none known: marks move with the events taken alone).
+        self.read: dict[str, float | None] = {}
         self.heard_elsewhere = heard_elsewhere
         self.queue = EventQueue(capacity=1000)
         self.leadership = Term(term)
@@ -101,6 +103,7 @@ class Gate:
             grace=5.0,
             due_times=NoSchedule(),
             now=time.time,
+            read_through=lambda: self.read,
             internal_keys=internal_keys,
             coverage_since=lambda: self.since,
             covered_elsewhere=self._covered_elsewhere,
@@ -226,6 +229,38 @@ def test_a_quiet_primarys_mark_moves_up_to_the_newest_event_taken_from_the_queue
     g = run(Gate(term=3), scenario)
     assert g.replay.recorded[-1][1]["n:2"] == ProgressMark(b"", 50.0, 3)
     assert g.replay.recorded[-1][1]["n:1"].received_at == 50.0
+
+
+def test_a_primary_that_publishes_nothing_has_its_mark_moved_up_to_what_was_read_from_it():
+    async def scenario(g: Gate) -> None:
+        g.read = {"n:1": 100.0, "n:2": 100.0}
+        g.queue.wake()  # as on being elected: the term begins without an event
+        await until(lambda: bool(g.replay.recorded) and len(g.replay.recorded[-1][1]) == 2)
+
+    g = run(Gate(term=3), scenario)
+    assert g.replay.recorded[-1][1] == {"n:1": ProgressMark(b"", 100.0, 3), "n:2": ProgressMark(b"", 100.0, 3)}
+
+
+def test_a_quiet_mark_stops_short_of_a_batch_taken_but_not_yet_routed():
+    released = asyncio.Event()
+
+    class SlowTakeover(FakeReplay):
+        async def unfinished(
+            self, *, term: int, own: dict[str, ProgressMark]
+        ) -> tuple[list[Expiration], dict[str, ProgressMark]]:
+            await released.wait()  # the last leader's marks, read from a slow master
+            return await super().unfinished(term=term, own=own)
+
+    async def scenario(g: Gate) -> None:
+        g.read = {"n:1": 100.0, "n:2": 100.0}
+        g.queue.put([Expiration(b"order:1", "n:2", 50.0)])
+        await asyncio.sleep(0.1)  # ten record intervals with the batch in hand
+        released.set()
+        await until(lambda: len(g.orders.events) == 1)
+
+    g = run(Gate(term=3, replay=SlowTakeover()), scenario)
+    assert g.replay.recorded, "no progress was recorded while the batch was in hand"
+    assert all(marks["n:2"].received_at <= 50.0 for _, marks in g.replay.recorded if "n:2" in marks)
 
 
 def test_a_leader_that_lost_a_subscription_another_replica_heard_records_the_mark_before_the_gap_and_hands_over():

@@ -142,13 +142,14 @@ class Daemon:
                 clock=self._clock,
                 internal_keys=internal_keys,
             )
+        self._history = self._replay()
         self._gate = LeaderGate(
             queue=self._queue,
             leadership=self._elector,
             router=router,
             replica=config.id,
             metrics=self.metrics,
-            replay=self._replay(),
+            replay=self._history,
             dead_letters=DeadLetters(
                 client=self._data, stream=config.dead_letter.stream, maxlen=config.dead_letter.maxlen
             ),
@@ -326,6 +327,7 @@ class Daemon:
             except (*REDIS_FAILURES, ValueError, KeyError):
                 eligible = False
             else:
+                self._history.saw_marks(marks)
                 eligible = may_lead(mine, others=others, marks=marks, tolerance=settings.clock_tolerance)
                 self._shortfall_at_last_look = shortfall(mine, marks).seconds
             now = time.monotonic()

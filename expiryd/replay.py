@@ -11,7 +11,13 @@ new events::
 
     buffer = ReplayBuffer(window=15.0, max_events=200_000, now=clock.now)
     buffer.append(batch)                        # every batch the leader gate sees
+    buffer.progressed()                         # a leader moved its marks: older history may go
     replay = buffer.after(marks, tolerance=2.0)  # on taking over
+
+**Retention.** An event is kept for ``window`` after the last moment a leader was
+seen to move its marks, not after it arrived: while no leader makes progress (the
+lease's shard stalled, every replica ineligible), nothing is forgotten but by
+``max_events``, and what the buffer must drop then is counted and logged.
 
 **Identity.** Redis gives Pub/Sub messages no id, and replicas join and
 reconnect at different times, so local sequence numbers cannot be compared.
@@ -56,6 +62,8 @@ class ReplayBuffer:
         self._history: deque[Expiration] = deque()
         self.per_node: Counter[str] = Counter()
         self._evicted = 0
+        # When a leader was last seen to move its marks (the cluster's clock).
+        self._progressed_at = now()
 
     def __len__(self) -> int:
         return len(self._history)
@@ -66,9 +74,13 @@ class ReplayBuffer:
             self.per_node[expiration.node] += 1
         self.trim()
 
+    def progressed(self, at: float | None = None) -> None:
+        """A leader moved its marks (at ``at``, by default now): the history before may age out."""
+        self._progressed_at = max(self._progressed_at, self._now() if at is None else at)
+
     def trim(self, now: float | None = None) -> None:
-        """Forget events older than the window, then the oldest beyond ``max_events``."""
-        horizon = (self._now() if now is None else now) - self.window
+        """Forget events older than the window before the last progress, then the oldest beyond ``max_events``."""
+        horizon = min(self._now() if now is None else now, self._progressed_at) - self.window
         history = self._history
         while history and history[0].received_at < horizon:
             self._forget(history.popleft())
@@ -170,10 +182,20 @@ class Replay:
         self._metrics = metrics
         self._unwritten: tuple[int, dict[str, ProgressMark]] | None = None
         self._reported_nodes: set[str] = set()
+        self._marks_seen: dict[str, ProgressMark] = {}
 
     def remember(self, batch: list[Expiration]) -> None:
         if batch:
             self._buffer.append(batch)
+
+    def saw_marks(self, marks: dict[str, ProgressMark]) -> None:
+        """A follower read the leader's marks: if any moved since the last look, a leader is making progress."""
+        if any(
+            node not in self._marks_seen or mark.received_at > self._marks_seen[node].received_at
+            for node, mark in marks.items()
+        ):
+            self._buffer.progressed()
+        self._marks_seen = dict(marks)
 
     async def unfinished(
         self, *, term: int, own: dict[str, ProgressMark]
@@ -206,6 +228,8 @@ class Replay:
             log.warning("cannot record progress", extra={"term": term, "reason": error.__class__.__name__})
             return
         self._metrics.progress_writes.labels(result="ok" if written else "stale_term").inc()
+        if written:
+            self._buffer.progressed()
 
     def report(self) -> None:
         """Forget what is past the window, and report the buffer's size, age and evictions."""
@@ -222,7 +246,7 @@ class Replay:
         if evicted:
             self._metrics.replay_buffer_evicted.inc(evicted)
             log.warning(
-                "replay buffer full: oldest events evicted before the window ended",
+                "replay buffer full: oldest events evicted before any leader passed them",
                 extra={"evicted": evicted, "max_events": buffer.max_events},
             )
 
@@ -249,6 +273,9 @@ class NoReplay:
     record_interval = 60.0
 
     def remember(self, batch: list[Expiration]) -> None:
+        pass
+
+    def saw_marks(self, marks: dict[str, ProgressMark]) -> None:
         pass
 
     async def unfinished(

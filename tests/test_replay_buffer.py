@@ -1,11 +1,12 @@
-"""The replay buffer's rules for what a new leader replays (pure unit tests)."""
+"""The replay buffer's rules for what a new leader replays and how long history is kept (pure unit tests)."""
 
 from __future__ import annotations
 
 import time
 
 from expiryd.events import Expiration
-from expiryd.replay import ProgressMark, ReplayBuffer
+from expiryd.metrics import Metrics
+from expiryd.replay import ProgressMark, Replay, ReplayBuffer
 
 NOW = time.time()  # the buffers here keep an hour, so a slow run does not age them out
 
@@ -81,3 +82,45 @@ def test_a_mark_keeps_its_kind_through_json_and_older_marks_read_as_expired():
     assert ProgressMark.from_json(mark.to_json()) == mark
     older = '{"key_b64": "aA==", "received_at": 1.0, "term": 2}'
     assert ProgressMark.from_json(older) == ProgressMark(b"h", 1.0, 2, "expired")
+
+
+class Clock:
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.at
+
+
+def test_history_past_the_window_stays_while_no_leader_makes_progress():
+    clock = Clock(1000.0)
+    buffer = ReplayBuffer(window=10.0, max_events=1000, now=clock)
+    buffer.append([Expiration(b"during-the-stall", "A", 1005.0)])
+    clock.at = 1030.0  # the lease's shard stalled: no marks moved for 30 s
+    buffer.trim()
+    assert keys(buffer.after(None, tolerance=1.0)) == ["during-the-stall"]
+
+
+def test_history_ages_out_once_a_leader_moves_its_marks_again():
+    clock = Clock(1000.0)
+    buffer = ReplayBuffer(window=10.0, max_events=1000, now=clock)
+    buffer.append([Expiration(b"passed", "A", 1005.0)])
+    clock.at = 1030.0
+    buffer.progressed()
+    buffer.trim()
+    assert len(buffer) == 0
+
+
+def test_marks_that_moved_since_the_last_look_count_as_progress_and_unmoved_ones_do_not():
+    clock = Clock(1000.0)
+    buffer = ReplayBuffer(window=10.0, max_events=1000, now=clock)
+    replay = Replay(buffer=buffer, store=None, tolerance=2.0, record_interval=1.0, metrics=Metrics())  # type: ignore[arg-type]
+    buffer.append([Expiration(b"a", "A", 1005.0)])
+    replay.saw_marks({"A": ProgressMark(b"a", 1005.0, 3)})
+    clock.at = 1030.0
+    replay.saw_marks({"A": ProgressMark(b"a", 1005.0, 3)})  # read again, stalled: the same marks
+    buffer.trim()
+    assert len(buffer) == 1
+    replay.saw_marks({"A": ProgressMark(b"", 1028.0, 4)})
+    buffer.trim()
+    assert len(buffer) == 0

@@ -23,7 +23,7 @@ RENEW_INTERVAL = 1.0
 def test_repeated_sigkill_of_the_leader_loses_nothing(shared_valkey_cluster, config_for, spawn):
     # On Valkey; a single SIGKILL and the failovers run on Redis elsewhere in this file and in test_election.
     config, replicas = start_replicas(shared_valkey_cluster, config_for, spawn)
-    kills = 3
+    kills = 2
     with SteadyStream(shared_valkey_cluster, prefix="sigkill", rate=RATE) as stream:
         for round_number in range(kills):
             leader = wait_for_single_leader([r for r in replicas if r.running], timeout=15)

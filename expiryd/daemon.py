@@ -90,6 +90,8 @@ class Daemon:
             on_expire=self._learn if config.schedule.enabled else None,
             on_lost=self._subscription_lost,
         )
+        # Read at each scrape, on the leader as on a follower.
+        self.metrics.subscriptions_unbroken_seconds.set_function(self._fanin.covered_for)
         if config.election.masters:
             self._masters: list[Any] = [options.client_for_url(url) for url in config.election.masters]
         else:
@@ -313,7 +315,6 @@ class Daemon:
         """
         settings = self.config.replay
         assert settings.warmup is not None  # load_config fills it in
-        self.metrics.subscriptions_unbroken_seconds.set(self._fanin.covered_for())
         eligible = not settings.enabled
         if not eligible:
             mine = self._coverage.now()

@@ -36,7 +36,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Protocol
 
 from .completion import Completion, Pending
 from .config import RetryConfig
@@ -45,19 +44,16 @@ from .deadletter import DeadLetters, Outcome
 from .events import EXPIRED, Event
 from .handlers import PermanentFailure, RetryLater
 from .lanes import Lanes
+from .leadership import Leadership
 from .metrics import Metrics
 from .routing import Route
 from .tasks import cancel_and_wait
 
-__all__ = ["Leadership", "RouteDelivery", "backoff"]
+__all__ = ["RouteDelivery", "backoff"]
 
 log = logging.getLogger("expiryd.delivery")
 
 _SHED_LOG_INTERVAL = 1.0
-
-
-class Leadership(Protocol):
-    def term(self) -> int | None: ...
 
 
 def backoff(attempt: int, *, retry: RetryConfig, error: Exception, jitter: float) -> float:
@@ -218,7 +214,7 @@ class RouteDelivery:
                 )
                 await self._pause(backoff(attempt, retry=self.route.retry, error=error, jitter=random.random()))
                 continue
-            await self._delete_payloads(keys)
+            await self._delete_payloads([p.expiration.key for p in batch if p.expiration.kind == EXPIRED])
             self._ok.inc(len(batch))
             self._finish(batch)
             return
@@ -270,7 +266,8 @@ class RouteDelivery:
             await asyncio.wait_for(self._abandoned.wait(), seconds)
 
     async def _delete_payloads(self, keys: list[bytes]) -> None:
-        if self.route.payload is None:
+        """Delete the companions of keys that expired; a hash whose field expired lives on, and keeps its own."""
+        if self.route.payload is None or not keys:
             return
         try:
             await self.route.payload.delete(keys)
@@ -296,7 +293,7 @@ class RouteDelivery:
             # The entry holds the payload. A companion left behind would be found by the sweep and
             # fail again. One never read (the fetch itself failed) stays, as does one whose event was
             # dropped, so that the sweep delivers it later.
-            await self._delete_payloads([event.key for event in events if event.has_payload])
+            await self._delete_payloads([event.key for event in events if event.has_payload and event.kind == EXPIRED])
         self._outcomes[outcome].inc(len(batch))
         self._finish(batch)
 

@@ -33,9 +33,10 @@ from typing import Protocol
 
 from .completion import Completion, Pending
 from .deadletter import DeadLetters
-from .delivery import Leadership, RouteDelivery
+from .delivery import RouteDelivery
 from .eventqueue import EventQueue
 from .events import Expiration
+from .leadership import LeadershipHandOver
 from .metrics import Metrics
 from .progress import ProgressMark
 from .routing import Route, Router
@@ -50,10 +51,6 @@ log = logging.getLogger("expiryd.gate")
 _REPLAY_CHUNK = 1024
 # How long one snapshot of the keys in flight answers the sweep's questions.
 _IN_FLIGHT_SNAPSHOT_FOR = 0.05
-
-
-class GateLeadership(Leadership, Protocol):
-    def hand_over(self, reason: str) -> None: ...
 
 
 class ReplayLike(Protocol):
@@ -83,7 +80,7 @@ class LeaderGate(Service):
         self,
         *,
         queue: EventQueue,
-        leadership: GateLeadership,
+        leadership: LeadershipHandOver,
         router: Router,
         replica: str,
         metrics: Metrics,

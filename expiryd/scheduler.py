@@ -60,6 +60,7 @@ from .clock import ClusterClock
 from .config import ScheduleConfig
 from .connections import REDIS_FAILURES, NodeAddress, NodeClients, RedisOptions, describe_error
 from .events import EXPIRED, Expiration
+from .leadership import Leadership
 from .metrics import Metrics
 from .routing import Router
 from .schedule import Admission, Schedule
@@ -79,10 +80,6 @@ _RETRY_AFTER_ERROR = 0.1
 _EARLY_RETRY_MARGIN = 0.002
 _IDLE_WAKE = 0.1  # how often an idle fire loop looks at the leadership again
 _RECOVERY_CHECK_INTERVAL = 1.0
-
-
-class Leadership(Protocol):
-    def term(self) -> int | None: ...
 
 
 class DueTimes(Protocol):

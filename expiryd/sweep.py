@@ -38,20 +38,21 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from redis.crc import key_slot
 
 from .config import SweepConfig
 from .connections import REDIS_FAILURES, NodeAddress, NodeClients, RedisOptions, describe_error
 from .events import EXPIRED, Expiration
+from .leadership import Leadership
 from .metrics import Metrics
 from .payload import PayloadKeys
 from .routing import Route, Router
 from .tasks import Service, until_first_failure
 from .topology import ClusterView
 
-__all__ = ["Emit", "InFlight", "Leadership", "Sweeper", "scan_pattern"]
+__all__ = ["Emit", "InFlight", "Sweeper", "scan_pattern"]
 
 log = logging.getLogger("expiryd.sweep")
 
@@ -62,10 +63,6 @@ _MAX_HANDED = 1_000_000
 
 Emit = Callable[[Route, list[Expiration]], Awaitable[None]]
 InFlight = Callable[[bytes], bool]
-
-
-class Leadership(Protocol):
-    def term(self) -> int | None: ...
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from expiryd.completion import Completion, Pending
 from expiryd.config import BatchConfig, RetryConfig, RouteConfig
 from expiryd.deadletter import DeadLetters
 from expiryd.delivery import RouteDelivery, backoff
-from expiryd.events import Event, Expiration
+from expiryd.events import HEXPIRED, Event, Expiration
 from expiryd.handlers import PermanentFailure, RetryLater
 from expiryd.metrics import Metrics
 from expiryd.routing import Route
@@ -282,3 +282,36 @@ def test_a_step_down_during_a_slow_payload_fetch_leaves_the_batch_to_the_next_le
     # Called now, the batch would reach the receiver under the old term after the next leader's first.
     assert handler.calls == []
     assert setup.completion.unfinished() == 1
+
+
+class Payloads:
+    """Companion keys: every fetch finds one; deletions are recorded."""
+
+    def __init__(self) -> None:
+        self.deleted: list[bytes] = []
+
+    async def fetch(self, keys: list[bytes]) -> list[bytes | None]:
+        return [b"payload" for _ in keys]
+
+    async def delete(self, keys: list[bytes]) -> None:
+        self.deleted += keys
+
+
+def test_a_hash_field_expiration_keeps_the_companion_and_a_key_expiration_deletes_it():
+    async def scenario() -> tuple[Recorder, Payloads]:
+        handler, payloads = Recorder(), Payloads()
+        setup = Setup(handler)
+        setup.delivery.route = Route(config=make_route(handler).config, handler=handler, payload=payloads)
+        setup.delivery.start()
+        await setup.delivery.submit(
+            [
+                setup.completion.add(Expiration(b"cart:{7}", "n:1", 1.0, HEXPIRED)),  # the hash lives on
+                setup.completion.add(Expiration(b"order:{8}", "n:1", 1.0)),
+            ]
+        )
+        await setup.delivery.aclose()
+        return handler, payloads
+
+    handler, payloads = asyncio.run(scenario())
+    assert [event.payload for _, events in handler.calls for event in events] == [b"payload", b"payload"]
+    assert payloads.deleted == [b"order:{8}"]

@@ -37,6 +37,7 @@ def test_metrics_expose_every_documented_series(shared_cluster, config_for, spaw
     assert set(REQUIRED_METRICS) <= names
     assert replica.metric("expiryd_is_leader") == 1
     assert replica.metric("expiryd_leader_term") >= 1
+    assert replica.metric("expiryd_subscriptions_unbroken_seconds") > 0  # read on the leader too
     for node in shared_cluster.primaries():
         assert replica.metric("expiryd_node_subscribed", node=node.address) == 1
         assert replica.metric("expiryd_node_notifications_ok", node=node.address) == 1

@@ -53,3 +53,16 @@ def test_the_writing_side_of_a_payload_route_is_public_and_loaded_only_when_aske
 
 def test_the_writing_side_of_a_payload_route_loads_redis_alone() -> None:
     assert loaded_client_libraries("from expiryd import Companions") == ["redis"]
+
+
+def test_a_running_replica_loads_none_of_the_development_tools() -> None:
+    check = "import expiryd.cli, sys; print(sorted(m for m in sys.modules if m.startswith('expiryd.devtools')))"
+    result = subprocess.run([sys.executable, "-c", check], check=True, capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_demo_offers_every_server_the_local_cluster_runs() -> None:
+    from expiryd.cli import DEMO_SERVERS
+    from expiryd.devtools.localcluster import SERVERS
+
+    assert DEMO_SERVERS == SERVERS

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Union
 
-
 from ..errors import ConfigError
 from ._schema import DURATION, HANDLER_DEFAULTS, ZERO_OK, Config, RouteConfig, takeover_gap
 from ._secrets import with_password, with_route_secrets

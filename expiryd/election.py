@@ -11,7 +11,8 @@ is stamped on every event so that a receiver can refuse a stale leader. A term
 is never lower than the cluster's time in milliseconds (see :func:`propose_term`),
 so it still grows when the stored one is lost::
 
-    elector = Elector(masters=[cluster_client], settings=config.election, metrics=metrics, now=clock.now)
+    elector = Elector(masters=[cluster_client], settings=config.election, metrics=metrics, now=clock.now,
+                      on_elected=gate_wake, may_lead=succession_allows)
     elector.start()
     term = elector.term()      # the fencing token while leading safely, else None
     await elector.aclose()     # on shutdown: release the lock at once, for the next replica
@@ -60,10 +61,6 @@ return 0
 """
 
 
-async def _always() -> bool:
-    return True
-
-
 def propose_term(stored: Sequence[int], *, now: float) -> int:
     """The next term: one more than the highest stored, and never less than ``now`` in milliseconds.
 
@@ -85,8 +82,8 @@ class Elector(Service):
         settings: ElectionConfig,
         metrics: Metrics,
         now: Callable[[], float],
-        on_elected: Callable[[], None] = lambda: None,
-        may_lead: Callable[[], Awaitable[bool]] = _always,
+        on_elected: Callable[[], None],
+        may_lead: Callable[[], Awaitable[bool]],
     ) -> None:
         self._now = now
         self._on_elected = on_elected

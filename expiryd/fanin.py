@@ -11,7 +11,7 @@ Every expiryd replica runs the fan-in, leader or not, so that a follower that
 takes over has no gap in its subscriptions::
 
     fanin = FanIn(topology=topology, queue=queue, metrics=metrics, options=options, settings=config.redis,
-                  overflow_wait=5.0)
+                  overflow_wait=5.0, clock=clock, on_lost=gate_hears_of_a_gap)
     fanin.start()
     ...
     await fanin.aclose()   # stops every subscription
@@ -55,10 +55,10 @@ class FanIn(Service):
         options: RedisOptions,
         settings: RedisConfig,
         overflow_wait: float,
+        on_lost: Callable[[NodeAddress, float], None],
         notification_classes: str = EXPIRED_CLASSES,
         kinds: frozenset[str] = frozenset({EXPIRED}),
         on_expire: Callable[[NodeAddress, list[bytes]], None] | None = None,
-        on_lost: Callable[[NodeAddress, float], None] = lambda address, heard_until: None,
     ) -> None:
         self._topology = topology
         self._kinds = kinds

@@ -16,7 +16,8 @@ queued events stay unfinished, for the next leader::
 
     gate = LeaderGate(queue=queue, leadership=elector, router=router, replica="1", metrics=metrics,
                       replay=Replay(...) or NoReplay(), dead_letters=dead_letters, overflow_wait=5.0,
-                      grace=10.0, due_times=scheduler)
+                      grace=10.0, due_times=scheduler, now=clock.now, read_through=fanin.read_through,
+                      coverage_since=fanin.coverage_since, covered_elsewhere=succession.covered_elsewhere)
     gate.start()
     ...
     await gate.aclose()    # finish what the routes hold within the grace period, record progress
@@ -69,10 +70,6 @@ class ReplayLike(Protocol):
     def report(self) -> None: ...
 
 
-async def _never(marks: dict[str, ProgressMark], after: float) -> bool | None:
-    return False
-
-
 class LeaderGate(Service):
     name = "leader gate"
 
@@ -91,9 +88,9 @@ class LeaderGate(Service):
         due_times: DueTimes,
         now: Callable[[], float],
         read_through: Callable[[], dict[str, float | None]],
+        coverage_since: Callable[[], dict[str, float | None]],
+        covered_elsewhere: Callable[[dict[str, ProgressMark], float], Awaitable[bool | None]],
         internal_keys: frozenset[bytes] = frozenset(),
-        coverage_since: Callable[[], dict[str, float | None]] = dict,
-        covered_elsewhere: Callable[[dict[str, ProgressMark], float], Awaitable[bool | None]] = _never,
         idle_after: float = 2.0,
     ) -> None:
         self._queue = queue

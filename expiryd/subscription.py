@@ -91,9 +91,9 @@ class NodeSubscription(Service):
         overflow_wait: float,
         on_trouble: Callable[[], None],
         notification_classes: str,
+        on_lost: Callable[[NodeAddress, float], None],
         kinds: frozenset[str] = frozenset({EXPIRED}),
         on_expire: Callable[[NodeAddress, list[bytes]], None] | None = None,
-        on_lost: Callable[[NodeAddress, float], None] = lambda address, heard_until: None,
     ) -> None:
         self.address = address
         self._channels = [CHANNEL] + ([HEXPIRED_CHANNEL] if HEXPIRED in kinds else [])

@@ -202,13 +202,24 @@ def lease_gone() -> ExtendUnlockedLock:
     return ExtendUnlockedLock(key="{expiryd}:leader", masters=set())
 
 
+async def always() -> bool:
+    return True
+
+
 def elector_with_fake_lock(**timings: float) -> tuple[Elector, FakeLock, Metrics]:
     settings = ElectionConfig(
         **{"lease": 5.0, "renew_interval": 0.05, "renew_deadline": 0.3, "retry_interval": 0.05, **timings}
     )
     metrics = Metrics()
     # At the epoch, the time floor is 0: terms count 1, 2, ... from the stored one.
-    elector = Elector(masters=[FakeMaster()], settings=settings, metrics=metrics, now=lambda: 0.0)
+    elector = Elector(
+        masters=[FakeMaster()],
+        settings=settings,
+        metrics=metrics,
+        now=lambda: 0.0,
+        on_elected=lambda: None,
+        may_lead=always,
+    )
     lock = FakeLock()
     elector._lock = lock  # type: ignore[assignment]
     return elector, lock, metrics

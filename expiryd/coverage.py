@@ -54,6 +54,9 @@ _STALE_AFTER_INTERVALS = 3
 _UNKNOWN_PRIMARIES = 1 << 30
 # The hash is rewritten every interval; it outlives every replica by a day, like the progress marks.
 _KEY_TTL_MS = 86_400_000
+# A report this old (seconds) is what a crashed replica left; it is deleted, so the hash does not grow
+# with every pod that ever crashed.
+_PRUNE_AFTER = 3600.0
 
 
 @dataclass(frozen=True)
@@ -182,22 +185,34 @@ class CoverageStore:
             raise errors[0]
 
     async def others(self, *, replica: str, now: float) -> list[Coverage]:
-        """The live reports of every other replica, from whichever masters answer (the freshest of each)."""
+        """The live reports of every other replica, from whichever masters answer (the freshest of each).
+
+        Reports older than an hour are deleted on the way: crashed replicas never withdraw theirs.
+        """
         replies = await asyncio.gather(*(master.hgetall(self._key) for master in self._masters), return_exceptions=True)
-        answered = [reply for reply in replies if not isinstance(reply, BaseException)]
+        answered = [
+            (master, reply)
+            for master, reply in zip(self._masters, replies, strict=True)
+            if not isinstance(reply, BaseException)
+        ]
         if not answered:
             raise next(reply for reply in replies if isinstance(reply, BaseException))
         freshest: dict[str, Coverage] = {}
-        for reply in answered:
+        pruning = []
+        for master, reply in answered:
+            abandoned = []
             for field, text in reply.items():
                 name = field.decode() if isinstance(field, bytes) else str(field)
-                if name == replica:
-                    continue
                 coverage = Coverage.from_json(name, text)
-                if now - coverage.written_at > self._stale_after:
+                if now - coverage.written_at > _PRUNE_AFTER:
+                    abandoned.append(field)
+                if name == replica or now - coverage.written_at > self._stale_after:
                     continue
                 if name not in freshest or coverage.written_at > freshest[name].written_at:
                     freshest[name] = coverage
+            if abandoned:
+                pruning.append(master.hdel(self._key, *abandoned))
+        await asyncio.gather(*pruning, return_exceptions=True)  # tried again at the next look
         return list(freshest.values())
 
     async def report(self, *, replica: str) -> Coverage | None:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
-from expiryd.coverage import Coverage, Shortfall, another_process_publishes, covered_elsewhere, may_lead, shortfall
+from expiryd.coverage import (
+    Coverage,
+    CoverageStore,
+    Shortfall,
+    another_process_publishes,
+    covered_elsewhere,
+    may_lead,
+    shortfall,
+)
 from expiryd.progress import ProgressMark
 
 from .harness import (
@@ -209,3 +218,27 @@ def test_a_follower_started_in_a_quiet_period_takes_over_with_nothing_unheard(sh
     wait_for_single_leader([follower])
     assert follower.metric("expiryd_unheard_seconds_total") == 0
     assert not [entry for entry in follower.logs() if entry.get("level") == "error"]
+
+
+class CoverageHash:
+    """One master's coverage hash, in memory."""
+
+    def __init__(self, reports: list[Coverage]) -> None:
+        self.fields = {report.replica.encode(): report.to_json().encode() for report in reports}
+
+    async def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return dict(self.fields)
+
+    async def hdel(self, key: str, *fields: bytes) -> int:
+        for field in fields:
+            del self.fields[field]
+        return len(fields)
+
+
+def test_reports_crashed_replicas_left_an_hour_ago_are_deleted_and_live_ones_kept():
+    now = 10_000.0
+    master = CoverageHash([reported("gone", now - 3601.0), reported("stale", now - 10.0), reported("2", now - 0.5)])
+    store = CoverageStore(masters=[master], key="{expiryd}:leader:coverage", interval=1.0)
+    others = asyncio.run(store.others(replica="1", now=now))
+    assert [report.replica for report in others] == ["2"]
+    assert set(master.fields) == {b"stale", b"2"}

@@ -217,12 +217,18 @@ class CoverageStore:
 
     async def report(self, *, replica: str) -> Coverage | None:
         """This id's freshest report on any master that answers; None when there is none."""
-        replies = await asyncio.gather(
-            *(master.hget(self._key, replica) for master in self._masters), return_exceptions=True
-        )
-        reports = [Coverage.from_json(replica, text) for text in replies if isinstance(text, (bytes, str))]
-        if not reports and all(isinstance(reply, BaseException) for reply in replies):
+        # HGETALL, as others() reads the hash: the documented ACL rule allows it, not HGET.
+        replies = await asyncio.gather(*(master.hgetall(self._key) for master in self._masters), return_exceptions=True)
+        answered = [reply for reply in replies if not isinstance(reply, BaseException)]
+        if not answered:
             raise next(reply for reply in replies if isinstance(reply, BaseException))
+        field = replica.encode()
+        reports = [
+            Coverage.from_json(replica, text)
+            for reply in answered
+            for name, text in reply.items()
+            if name in (field, replica)
+        ]
         return max(reports, key=lambda report: report.written_at, default=None)
 
     async def withdraw(self, *, replica: str) -> None:

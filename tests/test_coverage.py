@@ -242,3 +242,10 @@ def test_reports_crashed_replicas_left_an_hour_ago_are_deleted_and_live_ones_kep
     others = asyncio.run(store.others(replica="1", now=now))
     assert [report.replica for report in others] == ["2"]
     assert set(master.fields) == {b"stale", b"2"}
+
+
+def test_this_ids_report_is_read_with_the_rest_of_the_hash():
+    master = CoverageHash([reported("1", 5.0), reported("2", 6.0)])
+    store = CoverageStore(masters=[master], key="{expiryd}:leader:coverage", interval=1.0)
+    assert asyncio.run(store.report(replica="1")) == reported("1", 5.0)
+    assert asyncio.run(store.report(replica="3")) is None

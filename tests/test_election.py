@@ -139,25 +139,6 @@ def test_leader_steps_down_before_its_lease_expires_when_it_cannot_renew(cluster
     assert leader.metric("expiryd_leader_stepdowns_total", reason="renew_deadline_passed") == 1
 
 
-def test_a_leader_paused_past_its_lease_does_not_act_when_it_wakes(shared_cluster, config_for, spawn):
-    replicas = start_three(shared_cluster, config_for, spawn)
-    old = wait_for_single_leader(replicas)
-    wait_until_eligible(replicas)
-    old_term = old.logged("became leader")[-1]["term"]
-    old.freeze()
-    try:
-        successor = wait_for_single_leader([r for r in replicas if r is not old], timeout=LEASE + 10)
-    finally:
-        old.thaw()
-    keys = [f"after-pause:{i}".encode() for i in range(20)]
-    expire_keys(shared_cluster, keys)
-
-    wait_until(lambda: set(keys) <= set(successor.handled_keys()), timeout=10, what="the successor to process")
-    assert not set(keys) & set(old.handled_keys())
-    assert all(e["term"] == old_term for e in old.events())
-    assert wait_until(lambda: old.logged("stepped down"), timeout=5, what="the paused leader to step down")
-
-
 # In process: the elector's step-down timing against a lock that answers as told.
 
 

@@ -81,7 +81,7 @@ class Completion:
         Everything this replica received from such a node before ``through`` is
         finished, so the next leader need not replay it, and a replica whose
         history starts before ``through`` covers this node (see
-        :mod:`expiryd.coverage`) even when the node has expired nothing for a
+        :mod:`expiryd.succession`) even when the node has expired nothing for a
         long time. The mark names no event (its key is empty): a new leader
         replays what it received from ``through`` less the clock tolerance on,
         which on an idle node is nothing; a busy node's mark names its last

@@ -1,24 +1,16 @@
-"""Coverage: how far back each replica's unbroken history of every primary reaches, and who may lead.
-
-Pub/Sub has no history: a replica knows a primary's expirations only from the
-moment its subscription to that primary last started. A new leader replays
-what its buffer holds beyond the last leader's progress marks (see
-:mod:`expiryd.replay`), so it must have been subscribed to every primary since
-before that primary's mark, or the events in between are lost.
+"""Coverage: when each replica's unbroken subscriptions to the primaries began, published for the others.
 
 Every replica publishes a :class:`Coverage` (when each of its primary
 subscriptions began, in epoch seconds) to a hash beside the lease, every
-``renew_interval``. A replica may lead when its history reaches back past every
-current mark, less the clock tolerance; or, when none does, when no live
-replica's history reaches further back than its own. So after a restart of the
-whole deployment the first replica subscribed leads at once, a follower of any
-age takes over from a leader that stopped cleanly (its final marks are recent),
-and a leader that lost a subscription hands over only to a replica that heard
-what it missed::
+``renew_interval``; :mod:`expiryd.succession` reads them against the last
+leader's progress marks to decide who may lead. A report also names the
+process that wrote it, so that a second process started with a live replica's
+id is found (:func:`another_process_publishes`)::
 
-    mine = Coverage(replica="1", written_at=time.time(), since={"10.0.0.7:6379": 1764000000.0})
-    shortfall(mine, marks)        # Shortfall(missing=0, seconds=-12.5): 12.5 s of history before the marks
-    may_lead(mine, others=[...], marks=marks, tolerance=2.0)
+    reporter = CoverageReporter(store=store, replica="1", instance="a1b2c3", since=fanin.coverage_since,
+                                interval=1.0, now=clock.now)
+    mine = reporter.now()      # Coverage(replica="1", written_at=..., since={"10.0.0.7:6379": 1764000000.0})
+    others = await store.others(replica="1", now=mine.written_at)
 """
 
 from __future__ import annotations
@@ -26,32 +18,19 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .connections import REDIS_FAILURES, describe_error
-from .progress import ProgressMark
 from .tasks import Service
 
-__all__ = [
-    "Coverage",
-    "CoverageReporter",
-    "CoverageStore",
-    "Shortfall",
-    "another_process_publishes",
-    "covered_elsewhere",
-    "may_lead",
-    "shortfall",
-]
+__all__ = ["Coverage", "CoverageReporter", "CoverageStore", "another_process_publishes"]
 
 log = logging.getLogger("expiryd.coverage")
 
 # A report older than this many publishing intervals is from a replica that is gone.
 _STALE_AFTER_INTERVALS = 3
-# Worse than any real count: a replica that has not read the topology yet.
-_UNKNOWN_PRIMARIES = 1 << 30
 # The hash is rewritten every interval; it outlives every replica by a day, like the progress marks.
 _KEY_TTL_MS = 86_400_000
 # A report this old (seconds) is what a crashed replica left; it is deleted, so the hash does not grow
@@ -87,52 +66,6 @@ class Coverage:
         )
 
 
-@dataclass(frozen=True, order=True)
-class Shortfall:
-    """How far a replica's history falls short of the marks; the smaller, the better placed to lead."""
-
-    #: Current primaries it is not subscribed to.
-    missing: int
-    #: The worst subscribed primary's ``since - mark time``: negative when it reaches back past every mark.
-    seconds: float
-
-    def covers(self, tolerance: float) -> bool:
-        return self.missing == 0 and self.seconds <= -tolerance
-
-
-def shortfall(coverage: Coverage, marks: dict[str, ProgressMark]) -> Shortfall:
-    """By how much the history misses the marks (see :class:`Shortfall`).
-
-    A primary without a mark had nothing finished by the last leader: its
-    history is measured against the oldest mark of a current primary, and when
-    no current primary has a mark, no leader has finished anything there and
-    nothing can be missed (``-inf``). A replica that knows no primary yet
-    misses everything.
-    """
-    if not coverage.since:
-        return Shortfall(missing=_UNKNOWN_PRIMARIES, seconds=math.inf)
-    subscribed = {node: at for node, at in coverage.since.items() if at is not None}
-    missing = len(coverage.since) - len(subscribed)
-    relevant = [mark.received_at for node, mark in marks.items() if node in coverage.since]
-    if not relevant or not subscribed:
-        return Shortfall(missing=missing, seconds=-math.inf)
-    oldest = min(relevant)
-    worst = max(at - (marks[node].received_at if node in marks else oldest) for node, at in subscribed.items())
-    return Shortfall(missing=missing, seconds=worst)
-
-
-def may_lead(mine: Coverage, *, others: Sequence[Coverage], marks: dict[str, ProgressMark], tolerance: float) -> bool:
-    """Whether this replica may take the lease: it covers the marks, or no live replica is better placed."""
-    own = shortfall(mine, marks)
-    if own.covers(tolerance):
-        return True
-    for other in others:
-        theirs = shortfall(other, marks)
-        if theirs < own or (theirs == own and other.replica < mine.replica):
-            return False
-    return True
-
-
 def another_process_publishes(before: Coverage | None, after: Coverage | None, *, instance: str) -> bool:
     """Whether reports under this replica's id, read twice a publishing interval apart, come from a live twin.
 
@@ -142,21 +75,6 @@ def another_process_publishes(before: Coverage | None, after: Coverage | None, *
     if after is None or after.instance == instance:
         return False
     return before is None or after.written_at > before.written_at
-
-
-def covered_elsewhere(
-    *, others: Sequence[Coverage], marks: dict[str, ProgressMark], tolerance: float, after: float
-) -> bool | None:
-    """Whether another live replica's history reaches back past every mark (a leader may hand over to it).
-
-    Only reports written after ``after`` (a gap's start) plus ``tolerance``, for
-    clock skew, can tell: an earlier one may predate that replica's own loss of
-    the same subscription. None while a live replica's answer is still older.
-    """
-    fresh = [other for other in others if other.written_at > after + tolerance]
-    if any(shortfall(other, marks).covers(tolerance) for other in fresh):
-        return True
-    return None if len(fresh) < len(others) else False
 
 
 class CoverageStore:

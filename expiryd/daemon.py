@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import uuid
 from typing import Any
@@ -31,14 +30,7 @@ from typing import Any
 from .clock import ClusterClock
 from .config import Config, ConfigError, RouteConfig
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
-from .coverage import (
-    CoverageReporter,
-    CoverageStore,
-    another_process_publishes,
-    covered_elsewhere,
-    may_lead,
-    shortfall,
-)
+from .coverage import CoverageReporter, CoverageStore, another_process_publishes
 from .deadletter import DeadLetters
 from .election import Elector
 from .eventqueue import EventQueue
@@ -50,11 +42,12 @@ from .keys import coverage_key, lease_key, progress_key, term_key
 from .metrics import Metrics
 from .notifications import required_classes
 from .payload import PayloadKeys
-from .progress import ProgressMark, ProgressStore
+from .progress import ProgressStore
 from .replay import NoReplay, Replay, ReplayBuffer
 from .routing import Route, Router
 from .schedule import Schedule
 from .scheduler import NoSchedule, Scheduler
+from .succession import Succession
 from .sweep import Sweeper
 from .tasks import Service, cancel_and_wait
 from .topology import Topology
@@ -112,16 +105,25 @@ class Daemon:
             interval=config.election.renew_interval,
             now=self._clock.now,
         )
-        self._shortfall_at_last_look = 0.0
-        # Monotonic; since when this replica has deferred to a better-placed one (None while it may lead).
-        self._deferring_since: float | None = None
+        self._history = self._replay()
+        self._succession = Succession(
+            progress=self._progress,
+            reports=self._coverage_store,
+            coverage=self._coverage,
+            history=self._history,
+            settings=config.replay,
+            deadline=config.election.renew_deadline,
+            replica=config.id,
+            now=self._clock.now,
+            metrics=self.metrics,
+        )
         self._elector = Elector(
             masters=self._masters,
             settings=config.election,
             metrics=self.metrics,
             now=self._clock.now,
             on_elected=self._elected,
-            may_lead=self._may_lead,
+            may_lead=self._succession.may_lead,
         )
         self._routes = [self._route(r) for r in config.routes]
         router = Router(self._routes)
@@ -144,7 +146,6 @@ class Daemon:
                 clock=self._clock,
                 internal_keys=internal_keys,
             )
-        self._history = self._replay()
         self._gate = LeaderGate(
             queue=self._queue,
             leadership=self._elector,
@@ -162,7 +163,7 @@ class Daemon:
             read_through=self._fanin.read_through,
             internal_keys=internal_keys,
             coverage_since=self._fanin.coverage_since,
-            covered_elsewhere=self._covered_elsewhere,
+            covered_elsewhere=self._succession.covered_elsewhere,
             # A busy primary's mark names an event, which a new leader finds exactly; an idle one's moves
             # up with time once it is older than the tolerance within which a time-only mark replays.
             idle_after=config.replay.clock_tolerance,
@@ -305,67 +306,10 @@ class Daemon:
                 "(--id, EXPIRYD_ID)",
             )
 
-    async def _may_lead(self) -> bool:
-        """Whether this replica's history is complete enough for it to take over (see :mod:`expiryd.coverage`).
-
-        It may lead when its unbroken subscriptions reach back past the last
-        leader's progress marks, less the clock tolerance, or when no live
-        replica's reach further. A replica that has deferred for ``replay.warmup``
-        leads anyway: the better-placed one is evidently not taking the lease.
-        """
-        settings = self.config.replay
-        assert settings.warmup is not None  # load_config fills it in
-        eligible = not settings.enabled
-        if not eligible:
-            mine = self._coverage.now()
-            try:
-                marks, others = await asyncio.wait_for(
-                    asyncio.gather(
-                        self._progress.read(), self._coverage_store.others(replica=self.config.id, now=mine.written_at)
-                    ),
-                    self.config.election.renew_deadline,
-                )
-            except (*REDIS_FAILURES, ValueError, KeyError):
-                eligible = False
-            else:
-                self._history.saw_marks(marks)
-                eligible = may_lead(mine, others=others, marks=marks, tolerance=settings.clock_tolerance)
-                self._shortfall_at_last_look = shortfall(mine, marks).seconds
-            now = time.monotonic()
-            if eligible:
-                self._deferring_since = None
-            elif self._deferring_since is None:
-                self._deferring_since = now
-            else:
-                eligible = now - self._deferring_since >= settings.warmup
-        self.metrics.leader_eligible.set(eligible)
-        return eligible
-
     def _elected(self) -> None:
         # Wake the leader gate: a new leader must not wait for the next event to replay what the last one left.
         self._queue.wake()
-        self._deferring_since = None
-        unheard = self._shortfall_at_last_look
-        self._shortfall_at_last_look = 0.0
-        if 0 < unheard < math.inf:
-            self.metrics.unheard_seconds.inc(unheard)
-            log.error(
-                "no replica heard what was published just after the last leader's progress: "
-                "those expirations reach only payload routes, through the sweep",
-                extra={"seconds": round(unheard, 3)},
-            )
-
-    async def _covered_elsewhere(self, marks: dict[str, ProgressMark], after: float) -> bool | None:
-        if not self.config.replay.enabled:
-            return False  # nothing could replay the gap
-        try:
-            others = await asyncio.wait_for(
-                self._coverage_store.others(replica=self.config.id, now=self._clock.now()),
-                self.config.election.renew_deadline,
-            )
-        except REDIS_FAILURES:
-            return None
-        return covered_elsewhere(others=others, marks=marks, tolerance=self.config.replay.clock_tolerance, after=after)
+        self._succession.elected()
 
     def _metrics_reply(self) -> Reply:
         return Reply(200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")

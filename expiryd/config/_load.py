@@ -30,7 +30,7 @@ __all__ = ["load_config", "parse_duration"]
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 # Replay timings left unset are derived from the takeover gap (see takeover_gap): a replica defers
-# to a better-placed one (see expiryd.coverage) at most WARMUP_MARGIN longer than the gap, and
+# to a better-placed one (see expiryd.succession) at most WARMUP_MARGIN longer than the gap, and
 # the window spans WINDOW_GAPS gaps and WINDOW_MARGIN more. Two gaps leave room for a successor that
 # dies before its first progress record: the leader after it starts from a mark up to two gaps old.
 # With the default election timings (a 6.6 s gap) the margins make the warm-up 8 s and the window

@@ -169,41 +169,28 @@ def _silenced_follower_subscription(cluster: LocalCluster, replicas: _Replicas, 
 
 
 def _leader_cut_off_from_one_primary(cluster: LocalCluster, replicas: _Replicas, **settings: Any) -> dict[str, Any]:
-    gid = fault_gid()
-    with replicas.three(cluster, first={"group": gid}) as run, Firewall() as firewall:
-        with SteadyStream(cluster, prefix=run.prefix, rate=settings["rate"]) as run.stream:
-            time.sleep(1.0)
-            leader, node = run.replicas[0], run.primary_other_than_the_lease()
-            terms_before, injected_at = run.terms(), time.time()
-            firewall.cut_off(gid=gid, port=node.port)
-            found = detected_after(leader, node, injected_at, reason="silent")
-            time.sleep(max(0.0, injected_at + settings["cut_for"] - time.time()))
-            firewall.restore()
-            time.sleep(2.0)
-        return _row(
-            f"leader cut off from one primary for {settings['cut_for']:g} s",
-            run,
-            found=found,
-            injected_at=injected_at,
-            terms_before=terms_before,
-        )
+    return _leader_cut_off(cluster, replicas, every_node=False, **settings)
 
 
 def _leader_cut_off_from_every_node(cluster: LocalCluster, replicas: _Replicas, **settings: Any) -> dict[str, Any]:
+    return _leader_cut_off(cluster, replicas, every_node=True, **settings)
+
+
+def _leader_cut_off(cluster: LocalCluster, replicas: _Replicas, *, every_node: bool, **settings: Any) -> dict[str, Any]:
     gid = fault_gid()
     with replicas.three(cluster, first={"group": gid}) as run, Firewall() as firewall:
         with SteadyStream(cluster, prefix=run.prefix, rate=settings["rate"]) as run.stream:
             time.sleep(1.0)
             leader, node = run.replicas[0], run.primary_other_than_the_lease()
             terms_before, injected_at = run.terms(), time.time()
-            for each in cluster.nodes:
+            for each in cluster.nodes if every_node else [node]:
                 firewall.cut_off(gid=gid, port=each.port)
             found = detected_after(leader, node, injected_at, reason="silent")
             time.sleep(max(0.0, injected_at + settings["cut_for"] - time.time()))
             firewall.restore()
             time.sleep(2.0)
         return _row(
-            f"leader cut off from every node for {settings['cut_for']:g} s",
+            f"leader cut off from {'every node' if every_node else 'one primary'} for {settings['cut_for']:g} s",
             run,
             found=found,
             injected_at=injected_at,

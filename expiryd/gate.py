@@ -42,6 +42,7 @@ from .metrics import Metrics
 from .progress import ProgressMark
 from .routing import Route, Router
 from .scheduler import DueTimes
+from .succession import Accept, HandOver, decide_on_gaps, gaps_to_thaw_at_once
 from .tasks import Service, until_first_failure
 
 __all__ = ["LeaderGate", "ReplayLike"]
@@ -291,35 +292,30 @@ class LeaderGate(Service):
         return max(taken, min(limits))
 
     async def _resolve_gaps(self, completion: Completion) -> bool:
-        """Whether to hand over to a replica that heard what this one missed; if none did, accept the gaps."""
-        for node in completion.frozen().keys() - self._coverage_since().keys():
-            # A primary that failed and left: its promoted replica was subscribed ahead of time.
+        """Whether to hand over to a replica that heard what this one missed (see :func:`decide_on_gaps`)."""
+        for node in gaps_to_thaw_at_once(completion.frozen(), self._coverage_since()):
             completion.thaw(node)
         frozen = completion.frozen()
         if not frozen:
             return False
-        verdict = await self._covered_elsewhere(completion.marks(), max(frozen.values()))
-        if verdict is None:
-            return False  # another replica's report is older than the gap: ask again at the next record
-        if verdict:
-            log.warning(
-                "this leader missed events another replica heard: handing over", extra={"nodes": sorted(frozen)}
-            )
-            self._metrics.history_gaps.labels(outcome="handed_over").inc(len(frozen))
-            return True
+        heard_elsewhere = await self._covered_elsewhere(completion.marks(), max(frozen.values()))
         # Read again: a primary may have been subscribed anew while the coverage reports were read.
-        for node, since in sorted(self._coverage_since().items()):
-            if since is None or node not in frozen:
-                continue
-            # Back, and no replica heard the gap: what was published in it is lost to Pub/Sub.
-            completion.thaw(node)
-            unheard = max(0.0, since - frozen[node])
-            self._metrics.history_gaps.labels(outcome="uncovered").inc()
-            self._metrics.unheard_seconds.inc(unheard)
-            log.error(
-                "events published while this leader was cut off from a node may be lost: no replica heard them",
-                extra={"node": node, "seconds": round(unheard, 3)},
+        verdict = decide_on_gaps(frozen=frozen, since=self._coverage_since(), heard_elsewhere=heard_elsewhere)
+        if isinstance(verdict, HandOver):
+            log.warning(
+                "this leader missed events another replica heard: handing over", extra={"nodes": list(verdict.nodes)}
             )
+            self._metrics.history_gaps.labels(outcome="handed_over").inc(len(verdict.nodes))
+            return True
+        if isinstance(verdict, Accept):
+            for node, unheard in verdict.unheard.items():
+                completion.thaw(node)
+                self._metrics.history_gaps.labels(outcome="uncovered").inc()
+                self._metrics.unheard_seconds.inc(unheard)
+                log.error(
+                    "events published while this leader was cut off from a node may be lost: no replica heard them",
+                    extra={"node": node, "seconds": round(unheard, 3)},
+                )
         return False
 
 

@@ -12,7 +12,8 @@ The rules are pure functions of values, which ``tests/test_succession.py`` speci
 - :func:`shortfall`: by how much a replica's unbroken history misses the marks;
 - :func:`decide_to_lead`: a follower's verdict, :class:`Lead` or :class:`Defer`, with the
   deferral clock passed in and out as a value;
-- :func:`covered_elsewhere`: whether another replica heard a gap in the leader's history.
+- :func:`covered_elsewhere`: whether another replica heard a gap in the leader's history, and
+  :func:`decide_on_gaps`: what the leader does then, :class:`HandOver`, :class:`Accept` or :class:`Hold`.
 
 :class:`Succession` is the thin shell around them: it reads the marks and the reports, keeps
 the deferral clock between looks, and counts what no replica heard once this replica leads::
@@ -41,12 +42,17 @@ from .metrics import Metrics
 from .progress import ProgressMark, ProgressStore
 
 __all__ = [
+    "Accept",
     "Defer",
+    "HandOver",
+    "Hold",
     "Lead",
     "Shortfall",
     "Succession",
     "covered_elsewhere",
+    "decide_on_gaps",
     "decide_to_lead",
+    "gaps_to_thaw_at_once",
     "may_lead",
     "shortfall",
 ]
@@ -164,6 +170,53 @@ def covered_elsewhere(
     if any(shortfall(other, marks).covers(tolerance) for other in fresh):
         return True
     return None if len(fresh) < len(others) else False
+
+
+@dataclass(frozen=True)
+class HandOver:
+    """Hand the lease to a replica that heard what this leader missed on ``nodes``."""
+
+    nodes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Accept:
+    """No live replica heard the gaps of the nodes subscribed again: seconds unheard per node.
+
+    Their marks move again; what was published in the gap is lost to Pub/Sub (a payload route's
+    sweep still finds it). A node still down stays frozen.
+    """
+
+    unheard: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Not known yet: a live replica's report is older than the gap. Ask again at the next record."""
+
+
+def gaps_to_thaw_at_once(frozen: dict[str, float], since: dict[str, float | None]) -> list[str]:
+    """Frozen nodes that are no longer primaries: a promoted replica, subscribed ahead of time, took over."""
+    return sorted(frozen.keys() - since.keys())
+
+
+def decide_on_gaps(
+    *, frozen: dict[str, float], since: dict[str, float | None], heard_elsewhere: bool | None
+) -> HandOver | Accept | Hold:
+    """A leader's verdict on the gaps in its own history (``frozen``: node -> when its gap began).
+
+    ``since``: when each current primary's subscription began (None while down), read after the
+    question was asked; ``heard_elsewhere``: what :func:`covered_elsewhere` answered.
+    """
+    if heard_elsewhere is None:
+        return Hold()
+    if heard_elsewhere:
+        return HandOver(nodes=tuple(sorted(frozen)))
+    return Accept(
+        unheard={
+            node: max(0.0, at - frozen[node]) for node, at in sorted(since.items()) if at is not None and node in frozen
+        }
+    )
 
 
 class _SeesMarks(Protocol):

@@ -7,7 +7,20 @@ import time
 
 from expiryd.coverage import Coverage
 from expiryd.progress import ProgressMark
-from expiryd.succession import Defer, Lead, Shortfall, covered_elsewhere, decide_to_lead, may_lead, shortfall
+from expiryd.succession import (
+    Accept,
+    Defer,
+    HandOver,
+    Hold,
+    Lead,
+    Shortfall,
+    covered_elsewhere,
+    decide_on_gaps,
+    decide_to_lead,
+    gaps_to_thaw_at_once,
+    may_lead,
+    shortfall,
+)
 
 from .harness import (
     SteadyStream,
@@ -169,6 +182,24 @@ def test_unreadable_marks_defer_and_keep_the_last_known_shortfall():
 def test_the_best_placed_replica_leads_at_once_and_counts_what_no_replica_heard():
     verdict = decide(replica("1", a=105.0), others=[replica("2", a=110.0)], recorded=marks(a=100.0))
     assert verdict == Lead(unheard=5.0)
+
+
+def test_a_gap_another_replica_heard_is_handed_over():
+    verdict = decide_on_gaps(frozen={"a": 150.0}, since={"a": 152.0, "b": 10.0}, heard_elsewhere=True)
+    assert verdict == HandOver(nodes=("a",))
+
+
+def test_a_gap_no_replica_heard_is_accepted_once_the_node_is_back_with_its_unheard_seconds():
+    verdict = decide_on_gaps(frozen={"a": 150.0, "b": 151.0}, since={"a": 153.5, "b": None}, heard_elsewhere=False)
+    assert verdict == Accept(unheard={"a": 3.5})  # b is still down: it stays frozen
+
+
+def test_a_gap_whose_answer_is_older_than_it_waits():
+    assert decide_on_gaps(frozen={"a": 150.0}, since={"a": 152.0}, heard_elsewhere=None) == Hold()
+
+
+def test_a_frozen_node_that_is_no_longer_a_primary_thaws_at_once():
+    assert gaps_to_thaw_at_once({"gone": 150.0, "a": 151.0}, {"a": None, "b": 10.0}) == ["gone"]
 
 
 # On a real cluster, under load.

@@ -11,7 +11,7 @@ new events::
 
     buffer = ReplayBuffer(window=15.0, max_events=200_000, now=clock.now)
     buffer.append(batch)                        # every batch the leader gate sees
-    buffer.progressed()                         # a leader moved its marks: older history may go
+    buffer.progressed(at=mark_time)             # a leader's marks reached it: older history may go
     replay = buffer.after(marks, tolerance=2.0)  # on taking over
 
 **Retention.** An event is kept for ``window`` after the last moment a leader was
@@ -74,9 +74,9 @@ class ReplayBuffer:
             self.per_node[expiration.node] += 1
         self.trim()
 
-    def progressed(self, at: float | None = None) -> None:
-        """A leader moved its marks (at ``at``, by default now): the history before may age out."""
-        self._progressed_at = max(self._progressed_at, self._now() if at is None else at)
+    def progressed(self, *, at: float) -> None:
+        """A leader's marks reached ``at`` (the cluster's clock): the history before may age out."""
+        self._progressed_at = max(self._progressed_at, at)
 
     def trim(self, now: float | None = None) -> None:
         """Forget events older than the window before the last progress, then the oldest beyond ``max_events``."""
@@ -182,20 +182,19 @@ class Replay:
         self._metrics = metrics
         self._unwritten: tuple[int, dict[str, ProgressMark]] | None = None
         self._reported_nodes: set[str] = set()
-        self._marks_seen: dict[str, ProgressMark] = {}
 
     def remember(self, batch: list[Expiration]) -> None:
         if batch:
             self._buffer.append(batch)
 
     def saw_marks(self, marks: dict[str, ProgressMark]) -> None:
-        """A follower read the leader's marks: if any moved since the last look, a leader is making progress."""
-        if any(
-            node not in self._marks_seen or mark.received_at > self._marks_seen[node].received_at
-            for node, mark in marks.items()
-        ):
-            self._buffer.progressed()
-        self._marks_seen = dict(marks)
+        """A follower read the leader's marks: a leader made progress as late as the newest of them.
+
+        The marks' own time, not the time of reading: marks read for the first time after a stall
+        were written before it, and the history since is what the next leader must replay.
+        """
+        if marks:
+            self._buffer.progressed(at=max(mark.received_at for mark in marks.values()))
 
     async def unfinished(
         self, *, term: int, own: dict[str, ProgressMark]
@@ -228,8 +227,8 @@ class Replay:
             log.warning("cannot record progress", extra={"term": term, "reason": error.__class__.__name__})
             return
         self._metrics.progress_writes.labels(result="ok" if written else "stale_term").inc()
-        if written:
-            self._buffer.progressed()
+        if written and marks:
+            self._buffer.progressed(at=max(mark.received_at for mark in marks.values()))
 
     def report(self) -> None:
         """Forget what is past the window, and report the buffer's size, age and evictions."""

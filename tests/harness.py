@@ -382,8 +382,7 @@ def wait_until_eligible(replicas: list[Replica], timeout: float = 20.0) -> None:
     wait_until(eligible, timeout=timeout, interval=0.2, what="followers to be eligible to lead")
 
 
-def local_ports(pid: int) -> set[int]:
-    """The local TCP ports of the process's sockets (from /proc: the tests run on Linux)."""
+def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
         try:
@@ -392,6 +391,12 @@ def local_ports(pid: int) -> set[int]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
+    return inodes
+
+
+def local_ports(pid: int) -> set[int]:
+    """The local TCP ports of the process's sockets (from /proc: the tests run on Linux)."""
+    inodes = _socket_inodes(pid)
     ports = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
@@ -399,6 +404,23 @@ def local_ports(pid: int) -> set[int]:
             if fields[9] in inodes:
                 ports.add(int(fields[1].rsplit(":", 1)[1], 16))
     return ports
+
+
+def tcp_timers(pid: int) -> dict[tuple[int, int], str]:
+    """The kernel's active timer of each established TCP socket of the process, by (local, remote) port.
+
+    From /proc/net/tcp: "02" is the keepalive timer, which an idle socket has only when SO_KEEPALIVE
+    is on; "01" is a retransmission under way, "00" none.
+    """
+    inodes = _socket_inodes(pid)
+    timers = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes and fields[3] == "01":  # established
+                ports = (int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16))
+                timers[ports] = fields[5].split(":")[0]
+    return timers
 
 
 def logged_at(entry: dict[str, Any]) -> float:

@@ -25,7 +25,7 @@ from .faults import (
     skip_unless_faults_can_run,
     three_replicas,
 )
-from .harness import SteadyStream, subscription_port, wait_for_single_leader, wait_until
+from .harness import SteadyStream, subscription_port, tcp_timers, wait_for_single_leader, wait_until
 from .receiver import WebhookReceiver
 
 pytestmark = pytest.mark.cluster
@@ -210,3 +210,20 @@ def test_a_node_answering_a_view_without_the_others_unsubscribes_no_one(cluster,
         assert [replica.metric("expiryd_node_subscribed", node=address) for address in primaries] == [1, 1, 1]
         assert replica.http("/readyz")[0] == 200
         assert replica.metric("expiryd_unheard_slots") == 0
+
+
+def test_every_connection_to_the_cluster_carries_tcp_keepalive(shared_cluster, config_for, spawn):
+    replica = spawn("1", config_for(shared_cluster))
+    replica.wait_ready()
+    wait_for_single_leader([replica])
+    cluster_ports = {node.port for node in shared_cluster.nodes}
+    seen: dict[tuple[int, int], set[str]] = {}
+    for _ in range(10):  # a socket busy with a PING shows the retransmission timer for a moment instead
+        for ports, timer in tcp_timers(replica.process.pid).items():
+            if ports[1] in cluster_ports:
+                seen.setdefault(ports, set()).add(timer)
+        time.sleep(0.2)
+    # Subscriptions and their second connections to all six nodes, the lease, topology and data clients.
+    assert len(seen) >= 2 * len(shared_cluster.nodes)
+    without = sorted(ports for ports, timers in seen.items() if "02" not in timers)
+    assert without == [], f"connections (local, remote port) without a keepalive timer: {without}"

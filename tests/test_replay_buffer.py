@@ -106,9 +106,20 @@ def test_history_ages_out_once_a_leader_moves_its_marks_again():
     buffer = ReplayBuffer(window=10.0, max_events=1000, now=clock)
     buffer.append([Expiration(b"passed", "A", 1005.0)])
     clock.at = 1030.0
-    buffer.progressed()
+    buffer.progressed(at=1029.0)
     buffer.trim()
     assert len(buffer) == 0
+
+
+def test_marks_read_for_the_first_time_after_a_stall_keep_the_history_since_they_were_written():
+    clock = Clock(1000.0)
+    buffer = ReplayBuffer(window=10.0, max_events=1000, now=clock)
+    replay = Replay(buffer=buffer, store=None, tolerance=2.0, record_interval=1.0, metrics=Metrics())  # type: ignore[arg-type]
+    buffer.append([Expiration(b"during-the-stall", "A", 1012.0)])
+    clock.at = 1040.0  # the stall is over; this replica never looked at the marks before it
+    replay.saw_marks({"A": ProgressMark(b"before", 1010.0, 3)})
+    buffer.trim()
+    assert keys(buffer.after(None, tolerance=1.0)) == ["during-the-stall"]
 
 
 def test_marks_that_moved_since_the_last_look_count_as_progress_and_unmoved_ones_do_not():

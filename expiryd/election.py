@@ -12,7 +12,7 @@ is never lower than the cluster's time in milliseconds (see :func:`propose_term`
 so it still grows when the stored one is lost::
 
     elector = Elector(masters=[cluster_client], settings=config.election, metrics=metrics, now=clock.now,
-                      on_elected=gate_wake, may_lead=succession_allows)
+                      on_elected=queue.wake, may_lead=succession.may_lead)
     elector.start()
     term = elector.term()      # the fencing token while leading safely, else None
     await elector.aclose()     # on shutdown: release the lock at once, for the next replica

@@ -37,10 +37,11 @@ from tests.faults import (
     detected_after,
     fault_gid,
     faults_unavailable,
+    silence_subscription,
     skewed_clock,
     three_replicas,
 )
-from tests.harness import Replica, SteadyStream, event_key, subscription_port, wait_until, write_config
+from tests.harness import Replica, SteadyStream, event_key, wait_until, write_config
 
 CUT_FOR = 15.0
 SILENT_FOR = 8.0
@@ -143,9 +144,8 @@ def _silenced_leader_subscription(cluster: LocalCluster, replicas: _Replicas, **
         with SteadyStream(cluster, prefix=run.prefix, rate=settings["rate"]) as run.stream:
             time.sleep(1.0)
             leader, node = run.leader(), run.primary_other_than_the_lease()
-            terms_before, injected_at = run.terms(), time.time()
-            firewall.silence(local_port=subscription_port(node, leader), remote_port=node.port)
-            found = detected_after(leader, node, injected_at, reason="silent")
+            terms_before = run.terms()
+            injected_at, found = silence_subscription(firewall, leader, node)
             _wait_for_a_newer_term(run, terms_before)
             time.sleep(2.0)
         return _row(
@@ -159,9 +159,8 @@ def _silenced_follower_subscription(cluster: LocalCluster, replicas: _Replicas, 
             time.sleep(1.0)
             leader, node = run.leader(), run.primary_other_than_the_lease()
             follower = next(replica for replica in run.replicas if replica is not leader)
-            terms_before, injected_at = run.terms(), time.time()
-            firewall.silence(local_port=subscription_port(node, follower), remote_port=node.port)
-            found = detected_after(follower, node, injected_at, reason="silent")
+            terms_before = run.terms()
+            injected_at, found = silence_subscription(firewall, follower, node)
             time.sleep(3.0)
         return _row(
             "a follower's subscription silenced", run, found=found, injected_at=injected_at, terms_before=terms_before

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,6 +38,8 @@ from .harness import (
     SteadyStream,
     event_key,
     logged_at,
+    primary_away_from_the_lease,
+    subscription_port,
     wait_for_single_leader,
     wait_until,
     wait_until_eligible,
@@ -147,9 +150,7 @@ class Run:
         return wait_for_single_leader(self.replicas)
 
     def primary_other_than_the_lease(self) -> Any:
-        lock = self.replicas[0].config["election"]["lock_name"]
-        lease_owner = self.cluster.slot_owners().owner(f"redlock:{lock}".encode()).address
-        return next(node for node in self.cluster.primaries() if node.address != lease_owner)
+        return primary_away_from_the_lease(self.cluster, self.replicas[0])
 
     def lost(self) -> list[bytes]:
         assert self.stream is not None
@@ -229,3 +230,10 @@ def detected_after(replica: Replica, node: Any, since: float, *, reason: str) ->
     return float(
         wait_until(lambda: found() is not None, timeout=DETECTION_BOUND, what=f"{reason} on {node.address}") and found()
     )
+
+
+def silence_subscription(firewall: Firewall, replica: Replica, node: Any) -> tuple[float, float]:
+    """Silence ``replica``'s subscription to ``node`` both ways: (when, seconds until the replica found it)."""
+    silenced_at = time.time()
+    firewall.silence(local_port=subscription_port(node, replica), remote_port=node.port)
+    return silenced_at, detected_after(replica, node, silenced_at, reason="silent")

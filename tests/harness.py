@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from expiryd.devtools.localcluster import LocalCluster
+from expiryd.keys import lease_key
 
 WARMUP = 8.0  # replay.warmup's default
 
@@ -427,6 +428,17 @@ def logged_at(entry: dict[str, Any]) -> float:
     """When a JSON log line was written (epoch seconds, by the replica's own clock)."""
     stamp = datetime.datetime.strptime(entry["ts"], "%Y-%m-%dT%H:%M:%S.%fZ")
     return stamp.replace(tzinfo=datetime.UTC).timestamp()
+
+
+def lease_holder(cluster: LocalCluster, replica: Replica) -> Any:
+    """The primary that holds ``replica``'s lease (the slot of its lock key)."""
+    return cluster.node_for_key(lease_key(replica.config["election"]["lock_name"]))
+
+
+def primary_away_from_the_lease(cluster: LocalCluster, replica: Replica) -> Any:
+    """A primary whose loss does not also cost the lease (and an election on top of what a test measures)."""
+    holder = lease_holder(cluster, replica).address
+    return next(node for node in cluster.primaries() if node.address != holder)
 
 
 def subscription_port(node: Any, replica: Replica) -> int:

@@ -17,6 +17,7 @@ from .harness import (
     SteadyStream,
     expire_keys,
     leaders,
+    lease_holder,
     wait_for_all,
     wait_for_single_leader,
     wait_until,
@@ -124,7 +125,7 @@ def test_terms_strictly_increase_across_transitions_though_the_stored_term_is_lo
 def test_leader_steps_down_before_its_lease_expires_when_it_cannot_renew(cluster, config_for, spawn):
     replicas = start_three(cluster, config_for, spawn)
     leader = wait_for_single_leader(replicas)
-    lock_node = cluster.node_for_key(f"redlock:{leader.config['election']['lock_name']}")
+    lock_node = lease_holder(cluster, leader)
     frozen_at = time.monotonic()
     cluster.freeze(lock_node)
     try:

@@ -20,12 +20,13 @@ from .faults import (
     Run,
     detected_after,
     fault_gid,
+    silence_subscription,
     skewed_clock,
     skip_unless_faketime,
     skip_unless_faults_can_run,
     three_replicas,
 )
-from .harness import SteadyStream, subscription_port, tcp_timers, wait_for_single_leader, wait_until
+from .harness import SteadyStream, tcp_timers, wait_for_single_leader, wait_until
 from .receiver import WebhookReceiver
 
 pytestmark = pytest.mark.cluster
@@ -38,9 +39,7 @@ def test_a_silenced_leader_subscription_is_found_within_seconds_and_loses_nothin
             time.sleep(1.0)
             leader = run.leader()
             node = run.primary_other_than_the_lease()
-            silenced_at = time.time()
-            firewall.silence(local_port=subscription_port(node, leader), remote_port=node.port)
-            detection = detected_after(leader, node, silenced_at, reason="silent")
+            _, detection = silence_subscription(firewall, leader, node)
             wait_until(lambda: len(run.terms()) > 1, timeout=20, what="a hand-over to a replica that heard the gap")
             time.sleep(2.0)
         run.wait_for_every_key()
@@ -57,9 +56,7 @@ def test_a_silenced_follower_subscription_is_found_and_costs_no_hand_over(shared
             leader = run.leader()
             follower = next(replica for replica in run.replicas if replica is not leader)
             node = run.primary_other_than_the_lease()
-            silenced_at = time.time()
-            firewall.silence(local_port=subscription_port(node, follower), remote_port=node.port)
-            detection = detected_after(follower, node, silenced_at, reason="silent")
+            _, detection = silence_subscription(firewall, follower, node)
             wait_until(
                 lambda: follower.metric("expiryd_node_subscribed", node=node.address) == 1,
                 timeout=20,

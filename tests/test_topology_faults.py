@@ -12,6 +12,8 @@ from .harness import (
     SteadyStream,
     expire_keys,
     keys_on_every_primary,
+    lease_holder,
+    primary_away_from_the_lease,
     start_replicas,
     wait_for_all,
     wait_for_single_leader,
@@ -33,12 +35,6 @@ def keys_on(cluster, node, prefix, count=5):
         if owners.owner(key).address == node.address:
             keys.append(key)
     return keys
-
-
-def away_from_the_lease(cluster, replica):
-    """A primary that does not hold the lease, whose loss would add an election to what a test measures."""
-    lease_holder = cluster.slot_owners().owner(replica.config["election"]["lock_name"].encode())
-    return next(node for node in cluster.primaries() if node.address != lease_holder.address)
 
 
 def start_leader(cluster, config_for, spawn):
@@ -75,7 +71,7 @@ def test_graceful_failover_is_followed_and_the_new_primary_processed(cluster, co
 
 def test_killed_primary_is_followed_to_its_promoted_replica(cluster_each_server, config_for, spawn):
     replica = start_leader(cluster_each_server, config_for, spawn)
-    victim = away_from_the_lease(cluster_each_server, replica)
+    victim = primary_away_from_the_lease(cluster_each_server, replica)
     promoted = cluster_each_server.replica_of(victim)
     cluster_each_server.kill(victim)
     cluster_each_server.wait_for_primary_change(victim)
@@ -104,7 +100,7 @@ def patient_cluster():
 def test_restarted_primary_with_notifications_off_is_repaired(patient_cluster, config_for, spawn):
     cluster = patient_cluster
     replica = start_leader(cluster, config_for, spawn)
-    node = away_from_the_lease(cluster, replica)
+    node = primary_away_from_the_lease(cluster, replica)
     wait_until(
         lambda: b"E" in node.client().config_get("notify-keyspace-events")["notify-keyspace-events"].encode(),
         timeout=5,
@@ -130,7 +126,7 @@ def test_restarted_primary_with_notifications_off_is_repaired(patient_cluster, c
 def test_frozen_node_is_detected_and_resubscribed_when_it_thaws(patient_cluster, config_for, spawn):
     cluster = patient_cluster
     replica = start_leader(cluster, config_for, spawn)
-    node = away_from_the_lease(cluster, replica)
+    node = primary_away_from_the_lease(cluster, replica)
     cluster.freeze(node)
     frozen_at = time.monotonic()
     try:
@@ -162,25 +158,20 @@ def test_the_leases_primary_stalled_past_the_replay_window_loses_nothing(patient
     # A window shorter than the stall: history must outlast the stall because no leader passed it, not by age.
     _, replicas = start_replicas(cluster, config_for, spawn, replay={"window": "7s"})
     leader = wait_for_single_leader(replicas)
-    lock = leader.config["election"]["lock_name"]
-    lease_holder = next(
-        n for n in cluster.primaries() if n.address == cluster.slot_owners().owner(lock.encode()).address
-    )
+    holder = lease_holder(cluster, leader)
     wait_until_eligible(replicas)
     # Every key on one other primary: a write to the stalled one would hold the writer for the whole stall.
     owners = cluster.slot_owners()
     prefix = next(
-        tag
-        for tag in (f"{{stall-{i}}}" for i in range(1000))
-        if owners.owner(tag.encode()).address != lease_holder.address
+        tag for tag in (f"{{stall-{i}}}" for i in range(1000)) if owners.owner(tag.encode()).address != holder.address
     )
     with SteadyStream(cluster, prefix=prefix, rate=200) as stream:
         time.sleep(1.0)
-        cluster.freeze(lease_holder)
+        cluster.freeze(holder)
         try:
             time.sleep(STALL)
         finally:
-            cluster.thaw(lease_holder)
+            cluster.thaw(holder)
         wait_for_single_leader([r for r in replicas if r.running], timeout=30)
         time.sleep(2.0)
     counts = wait_for_all(replicas, stream.keys, timeout=60)

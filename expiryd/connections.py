@@ -36,6 +36,7 @@ __all__ = [
     "RedisOptions",
     "describe_error",
     "keepalive_options",
+    "keepalive_socket_options",
     "set_keepalive",
     "tls_context",
 ]
@@ -97,11 +98,17 @@ def keepalive_options(keepalive: KeepaliveConfig) -> dict[int, int]:
     }
 
 
+def keepalive_socket_options(keepalive: KeepaliveConfig) -> list[tuple[int, int, int]]:
+    """Every ``setsockopt`` (level, option, value) that turns ``keepalive`` on, as httpx's transport takes them."""
+    return [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)] + [
+        (socket.IPPROTO_TCP, option, value) for option, value in keepalive_options(keepalive).items()
+    ]
+
+
 def set_keepalive(sock: socket.socket, keepalive: KeepaliveConfig) -> None:
-    """Turn TCP keepalive on for a socket opened by hand (redis-py's and httpx's take the same options)."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for option, value in keepalive_options(keepalive).items():
-        sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    """Turn TCP keepalive on for a socket opened by hand (redis-py's clients take :func:`keepalive_options`)."""
+    for level, option, value in keepalive_socket_options(keepalive):
+        sock.setsockopt(level, option, value)
 
 
 @functools.cache

@@ -160,9 +160,7 @@ class NodeSubscription(Service):
                 set_keepalive(writer.get_extra_info("socket"), self._options.keepalive)
                 parser = hiredis.Reader()
                 await asyncio.wait_for(self._subscribe(reader, writer, parser), self._watchdog_timeout)
-                await self._measure_clock(control)
-                await self._check_notifications(control)
-                await self._check_eviction(control)
+                await self._check_node(control)
                 self._unanswered_since = None
                 self._set_subscribed(True)
                 self._heard_at = self._clock.now()
@@ -290,14 +288,18 @@ class NodeSubscription(Service):
     async def _look_after_node(self, control: aioredis.Redis) -> None:
         """The periodic checks on the second connection; its failure says nothing about the subscription."""
         try:
-            await self._measure_clock(control)
-            await self._check_notifications(control)
-            await self._check_eviction(control)
+            await self._check_node(control)
         except REDIS_FAILURES as error:
             log.warning(
                 "cannot check the node's clock and notifications: retrying later",
                 extra={"node": self._node, "error": describe_error(error)},
             )
+
+    async def _check_node(self, control: aioredis.Redis) -> None:
+        """Read the node's clock, check (and repair) its notifications, check its eviction policy."""
+        await self._measure_clock(control)
+        await self._check_notifications(control)
+        await self._check_eviction(control)
 
     async def _measure_clock(self, control: aioredis.Redis) -> None:
         sent = time.time()

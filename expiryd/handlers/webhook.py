@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import socket
 
 import httpx
 
 from ..config import KeepaliveConfig
-from ..connections import describe_error, keepalive_options
+from ..connections import describe_error, keepalive_socket_options
 from ..events import Event
 from .base import PermanentFailure, RetryLater, encode_json
 
@@ -52,14 +51,11 @@ class WebhookHandler:
         self._url = url
         self._secret = secret
         # A receiver behind a NAT or load balancer: the pooled connection must not die silently between events.
-        socket_options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)] + [
-            (socket.IPPROTO_TCP, option, value) for option, value in keepalive_options(keepalive).items()
-        ]
         self._client = httpx.AsyncClient(
             timeout=timeout,
             headers=headers,
             follow_redirects=False,
-            transport=httpx.AsyncHTTPTransport(socket_options=socket_options),
+            transport=httpx.AsyncHTTPTransport(socket_options=keepalive_socket_options(keepalive)),
         )
 
     async def handle(self, events: list[Event]) -> None:

@@ -107,6 +107,35 @@ class CoverageStore:
 
         Reports older than an hour are deleted on the way: crashed replicas never withdraw theirs.
         """
+        freshest: dict[str, Coverage] = {}
+        pruning = []
+        for master, reports in await self._read():
+            abandoned = [field for field, coverage in reports if now - coverage.written_at > _PRUNE_AFTER]
+            if abandoned:
+                pruning.append(master.hdel(self._key, *abandoned))
+            for _, coverage in reports:
+                if coverage.replica == replica or not self._live(coverage, now):
+                    continue
+                if coverage.replica not in freshest or coverage.written_at > freshest[coverage.replica].written_at:
+                    freshest[coverage.replica] = coverage
+        await asyncio.gather(*pruning, return_exceptions=True)  # tried again at the next look
+        return list(freshest.values())
+
+    async def report(self, *, replica: str, now: float) -> Coverage | None:
+        """This id's freshest live report on any master that answers; None when there is none."""
+        reports = [
+            coverage
+            for _, reports in await self._read()
+            for _, coverage in reports
+            if coverage.replica == replica and self._live(coverage, now)
+        ]
+        return max(reports, key=lambda coverage: coverage.written_at, default=None)
+
+    async def _read(self) -> list[tuple[Any, list[tuple[Any, Coverage]]]]:
+        """Each answering master with its reports, by hash field; raises the first failure when none answers.
+
+        HGETALL, even for one field: the documented ACL rule allows it, not HGET.
+        """
         replies = await asyncio.gather(*(master.hgetall(self._key) for master in self._masters), return_exceptions=True)
         answered = [
             (master, reply)
@@ -115,39 +144,13 @@ class CoverageStore:
         ]
         if not answered:
             raise next(reply for reply in replies if isinstance(reply, BaseException))
-        freshest: dict[str, Coverage] = {}
-        pruning = []
-        for master, reply in answered:
-            abandoned = []
-            for field, text in reply.items():
-                name = field.decode() if isinstance(field, bytes) else str(field)
-                coverage = Coverage.from_json(name, text)
-                if now - coverage.written_at > _PRUNE_AFTER:
-                    abandoned.append(field)
-                if name == replica or now - coverage.written_at > self._stale_after:
-                    continue
-                if name not in freshest or coverage.written_at > freshest[name].written_at:
-                    freshest[name] = coverage
-            if abandoned:
-                pruning.append(master.hdel(self._key, *abandoned))
-        await asyncio.gather(*pruning, return_exceptions=True)  # tried again at the next look
-        return list(freshest.values())
-
-    async def report(self, *, replica: str) -> Coverage | None:
-        """This id's freshest report on any master that answers; None when there is none."""
-        # HGETALL, as others() reads the hash: the documented ACL rule allows it, not HGET.
-        replies = await asyncio.gather(*(master.hgetall(self._key) for master in self._masters), return_exceptions=True)
-        answered = [reply for reply in replies if not isinstance(reply, BaseException)]
-        if not answered:
-            raise next(reply for reply in replies if isinstance(reply, BaseException))
-        field = replica.encode()
-        reports = [
-            Coverage.from_json(replica, text)
-            for reply in answered
-            for name, text in reply.items()
-            if name in (field, replica)
+        return [
+            (master, [(field, Coverage.from_json(_text(field), text)) for field, text in reply.items()])
+            for master, reply in answered
         ]
-        return max(reports, key=lambda report: report.written_at, default=None)
+
+    def _live(self, coverage: Coverage, now: float) -> bool:
+        return now - coverage.written_at <= self._stale_after
 
     async def withdraw(self, *, replica: str) -> None:
         await asyncio.gather(*(master.hdel(self._key, replica) for master in self._masters), return_exceptions=True)
@@ -157,6 +160,10 @@ class CoverageStore:
         pipe.hset(self._key, coverage.replica, coverage.to_json())
         pipe.pexpire(self._key, _KEY_TTL_MS)
         await pipe.execute()
+
+
+def _text(field: Any) -> str:
+    return field.decode() if isinstance(field, bytes) else str(field)
 
 
 class CoverageReporter(Service):

@@ -284,16 +284,13 @@ class Daemon:
         A report left by a crashed predecessor stops moving; a live one moves within an interval.
         """
         interval = self.config.election.renew_interval
+        store, replica = self._coverage_store, self.config.id
         try:
-            before = await asyncio.wait_for(self._coverage_store.report(replica=self.config.id), interval)
-            if (
-                before is None
-                or before.instance == self._instance
-                or self._clock.now() - before.written_at > 3 * interval
-            ):
-                return  # none, or one a crashed predecessor left long enough ago
+            before = await asyncio.wait_for(store.report(replica=replica, now=self._clock.now()), interval)
+            if before is None or before.instance == self._instance:
+                return  # none live: at most one a crashed predecessor left long enough ago
             await asyncio.sleep(1.5 * interval)
-            after = await asyncio.wait_for(self._coverage_store.report(replica=self.config.id), interval)
+            after = await asyncio.wait_for(store.report(replica=replica, now=self._clock.now()), interval)
         except REDIS_FAILURES:
             return  # Redis will be waited for by the services; this check is not worth blocking on
         if another_process_publishes(before, after, instance=self._instance):

@@ -69,8 +69,8 @@ def test_reports_crashed_replicas_left_an_hour_ago_are_deleted_and_live_ones_kep
 def test_this_ids_report_is_read_with_the_rest_of_the_hash():
     master = CoverageHash([reported("1", 5.0), reported("2", 6.0)])
     store = CoverageStore(masters=[master], key="{expiryd}:leader:coverage", interval=1.0)
-    assert asyncio.run(store.report(replica="1")) == reported("1", 5.0)
-    assert asyncio.run(store.report(replica="3")) is None
+    assert asyncio.run(store.report(replica="1", now=6.0)) == reported("1", 5.0)
+    assert asyncio.run(store.report(replica="3", now=6.0)) is None
 
 
 # On a real cluster.

@@ -69,10 +69,7 @@ class EventQueue:
     def oldest(self) -> float | None:
         """When the oldest expiration queued or waiting for room was received (epoch seconds); None if none is."""
         queued = self._items[0].received_at if self._items else None
-        waiting = self.oldest_waiting()
-        if queued is None or waiting is None:
-            return queued if waiting is None else waiting
-        return min(queued, waiting)
+        return min((at for at in (queued, self.oldest_waiting()) if at is not None), default=None)
 
     def oldest_waiting(self) -> float | None:
         """When the oldest expiration still waiting for room was received (epoch seconds); None if none waits."""

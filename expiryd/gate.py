@@ -282,7 +282,8 @@ class LeaderGate(Service):
         """Up to when everything received from ``nodes`` has reached the completion (epoch seconds)."""
         waiting = self._queue.oldest_waiting()
         taken = self._dispatched_through if waiting is None else min(self._dispatched_through, waiting)
-        read = [self._read_through().get(node) for node in nodes]
+        read_through = self._read_through()
+        read = [read_through.get(node) for node in nodes]
         if not read or any(at is None for at in read):
             return taken
         # Everything these subscriptions read before then is in the queue, in the batch in hand, or past

@@ -193,8 +193,7 @@ class Replay:
         The marks' own time, not the time of reading: marks read for the first time after a stall
         were written before it, and the history since is what the next leader must replay.
         """
-        if marks:
-            self._buffer.progressed(at=max(mark.received_at for mark in marks.values()))
+        self._progressed(marks)
 
     async def unfinished(
         self, *, term: int, own: dict[str, ProgressMark]
@@ -227,7 +226,12 @@ class Replay:
             log.warning("cannot record progress", extra={"term": term, "reason": error.__class__.__name__})
             return
         self._metrics.progress_writes.labels(result="ok" if written else "stale_term").inc()
-        if written and marks:
+        if written:
+            self._progressed(marks)
+
+    def _progressed(self, marks: dict[str, ProgressMark]) -> None:
+        """The leader's marks reached as far as the newest of them: the buffer's history before may age out."""
+        if marks:
             self._buffer.progressed(at=max(mark.received_at for mark in marks.values()))
 
     def report(self) -> None:

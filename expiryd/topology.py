@@ -170,9 +170,8 @@ class Topology:
         self._options = options
         self._connected: tuple[NodeAddress, aioredis.Redis] | None = None
         self._last: ClusterView | None = None
-        #: Disputed answers so far (see the module's docstring), and how many of them were not taken.
+        #: Disputed answers so far (see the module's docstring).
         self.disputed = 0
-        self.refused = 0
 
     async def aclose(self) -> None:
         """Close the connection kept for the next read."""
@@ -206,7 +205,6 @@ class Topology:
         chosen = choose_view(views)
         lost = sorted(str(address) for address in self._last.primaries - chosen.primaries)
         if len(views) == 1:
-            self.refused += 1
             log.warning(
                 "a node's view of the cluster drops primaries and no other node answered: keeping the last view",
                 extra={"node": str(view.answered_by), "dropped": lost},

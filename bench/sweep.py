@@ -65,12 +65,16 @@ async def _one_sweep(cluster: LocalCluster, *, rate: int, companions: int, orpha
     await topology.aclose()
     emitted: list[Expiration] = []
 
-    async def emit(route: Route, expirations: list[Expiration]) -> None:
-        emitted.extend(expirations)
-
     class Leading:
         def term(self) -> int:
             return 1
+
+    class Gate:
+        def keys_in_flight(self) -> set[bytes]:
+            return set()
+
+        async def emit_swept(self, route: Route, expirations: list[Expiration]) -> None:
+            emitted.extend(expirations)
 
     metrics = Metrics()
     route = Route(
@@ -84,8 +88,7 @@ async def _one_sweep(cluster: LocalCluster, *, rate: int, companions: int, orpha
         options=options,
         leadership=Leading(),
         view=lambda: view,
-        in_flight=lambda key: False,
-        emit=emit,
+        gate=Gate(),
         metrics=metrics,
         now=time.time,
     )

@@ -6,7 +6,7 @@ from typing import Any
 
 from redis.crc import key_slot
 
-from .payload import PayloadKeys
+from .payload import PAYLOAD_KEEP_FOR, PayloadKeys
 
 __all__ = ["Companions"]
 
@@ -37,7 +37,9 @@ class Companions:
     companion is there when the key expires: :meth:`schedule` writes both at
     once, the companion first and living ``keep_for`` seconds (a day) longer
     than the key, long enough for expiryd to deliver it or for its sweep to find
-    it after an outage, and not forever if neither happens. :meth:`cancel`
+    it after an outage, and not forever if neither happens. The route's
+    ``payload_keep_for`` must be the same: the sweep reads the key's due time
+    from the companion's expire time, and delivers no key gone before it. :meth:`cancel`
     deletes both at once. Each is one Lua script, as atomic as a
     ``MULTI``/``EXEC``. Both keys must be in one hash slot: put the key's variable part in a hash tag (``order:{42}``, whose
     companion is ``order:{42}:payload``); a key whose companion would land in
@@ -59,14 +61,14 @@ class Companions:
     route's ``payload`` setting.
     """
 
-    def __init__(self, *, client: Any, template: str = "{key}:payload", keep_for: float = 86400.0) -> None:
+    def __init__(self, *, client: Any, template: str = "{key}:payload", keep_for: float = PAYLOAD_KEEP_FOR) -> None:
         if "{key}" not in template:
             raise ValueError(f"template {template!r} has no {{key}}: it would name one companion for every key")
         if keep_for <= 0:
             raise ValueError("keep_for must be positive: the companion has to outlive its key")
         self._client = client
-        self._payloads = PayloadKeys(template=template, client=client)
-        self._keep_for_ms = _milliseconds(keep_for)
+        self._payloads = PayloadKeys(template=template, client=client, keep_for=keep_for)
+        self._keep_for_ms = self._payloads.keep_for_ms
 
     def companion_of(self, key: bytes | str) -> bytes:
         """The companion's name; ValueError if it is not in ``key``'s hash slot."""

@@ -52,6 +52,8 @@ class Completion:
         self._unfinished: dict[str, deque[Pending]] = {}
         # Node → the time its gap began (epoch seconds).
         self._frozen: dict[str, float] = {}
+        # Node → the mark a freeze moved back from: where the node had got, should its gap be accepted.
+        self._passed: dict[str, ProgressMark] = {}
 
     def add(self, expiration: Expiration) -> Pending:
         pending = Pending(expiration)
@@ -107,13 +109,20 @@ class Completion:
         self._frozen[node] = min(heard_until, self._frozen.get(node, heard_until))
         mark = self._marks.get(node)
         if mark is not None and mark.received_at > heard_until:
+            self._passed.setdefault(node, mark)
             self._marks[node] = ProgressMark(b"", heard_until, self.term)
             self._changed = True
 
     def thaw(self, node: str) -> None:
-        """The gap in ``node``'s history is accepted: its mark moves again."""
+        """The gap in ``node``'s history is accepted: its mark moves again, to where it had got before."""
         self._frozen.pop(node, None)
-        if node in self._unfinished and not self._closed:
+        if self._closed:
+            return
+        passed = self._passed.pop(node, None)
+        if passed is not None:
+            self._marks[node] = passed
+            self._changed = True
+        if node in self._unfinished:
             self._advance(node)
 
     def start_from(self, marks: dict[str, ProgressMark]) -> None:

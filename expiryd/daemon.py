@@ -39,14 +39,17 @@ from .gate import LeaderGate
 from .handlers import build_handler
 from .httpserver import HttpServer, Reply
 from .keys import coverage_key, lease_key, progress_key, term_key
+from .leadership import TermSignal
 from .metrics import Metrics
 from .notifications import required_classes
 from .payload import PayloadKeys
 from .progress import ProgressStore
+from .recorder import ProgressRecorder
 from .replay import NoReplay, Replay, ReplayBuffer
 from .routing import Route, Router
 from .schedule import Schedule
 from .scheduler import NoSchedule, Scheduler
+from .shift import ShiftSettings
 from .succession import Succession
 from .sweep import Sweeper
 from .tasks import Service, cancel_and_wait
@@ -81,7 +84,6 @@ class Daemon:
             notification_classes=required_classes(schedule=config.schedule.enabled, kinds=kinds),
             kinds=kinds,
             on_expire=self._learn if config.schedule.enabled else None,
-            on_lost=self._subscription_lost,
         )
         # Read at each scrape, on the leader as on a follower.
         self.metrics.subscriptions_unbroken_seconds.set_function(self._fanin.covered_for)
@@ -117,13 +119,14 @@ class Daemon:
             now=self._clock.now,
             metrics=self.metrics,
         )
+        signal = TermSignal(queue=self._queue)
         self._elector = Elector(
             masters=self._masters,
             settings=config.election,
             metrics=self.metrics,
             now=self._clock.now,
-            on_elected=self._elected,
-            may_lead=self._succession.may_lead,
+            succession=self._succession,
+            signal=signal,
         )
         self._routes = [self._route(r) for r in config.routes]
         router = Router(self._routes)
@@ -148,24 +151,36 @@ class Daemon:
             )
         self._gate = LeaderGate(
             queue=self._queue,
+            signal=signal,
             leadership=self._elector,
-            router=router,
-            replica=config.id,
-            metrics=self.metrics,
             replay=self._history,
-            dead_letters=DeadLetters(
-                client=self._data, stream=config.dead_letter.stream, maxlen=config.dead_letter.maxlen
-            ),
-            overflow_wait=config.pipeline.overflow_wait,
-            grace=config.pipeline.shutdown_grace,
             due_times=self._scheduler or NoSchedule(),
-            now=self._clock.now,
-            read_through=self._fanin.read_through,
-            internal_keys=internal_keys,
-            coverage_since=self._fanin.coverage_since,
-            covered_elsewhere=self._succession.covered_elsewhere,
-            # A busy primary's mark names an event, which a new leader finds exactly; an idle one's moves
-            # up with time once it is older than the tolerance within which a time-only mark replays.
+            settings=ShiftSettings(
+                replica=config.id,
+                router=router,
+                leadership=self._elector,
+                dead_letters=DeadLetters(
+                    client=self._data, stream=config.dead_letter.stream, maxlen=config.dead_letter.maxlen
+                ),
+                metrics=self.metrics,
+                upstream_blocked=self._queue.blocked_for,
+                overflow_wait=config.pipeline.overflow_wait,
+                grace=config.pipeline.shutdown_grace,
+                now=self._clock.now,
+                internal_keys=internal_keys,
+            ),
+            metrics=self.metrics,
+        )
+        self._recorder = ProgressRecorder(
+            gate=self._gate,
+            queue=self._queue,
+            replay=self._history,
+            leadership=self._elector,
+            subscriptions=self._fanin,
+            succession=self._succession,
+            metrics=self.metrics,
+            # An idle primary's mark moves up with time once it is older than the tolerance within
+            # which a time-only mark replays.
             idle_after=config.replay.clock_tolerance,
         )
         self._sweeper = Sweeper(
@@ -174,8 +189,7 @@ class Daemon:
             options=options,
             leadership=self._elector,
             view=self._fanin.view,
-            in_flight=self._gate.in_flight,
-            emit=self._gate.emit_swept,
+            gate=self._gate,
             metrics=self.metrics,
             now=self._clock.now,
         )
@@ -210,16 +224,7 @@ class Daemon:
                 stack.push_async_callback(route.handler.aclose)
             stack.push_async_callback(self._topology.aclose)
             await self._refuse_a_second_process_with_this_id()
-            # The coverage report is withdrawn before the lease is released: followers then wait for no one.
-            # The sweeper stops before the gate, so that nothing enters the routes while they drain.
-            services: list[Service] = [
-                self._fanin,
-                self._elector,
-                self._coverage,
-                *self._optional_services(),
-                self._gate,
-                *([self._sweeper] if self._sweeper.has_work else []),
-            ]
+            services = self._services()
             for service in services:
                 await stack.enter_async_context(service)
             log.info(
@@ -246,18 +251,34 @@ class Daemon:
         log.info("stopped")
         return 1 if failed else 0
 
-    def _optional_services(self) -> list[Service]:
-        return [] if self._scheduler is None else [self._scheduler]
+    def _services(self) -> list[Service]:
+        """Every service, in the order they start; they stop in the reverse order.
 
-    def _subscription_lost(self, address: NodeAddress, heard_until: float) -> None:
-        self._gate.subscription_lost(str(address), heard_until=heard_until)
+        The sweeper stops first, so that nothing enters the routes while they drain; then the gate,
+        which lets the routes finish within the grace period; then the recorder, which records the
+        marks they finished with; the coverage report is withdrawn before the lease is released, so
+        that followers wait for no one; the subscriptions close last.
+        """
+        return [
+            self._fanin,
+            self._elector,
+            self._coverage,
+            *([] if self._scheduler is None else [self._scheduler]),
+            self._recorder,
+            self._gate,
+            *([self._sweeper] if self._sweeper.has_work else []),
+        ]
 
     def _learn(self, address: NodeAddress, keys: list[bytes]) -> None:
         if self._scheduler is not None:
             self._scheduler.learn(address, keys)
 
     def _route(self, config: RouteConfig) -> Route:
-        payload = None if config.payload is None else PayloadKeys(template=config.payload, client=self._data)
+        payload = (
+            None
+            if config.payload is None
+            else PayloadKeys(template=config.payload, client=self._data, keep_for=config.payload_keep_for)
+        )
         return Route(
             config=config,
             handler=build_handler(config, cluster=self._data, keepalive=self.config.redis.keepalive),
@@ -302,11 +323,6 @@ class Daemon:
                 f"{max(0.0, self._clock.now() - after.written_at):.1f} s ago; give each replica its own id "
                 "(--id, EXPIRYD_ID)",
             )
-
-    def _elected(self) -> None:
-        # Wake the leader gate: a new leader must not wait for the next event to replay what the last one left.
-        self._queue.wake()
-        self._succession.elected()
 
     def _metrics_reply(self) -> Reply:
         return Reply(200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")

@@ -12,10 +12,14 @@ is never lower than the cluster's time in milliseconds (see :func:`propose_term`
 so it still grows when the stored one is lost::
 
     elector = Elector(masters=[cluster_client], settings=config.election, metrics=metrics, now=clock.now,
-                      on_elected=queue.wake, may_lead=succession.may_lead)
+                      succession=succession, signal=TermSignal(queue=queue))
     elector.start()
     term = elector.term()      # the fencing token while leading safely, else None
     await elector.aclose()     # on shutdown: release the lock at once, for the next replica
+
+Before each attempt the elector asks the succession (see :mod:`expiryd.succession`) whether this
+replica's history lets it lead, and tells it when it won. Each change of term is announced on the
+:class:`~expiryd.leadership.TermSignal`, which the leader gate takes from.
 
 ``term()`` reads the monotonic clock, so a leader that wakes from a long pause
 (SIGSTOP, a stalled VM) stops acting at its first look, before the renewal
@@ -29,8 +33,8 @@ import logging
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from pottery import AIORedlock
 from pottery.exceptions import ExtendUnlockedLock, PrimitiveError
@@ -38,6 +42,7 @@ from pottery.exceptions import ExtendUnlockedLock, PrimitiveError
 from .config import RETRY_JITTER, ElectionConfig
 from .connections import REDIS_FAILURES, describe_error
 from .keys import term_key
+from .leadership import TermSignal
 from .metrics import Metrics
 from .tasks import Service
 
@@ -72,6 +77,14 @@ def propose_term(stored: Sequence[int], *, now: float) -> int:
     return max(max(stored, default=0) + 1, int(now * 1000))
 
 
+class Candidacy(Protocol):
+    """Whether this replica may try for the lease, and what follows winning it (a :class:`~expiryd.succession.Succession`)."""
+
+    async def may_lead(self) -> bool: ...
+
+    def elected(self) -> None: ...
+
+
 class Elector(Service):
     name = "election"
 
@@ -82,12 +95,12 @@ class Elector(Service):
         settings: ElectionConfig,
         metrics: Metrics,
         now: Callable[[], float],
-        on_elected: Callable[[], None],
-        may_lead: Callable[[], Awaitable[bool]],
+        succession: Candidacy,
+        signal: TermSignal,
     ) -> None:
         self._now = now
-        self._on_elected = on_elected
-        self._may_lead = may_lead
+        self._succession = succession
+        self._signal = signal
         self._masters = list(masters)
         self._settings = settings
         self._metrics = metrics
@@ -118,7 +131,7 @@ class Elector(Service):
         while True:
             self.heartbeat = time.monotonic()
             if self._term is None:
-                if await self._may_lead():
+                if await self._succession.may_lead():
                     await self._try_to_lead()
                 await asyncio.sleep(self._settings.retry_interval * random.uniform(*RETRY_JITTER))
             else:
@@ -155,7 +168,8 @@ class Elector(Service):
         self._metrics.leader_term.set(term)
         self._metrics.leader_transitions.labels(to="leader").inc()
         log.warning("became leader", extra={"term": term, "reason": "lease acquired"})
-        self._on_elected()
+        self._succession.elected()
+        self._signal.announce(term)
 
     async def _renew_or_step_down(self) -> None:
         next_attempt = self._last_renewal_attempt + self._settings.renew_interval
@@ -209,6 +223,7 @@ class Elector(Service):
         self._metrics.leader_transitions.labels(to="follower").inc()
         self._metrics.leader_stepdowns.labels(reason=reason.replace(" ", "_")).inc()
         log.warning("stepped down", extra={"term": term, "reason": reason})
+        self._signal.announce(None)
         # Stepping down is synchronous so that no event slips through after it;
         # the release, which needs Redis, follows as a task this elector awaits.
         self._release_task = asyncio.create_task(self._release(), name="lease release")

@@ -11,8 +11,9 @@ Every expiryd replica runs the fan-in, leader or not, so that a follower that
 takes over has no gap in its subscriptions::
 
     fanin = FanIn(topology=topology, queue=queue, metrics=metrics, options=options, settings=config.redis,
-                  overflow_wait=5.0, clock=clock, on_lost=gate_hears_of_a_gap)
+                  overflow_wait=5.0, clock=clock)
     fanin.start()
+    fanin.take_gaps()      # {node: heard until}: where a broken subscription may have missed events
     ...
     await fanin.aclose()   # stops every subscription
 """
@@ -55,7 +56,6 @@ class FanIn(Service):
         options: RedisOptions,
         settings: RedisConfig,
         overflow_wait: float,
-        on_lost: Callable[[NodeAddress, float], None],
         notification_classes: str = EXPIRED_CLASSES,
         kinds: frozenset[str] = frozenset({EXPIRED}),
         on_expire: Callable[[NodeAddress, list[bytes]], None] | None = None,
@@ -70,7 +70,8 @@ class FanIn(Service):
         self._overflow_wait = overflow_wait
         self._classes = notification_classes
         self._on_expire = on_expire
-        self._on_lost = on_lost
+        # Node → the earliest moment since the last take after which its subscription may have missed events.
+        self._gaps: dict[str, float] = {}
         self._view: ClusterView | None = None
         self._subscriptions: dict[NodeAddress, NodeSubscription] = {}
         self._primaries: frozenset[NodeAddress] = frozenset()
@@ -119,6 +120,15 @@ class FanIn(Service):
             str(primary): self._subscriptions[primary].read_through() if primary in self._subscriptions else None
             for primary in self._primaries
         }
+
+    def take_gaps(self) -> dict[str, float]:
+        """The nodes whose subscription broke since the last call, each with when it was last heard."""
+        gaps, self._gaps = self._gaps, {}
+        return gaps
+
+    def _note_gap(self, address: NodeAddress, heard_until: float) -> None:
+        node = str(address)
+        self._gaps[node] = min(heard_until, self._gaps.get(node, heard_until))
 
     def unheard(self) -> dict[str, int]:
         """Slots whose expirations this replica cannot hear now, by primary ("no primary" for unserved slots).
@@ -212,7 +222,7 @@ class FanIn(Service):
                 notification_classes=self._classes,
                 kinds=self._kinds,
                 on_expire=self._on_expire,
-                on_lost=self._on_lost,
+                on_lost=self._note_gap,
             )
             self._subscriptions[address] = subscription
             subscription.start()

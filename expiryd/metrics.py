@@ -241,6 +241,13 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.keys_removed_before_due = Counter(
+            "expiryd_keys_removed_before_due",
+            "Routed keys the sweep found gone before their due time (evicted, or deleted without their "
+            "companion): not delivered as expirations.",
+            ["route"],
+            registry=r,
+        )
         self.sweep_keys_scanned = Counter(
             "expiryd_sweep_keys_scanned", "Companion-named keys the sweep's SCANs returned.", registry=r
         )

@@ -23,13 +23,19 @@ from redis.exceptions import ResponseError
 from .connections import describe_error
 from .errors import PermanentFailure
 
-__all__ = ["PayloadKeys"]
+__all__ = ["PAYLOAD_KEEP_FOR", "PayloadKeys"]
+
+#: How much longer than its key a companion lives by default (a day): long enough for a delivery
+#: or a sweep after an outage, not forever if neither comes.
+PAYLOAD_KEEP_FOR = 86400.0
 
 
 class PayloadKeys:
-    def __init__(self, *, template: str, client: Any) -> None:
+    def __init__(self, *, template: str, client: Any, keep_for: float = PAYLOAD_KEEP_FOR) -> None:
         self._parts = template.encode("utf-8").split(b"{key}")
         self._client = client
+        #: How much longer than its key a companion lives: its expire time less this is the key's due time.
+        self.keep_for_ms = max(1, round(keep_for * 1000))
 
     def key_for(self, key: bytes) -> bytes:
         return key.join(self._parts)

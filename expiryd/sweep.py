@@ -17,10 +17,10 @@ flight. The delay covers what the first look cannot tell apart from an orphan:
 a key that just expired (the first ``EXISTS`` may even be what expired it),
 whose event is on its way and whose companion the handler is about to delete,
 and a writer that has written the companion but not yet the key. Orphans go to
-the gate's ``emit`` as expirations marked ``swept``::
+the gate's ``emit_swept`` as expirations marked ``swept``::
 
     sweeper = Sweeper(settings=config.sweep, router=router, options=options, leadership=elector,
-                      view=fanin.view, in_flight=gate.in_flight, emit=gate.emit_swept, metrics=metrics)
+                      view=fanin.view, gate=gate, metrics=metrics, now=clock.now)
     if sweeper.has_work:       # switched on, and some route has a payload template
         async with sweeper:
             ...
@@ -29,6 +29,15 @@ An orphan is emitted once per leadership term and companion: a companion that
 stays after its delivery (the event was dead-lettered) is not delivered again
 every interval, but a new leader delivers it once more, as it would replay any
 event whose outcome it cannot know.
+
+**Only what expired.** A key can also vanish before its time: evicted under a
+``maxmemory-policy`` that evicts any key, or deleted without its companion. The
+companion outlives its key by the route's ``payload_keep_for`` (see
+:class:`~expiryd.companions.Companions`), so its own expire time gives the key's
+due time, and the node's ``TIME``, read in the same pipeline, says whether that
+has passed (:func:`judge`). A key gone before its due time is counted in
+``expiryd_keys_removed_before_due_total`` and logged, not delivered; its
+companion is left to expire.
 """
 
 from __future__ import annotations
@@ -36,9 +45,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from enum import Enum
+from typing import Any, Protocol
 
 from redis.crc import key_slot
 
@@ -52,7 +62,7 @@ from .routing import Route, Router
 from .tasks import Service, until_first_failure
 from .topology import ClusterView
 
-__all__ = ["Emit", "InFlight", "Sweeper", "scan_pattern"]
+__all__ = ["Look", "SweptIntake", "Sweeper", "judge", "scan_pattern"]
 
 log = logging.getLogger("expiryd.sweep")
 
@@ -61,8 +71,39 @@ _CONFIRM_CHUNK = 5_000
 # Orphans remembered so that a companion left after its delivery is not delivered again this term.
 _MAX_HANDED = 1_000_000
 
-Emit = Callable[[Route, list[Expiration]], Awaitable[None]]
-InFlight = Callable[[bytes], bool]
+
+class SweptIntake(Protocol):
+    """The leader gate, as the sweep needs it: what is on its way, and where orphans go."""
+
+    def keys_in_flight(self) -> set[bytes]: ...
+
+    async def emit_swept(self, route: Route, expirations: list[Expiration]) -> None: ...
+
+
+class Look(Enum):
+    """What a confirming look at a candidate found."""
+
+    #: The key exists again, or the companion is gone (delivered) or could not be read: nothing to do.
+    NOTHING = "nothing"
+    #: The key's due time has passed on its node and nobody delivered it: an orphan.
+    EXPIRED = "expired"
+    #: The key vanished before its due time: evicted, or deleted without its companion.
+    REMOVED = "removed"
+
+
+def judge(*, exists: Any, companion_expire_ms: Any, node_now_ms: int | None, keep_for_ms: int) -> Look:
+    """What a look at a vanished key and its companion found (see :class:`Look`).
+
+    ``companion_expire_ms`` is the companion's ``PEXPIRETIME`` (-1: no TTL, -2: gone), ``node_now_ms``
+    the time on the key's node at the look. Redis expires a key only once its node's time has passed
+    its due time, which is the companion's expire time less ``keep_for_ms``. A companion without a
+    TTL, or a node whose time is not known, tells no due time: the key is taken as expired.
+    """
+    if exists != 0 or not isinstance(companion_expire_ms, int) or companion_expire_ms == -2:
+        return Look.NOTHING
+    if companion_expire_ms > 0 and node_now_ms is not None and node_now_ms <= companion_expire_ms - keep_for_ms:
+        return Look.REMOVED
+    return Look.EXPIRED
 
 
 @dataclass(slots=True)
@@ -71,6 +112,7 @@ class _Candidate:
     companion: bytes
     node: NodeAddress
     confirm_at: float  # monotonic
+    keep_for_ms: int  # how much longer than its key the companion lives
 
 
 @dataclass(slots=True)
@@ -107,8 +149,7 @@ class Sweeper(Service):
         options: RedisOptions,
         leadership: Leadership,
         view: Callable[[], ClusterView | None],
-        in_flight: InFlight,
-        emit: Emit,
+        gate: SweptIntake,
         metrics: Metrics,
         now: Callable[[], float],
     ) -> None:
@@ -118,8 +159,7 @@ class Sweeper(Service):
         self._options = options
         self._leadership = leadership
         self._view = view
-        self._in_flight = in_flight
-        self._emit = emit
+        self._gate = gate
         self._metrics = metrics
         targets: dict[tuple[bytes, ...], _Target] = {}
         for route in router.routes:
@@ -247,7 +287,7 @@ class Sweeper(Service):
             return False
 
     async def _consider(self, node: NodeAddress, target: _Target, names: list[Any]) -> None:
-        found: list[tuple[bytes, Route, bytes]] = []
+        found: list[tuple[bytes, Route, bytes, int]] = []
         for name in names:
             if not isinstance(name, bytes):
                 continue
@@ -258,19 +298,19 @@ class Sweeper(Service):
             route = self._router.match(key)
             if route is None or route.payload is None or route.payload.parts != target.payload.parts:
                 continue
-            found.append((key, route, name))
+            found.append((key, route, name, route.payload.keep_for_ms))
         if not found:
             return
-        replies = await self._on_owners([("EXISTS", key) for key, _, _ in found])
+        replies, _ = await self._on_owners([("EXISTS", key) for key, *_ in found])
         confirm_at = time.monotonic() + self._settings.confirm_after
-        for (key, route, companion), exists in zip(found, replies, strict=True):
+        for (key, route, companion, keep_for_ms), exists in zip(found, replies, strict=True):
             if exists != 0:
                 continue  # the key lives (or its check failed): nothing to say
             handed = self._handed.get(key)
             if handed is not None:
                 handed.seen_in = self._sweep_number
             if key not in self._candidates:
-                self._candidates[key] = _Candidate(route, companion, node, confirm_at)
+                self._candidates[key] = _Candidate(route, companion, node, confirm_at, keep_for_ms)
 
     async def _make_room(self, term: int) -> bool:
         """Wait while the candidates are at their bound (the confirmations drain them); False on a new term."""
@@ -300,30 +340,45 @@ class Sweeper(Service):
         commands: list[tuple[str, bytes]] = []
         for key, candidate in due:
             commands += [("EXISTS", key), ("PEXPIRETIME", candidate.companion)]
-        replies = await self._on_owners(commands)
+        replies, clocks = await self._on_owners(commands)
         if self._leadership.term() != term:
             return
+        in_flight = self._gate.keys_in_flight()
         now = self._now()
         orphans: dict[Route, list[Expiration]] = {}
+        removed: dict[Route, int] = {}
         for index, (key, candidate) in enumerate(due):
-            exists, expire_time = replies[2 * index], replies[2 * index + 1]
-            if exists != 0 or not isinstance(expire_time, int) or expire_time == -2:
-                continue  # back, delivered (its companion deleted) or unknown: not an orphan
-            if self._in_flight(key):
+            expire_time = replies[2 * index + 1]
+            look = judge(
+                exists=replies[2 * index],
+                companion_expire_ms=expire_time,
+                node_now_ms=clocks[2 * index],
+                keep_for_ms=candidate.keep_for_ms,
+            )
+            if look is Look.NOTHING or key in in_flight:
                 continue
             handed = self._handed.get(key)
             if handed is not None and handed.expire_time == expire_time:
-                continue  # emitted before this term, and its companion stayed (dead-lettered)
+                continue  # emitted or counted before this term, and its companion stayed
             if len(self._handed) < _MAX_HANDED or handed is not None:
                 self._handed[key] = _Handed(expire_time, self._sweep_number)
+            if look is Look.REMOVED:
+                removed[candidate.route] = removed.get(candidate.route, 0) + 1
+                continue
             orphans.setdefault(candidate.route, []).append(
                 Expiration(key, str(candidate.node), now, EXPIRED, None, True)
+            )
+        for route, count in removed.items():
+            self._metrics.keys_removed_before_due.labels(route=route.name).inc(count)
+            log.warning(
+                "keys vanished before their due time (evicted, or deleted without their companion): not delivered",
+                extra={"route": route.name, "keys": count},
             )
         for route, expirations in orphans.items():
             if self._leadership.term() != term:
                 return
             try:
-                await self._emit(route, expirations)
+                await self._gate.emit_swept(route, expirations)
             except Exception as error:
                 for expiration in expirations:
                     self._handed.pop(expiration.key, None)
@@ -340,9 +395,11 @@ class Sweeper(Service):
 
     # Connections
 
-    async def _on_owners(self, commands: list[tuple[str, bytes]]) -> list[Any]:
-        """Each command's reply, sent to the primary owning its key's slot; an exception where that failed."""
+    async def _on_owners(self, commands: list[tuple[str, bytes]]) -> tuple[list[Any], list[int | None]]:
+        """Each command's reply, sent to the primary owning its key's slot (an exception where that failed),
+        and the time on that primary in milliseconds, read in the same pipeline (None where unknown)."""
         replies: list[Any] = [None] * len(commands)
+        clocks: list[int | None] = [None] * len(commands)
         owners = self._slot_owners()
         by_node: dict[NodeAddress, list[int]] = {}
         for index, (_, key) in enumerate(commands):
@@ -357,21 +414,31 @@ class Sweeper(Service):
             pipe = self._clients.get(node).pipeline(transaction=False)
             for index in indexes:
                 pipe.execute_command(*commands[index])
+            pipe.execute_command("TIME")
             try:
-                results = await pipe.execute(raise_on_error=False)
+                *results, node_time = await pipe.execute(raise_on_error=False)
             except REDIS_FAILURES as error:
                 log.warning("sweep cannot check keys", extra={"node": str(node), "error": describe_error(error)})
                 await self._clients.drop(node)
-                results = [error] * len(indexes)
+                results, node_time = [error] * len(indexes), None
+            node_ms = _milliseconds(node_time)
             for index, result in zip(indexes, results, strict=True):
                 if isinstance(result, BaseException):
                     self._check_failures += 1
                 replies[index] = result
+                clocks[index] = node_ms
 
         await asyncio.gather(*(run(node, indexes) for node, indexes in by_node.items()))
-        return replies
+        return replies, clocks
 
     def _slot_owners(self) -> list[NodeAddress | None] | None:
         """The primary that owns each slot, from the fan-in's last topology read."""
         view = self._view()
         return None if view is None else view.slot_owners()
+
+
+def _milliseconds(reply: Any) -> int | None:
+    """A ``TIME`` reply ((seconds, microseconds), as redis-py parses it) in milliseconds; None if it failed."""
+    if isinstance(reply, tuple | list) and len(reply) == 2:
+        return int(reply[0]) * 1000 + int(reply[1]) // 1000
+    return None

@@ -75,3 +75,13 @@ def test_a_frozen_node_keeps_its_mark_before_the_gap_until_thawed():
     assert completion.marks()["n:1"].received_at == 7.0
     completion.thaw("n:1")
     assert completion.marks()["n:1"].key == b"after-the-gap"
+
+
+def test_a_mark_moved_back_by_a_freeze_returns_when_the_gap_is_accepted():
+    completion = Completion(term=4, marks={})
+    finished = completion.add(Expiration(b"heard-after-the-gap", "n:1", 12.0))
+    completion.finish([finished])
+    completion.freeze("n:1", heard_until=7.0)  # the break is learnt of after the event finished
+    assert completion.take_marks() == {"n:1": ProgressMark(b"", 7.0, 4)}
+    completion.thaw("n:1")
+    assert completion.take_marks() == {"n:1": ProgressMark(b"heard-after-the-gap", 12.0, 4)}

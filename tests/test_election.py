@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from expiryd.config import ElectionConfig
 from expiryd.election import Elector, propose_term
 from expiryd.keys import term_key
+from expiryd.leadership import TermSignal
 from expiryd.metrics import Metrics
 
 from .harness import (
@@ -184,8 +185,27 @@ def lease_gone() -> ExtendUnlockedLock:
     return ExtendUnlockedLock(key="{expiryd}:leader", masters=set())
 
 
-async def always() -> bool:
-    return True
+class Eligible:
+    """A succession that always lets this replica lead, and counts its elections."""
+
+    def __init__(self) -> None:
+        self.elections = 0
+
+    async def may_lead(self) -> bool:
+        return True
+
+    def elected(self) -> None:
+        self.elections += 1
+
+
+class Announcements:
+    """Stands in for the merged queue behind a TermSignal: counts the wake-ups."""
+
+    def __init__(self) -> None:
+        self.wakes = 0
+
+    def wake(self) -> None:
+        self.wakes += 1
 
 
 def elector_with_fake_lock(**timings: float) -> tuple[Elector, FakeLock, Metrics]:
@@ -199,8 +219,8 @@ def elector_with_fake_lock(**timings: float) -> tuple[Elector, FakeLock, Metrics
         settings=settings,
         metrics=metrics,
         now=lambda: 0.0,
-        on_elected=lambda: None,
-        may_lead=always,
+        succession=Eligible(),
+        signal=TermSignal(queue=Announcements()),
     )
     lock = FakeLock()
     elector._lock = lock  # type: ignore[assignment]

@@ -26,7 +26,7 @@ from expiryd.events import Event, Expiration
 from expiryd.metrics import Metrics
 from expiryd.payload import PayloadKeys
 from expiryd.routing import Route, Router
-from expiryd.sweep import Sweeper, scan_pattern
+from expiryd.sweep import Look, Sweeper, judge, scan_pattern
 from expiryd.topology import ClusterNodeInfo, ClusterView, Topology
 
 from .harness import (
@@ -62,6 +62,13 @@ class Sweep:
     def keys(self) -> list[bytes]:
         return [expiration.key for _, _, batch in self.emitted for expiration in batch]
 
+    # The leader gate, as the sweeper sees it.
+    def keys_in_flight(self) -> set[bytes]:
+        return set(self.in_flight)
+
+    async def emit_swept(self, route: Route, expirations: list[Expiration]) -> None:
+        self.emitted.append((time.monotonic(), route, expirations))
+
     def expirations(self) -> list[Expiration]:
         return [expiration for _, _, batch in self.emitted for expiration in batch]
 
@@ -84,17 +91,13 @@ async def sweeping(
     await topology.aclose()
     sweep = Sweep(started=time.monotonic(), leadership=Term(term), metrics=Metrics())
 
-    async def emit(route: Route, expirations: list[Expiration]) -> None:
-        sweep.emitted.append((time.monotonic(), route, expirations))
-
     sweeper = Sweeper(
         settings=settings,
         router=Router(routes),
         options=options,
         leadership=sweep.leadership,
         view=lambda: view,
-        in_flight=sweep.in_flight.__contains__,
-        emit=emit,
+        gate=sweep,
         metrics=sweep.metrics,
         now=time.time,
     )
@@ -123,6 +126,38 @@ def orphan(cluster: LocalCluster, key: bytes, payload: bytes = b"data") -> None:
     client = cluster.client()
     client.set(key + b":payload", payload, ex=600)
     client.close()
+
+
+# A key due at 1,000,000 ms whose companion lives a day (86,400,000 ms) longer.
+DUE_MS, DAY_MS = 1_000_000, 86_400_000
+
+
+def test_a_key_gone_after_its_due_time_with_its_companion_left_is_an_expiration_nobody_delivered():
+    look = judge(exists=0, companion_expire_ms=DUE_MS + DAY_MS, node_now_ms=DUE_MS + 1, keep_for_ms=DAY_MS)
+    assert look is Look.EXPIRED
+
+
+def test_a_key_gone_before_its_due_time_was_removed_not_expired():
+    look = judge(exists=0, companion_expire_ms=DUE_MS + DAY_MS, node_now_ms=DUE_MS - 5_000, keep_for_ms=DAY_MS)
+    assert look is Look.REMOVED
+
+
+def test_a_key_gone_at_the_very_millisecond_it_was_due_was_removed_since_redis_expires_only_after_it():
+    assert judge(exists=0, companion_expire_ms=DUE_MS + DAY_MS, node_now_ms=DUE_MS, keep_for_ms=DAY_MS) is Look.REMOVED
+
+
+def test_a_companion_without_a_ttl_or_an_unknown_node_time_tells_no_due_time_so_the_key_counts_as_expired():
+    assert judge(exists=0, companion_expire_ms=-1, node_now_ms=5, keep_for_ms=DAY_MS) is Look.EXPIRED
+    assert judge(exists=0, companion_expire_ms=DUE_MS + DAY_MS, node_now_ms=None, keep_for_ms=DAY_MS) is Look.EXPIRED
+
+
+def test_a_live_key_a_deleted_companion_or_a_failed_check_is_nothing_to_deliver():
+    assert (
+        judge(exists=1, companion_expire_ms=DUE_MS + DAY_MS, node_now_ms=DUE_MS + 1, keep_for_ms=DAY_MS) is Look.NOTHING
+    )
+    assert judge(exists=0, companion_expire_ms=-2, node_now_ms=DUE_MS + 1, keep_for_ms=DAY_MS) is Look.NOTHING
+    error = ConnectionError("node down")
+    assert judge(exists=error, companion_expire_ms=error, node_now_ms=None, keep_for_ms=DAY_MS) is Look.NOTHING
 
 
 def test_a_companion_whose_key_expired_is_emitted_once_marked_swept_after_the_confirmation(
@@ -428,17 +463,13 @@ def test_a_sweep_that_cannot_reach_a_primary_fails_and_still_delivers_what_the_o
         view = ClusterView(nodes=(*real.nodes, dead), answered_by=real.answered_by)
         sweep = Sweep(started=time.monotonic(), leadership=Term(1), metrics=Metrics())
 
-        async def emit(route: Route, expirations: list[Expiration]) -> None:
-            sweep.emitted.append((time.monotonic(), route, expirations))
-
         sweeper = Sweeper(
             settings=FAST,
             router=Router([payload_route("r", f"{p}:{{*}}")]),
             options=options,
             leadership=sweep.leadership,
             view=lambda: view,
-            in_flight=sweep.in_flight.__contains__,
-            emit=emit,
+            gate=sweep,
             metrics=sweep.metrics,
             now=time.time,
         )

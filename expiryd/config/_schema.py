@@ -188,6 +188,9 @@ class RouteConfig:
     retry: RetryConfig = field(default_factory=RetryConfig)
     # A template naming the key that holds the event's data, e.g. "{key}:payload".
     payload: str | None = None
+    # How much longer than its key a companion lives: Companions' keep_for. The sweep reads a key's
+    # due time from its companion's expire time less this, and delivers no key gone before then.
+    payload_keep_for: Duration = 86400.0
     log: LogHandlerConfig | None = None
     webhook: WebhookConfig | None = None
     stream: StreamConfig | None = None

@@ -224,7 +224,7 @@ class Daemon:
                 stack.push_async_callback(route.handler.aclose)
             stack.push_async_callback(self._topology.aclose)
             await self._refuse_a_second_process_with_this_id()
-            services = self._services()
+            services = self.services()
             for service in services:
                 await stack.enter_async_context(service)
             log.info(
@@ -251,7 +251,7 @@ class Daemon:
         log.info("stopped")
         return 1 if failed else 0
 
-    def _services(self) -> list[Service]:
+    def services(self) -> list[Service]:
         """Every service, in the order they start; they stop in the reverse order.
 
         The sweeper stops first, so that nothing enters the routes while they drain; then the gate,
@@ -291,7 +291,7 @@ class Daemon:
             return NoReplay()
         assert settings.window is not None  # load_config fills both in
         return Replay(
-            buffer=ReplayBuffer(window=settings.window, max_events=settings.max_events, now=self._clock.now),
+            buffer=ReplayBuffer(window=settings.window, max_bytes=settings.max_bytes, now=self._clock.now),
             store=self._progress,
             tolerance=settings.clock_tolerance,
             record_interval=self.config.election.renew_interval,

@@ -200,12 +200,17 @@ class Metrics:
         self.replay_buffer_events = Gauge(
             "expiryd_replay_buffer_events", "Recent events kept for replay, per node.", ["node"], registry=r
         )
+        self.replay_buffer_bytes = Gauge(
+            "expiryd_replay_buffer_bytes",
+            "Estimated memory the replay buffer holds, against replay.max_bytes.",
+            registry=r,
+        )
         self.replay_buffer_oldest_seconds = Gauge(
             "expiryd_replay_buffer_oldest_seconds", "Age of the oldest event kept for replay.", registry=r
         )
         self.replay_buffer_evicted = Counter(
             "expiryd_replay_buffer_evicted",
-            "Events pushed out of the replay buffer by replay.max_events before the window ended.",
+            "Events pushed out of the replay buffer by replay.max_bytes before any leader passed them.",
             registry=r,
         )
         self.progress_writes = Counter(

@@ -29,11 +29,13 @@ from .keys import progress_key, term_key
 
 __all__ = ["ProgressMark", "ProgressStore"]
 
-# KEYS: term key, progress key. ARGV: term, then node/mark pairs.
+# KEYS: term key, progress key. ARGV: term, then node/mark pairs. The hash becomes exactly these
+# marks, so the mark of a node that left the cluster goes once the leader stops carrying it.
 _WRITE_IF_CURRENT_TERM = """
 if tonumber(redis.call('GET', KEYS[1]) or '0') ~= tonumber(ARGV[1]) then
   return 0
 end
+redis.call('DEL', KEYS[2])
 for i = 2, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
 end
@@ -84,7 +86,7 @@ class ProgressStore:
         self._key = progress_key(lock_name)
 
     async def write(self, *, term: int, marks: dict[str, ProgressMark]) -> bool:
-        """Store ``marks`` if ``term`` is still the current term on a majority; return whether it was."""
+        """Store ``marks``, every node's, if ``term`` is still the current term on a majority; return whether it was."""
         arguments: list[Any] = [term]
         for node, mark in marks.items():
             arguments += [node, mark.to_json()]

@@ -9,7 +9,7 @@ sequence as a :class:`ProgressMark` in Redis (see :mod:`expiryd.progress`).
 A new leader replays what its buffer holds beyond the marks before it takes
 new events::
 
-    buffer = ReplayBuffer(window=15.0, max_events=200_000, now=clock.now)
+    buffer = ReplayBuffer(window=15.0, max_bytes=64 << 20, now=clock.now)
     buffer.append(batch)                        # every batch the leader gate sees
     buffer.progressed(at=mark_time)             # a leader's marks reached it: older history may go
     replay = buffer.after(marks, tolerance=2.0)  # on taking over
@@ -17,7 +17,8 @@ new events::
 **Retention.** An event is kept for ``window`` after the last moment a leader was
 seen to move its marks, not after it arrived: while no leader makes progress (the
 lease's shard stalled, every replica ineligible), nothing is forgotten but by
-``max_events``, and what the buffer must drop then is counted and logged.
+``max_bytes``, and what the buffer must drop then is counted and logged. An event's size is
+estimated as :func:`event_bytes`.
 
 **Identity.** Redis gives Pub/Sub messages no id, and replicas join and
 reconnect at different times, so local sequence numbers cannot be compared.
@@ -49,16 +50,41 @@ from .events import Expiration
 from .metrics import Metrics
 from .progress import ProgressMark, ProgressStore
 
-__all__ = ["NoReplay", "ProgressMark", "Replay", "ReplayBuffer"]
+__all__ = ["NoReplay", "ProgressMark", "Replay", "ReplayBuffer", "event_bytes", "without_stale_marks"]
+
+# A node whose mark has not moved for this long, while others' have, has left the cluster: every
+# subscribed primary's mark moves at least with time (see Completion.quiet).
+STALE_MARK_AFTER = 3600.0
+
+
+def without_stale_marks(marks: dict[str, ProgressMark]) -> dict[str, ProgressMark]:
+    """``marks`` less those more than :data:`STALE_MARK_AFTER` older than the newest: nodes long gone."""
+    if not marks:
+        return marks
+    newest = max(mark.received_at for mark in marks.values())
+    return {node: mark for node, mark in marks.items() if mark.received_at >= newest - STALE_MARK_AFTER}
+
 
 log = logging.getLogger("expiryd.replay")
 
 
+# What an event held in the buffer costs beyond its key's bytes: the Expiration, its bytes object and
+# float, and the deque's slot (tracemalloc: 170 bytes per event with 25-byte keys). The node's name is
+# shared by all of a node's events.
+_EVENT_OVERHEAD = 145
+
+
+def event_bytes(expiration: Expiration) -> int:
+    """About how much memory ``expiration`` takes in the buffer."""
+    return _EVENT_OVERHEAD + len(expiration.key)
+
+
 class ReplayBuffer:
-    def __init__(self, *, window: float, max_events: int, now: Callable[[], float]) -> None:
+    def __init__(self, *, window: float, max_bytes: int, now: Callable[[], float]) -> None:
         self.window = window
         self._now = now
-        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._history: deque[Expiration] = deque()
         self.per_node: Counter[str] = Counter()
         self._evicted = 0
@@ -72,6 +98,7 @@ class ReplayBuffer:
         for expiration in expirations:
             self._history.append(expiration)
             self.per_node[expiration.node] += 1
+            self.bytes += event_bytes(expiration)
         self.trim()
 
     def progressed(self, *, at: float) -> None:
@@ -79,17 +106,17 @@ class ReplayBuffer:
         self._progressed_at = max(self._progressed_at, at)
 
     def trim(self, now: float | None = None) -> None:
-        """Forget events older than the window before the last progress, then the oldest beyond ``max_events``."""
+        """Forget events older than the window before the last progress, then the oldest beyond ``max_bytes``."""
         horizon = min(self._now() if now is None else now, self._progressed_at) - self.window
         history = self._history
         while history and history[0].received_at < horizon:
             self._forget(history.popleft())
-        while len(history) > self.max_events:
+        while self.bytes > self.max_bytes and history:
             self._evicted += 1
             self._forget(history.popleft())
 
     def take_evicted(self) -> int:
-        """How many events were evicted by count since the last call."""
+        """How many events were evicted by size since the last call."""
         evicted, self._evicted = self._evicted, 0
         return evicted
 
@@ -139,6 +166,7 @@ class ReplayBuffer:
         return _Start(after_time=mark.received_at - tolerance)
 
     def _forget(self, expiration: Expiration) -> None:
+        self.bytes -= event_bytes(expiration)
         self.per_node[expiration.node] -= 1
         if not self.per_node[expiration.node]:
             del self.per_node[expiration.node]
@@ -165,7 +193,7 @@ class Replay:
     marks of its own last term when it takes over (:meth:`unfinished`), and a
     term's marks to record (:meth:`record`)::
 
-        replay = Replay(buffer=ReplayBuffer(window=15.0, max_events=200_000, now=clock.now), store=store,
+        replay = Replay(buffer=ReplayBuffer(window=15.0, max_bytes=64 << 20, now=clock.now), store=store,
                         tolerance=2.0, record_interval=1.0, metrics=metrics)
         replay.remember(batch)
         pending = await replay.unfinished(term=8, own=marks_of_term_7)
@@ -245,12 +273,13 @@ class Replay:
         for node, count in buffer.per_node.items():
             gauge.labels(node=node).set(count)
         self._metrics.replay_buffer_oldest_seconds.set(buffer.oldest_age())
+        self._metrics.replay_buffer_bytes.set(buffer.bytes)
         evicted = buffer.take_evicted()
         if evicted:
             self._metrics.replay_buffer_evicted.inc(evicted)
             log.warning(
                 "replay buffer full: oldest events evicted before any leader passed them",
-                extra={"evicted": evicted, "max_events": buffer.max_events},
+                extra={"evicted": evicted, "max_bytes": buffer.max_bytes},
             )
 
     async def _read_marks(self, own: dict[str, ProgressMark]) -> dict[str, ProgressMark] | None:
@@ -266,7 +295,8 @@ class Replay:
         for node, mark in own.items():
             if node not in marks or mark.term >= marks[node].term:
                 marks[node] = mark
-        return marks
+        # Not carried on: the progress hash would otherwise keep a field for every node that ever was.
+        return without_stale_marks(marks)
 
 
 class NoReplay:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from .harness import (
     Replica,
@@ -237,3 +238,37 @@ def silence_subscription(firewall: Firewall, replica: Replica, node: Any) -> tup
     silenced_at = time.time()
     firewall.silence(local_port=subscription_port(node, replica), remote_port=node.port)
     return silenced_at, detected_after(replica, node, silenced_at, reason="silent")
+
+
+def evict(
+    node: Any, keys: list[bytes], *, policy: str, tag: str, filler_ttl: int | None = None, timeout: float = 30.0
+) -> None:
+    """Make ``node`` evict every one of ``keys`` under ``policy``, as a node at its ``maxmemory`` would.
+
+    The node's ``maxmemory`` is set a little above what it uses, then filler values in hash tag
+    ``tag``, which must be in the node's slots, are written until Redis has evicted the keys. Under
+    a ``volatile-*`` policy the filler needs a TTL (``filler_ttl`` seconds) to be evictable itself;
+    under ``volatile-ttl``, one longer than the keys' makes Redis evict them before the filler, and
+    what lives longer after it. The limit, the policy and the filler are gone afterwards.
+    """
+    fillers: list[bytes] = []
+    with node.client(timeout=5.0) as client:
+        used = int(client.info("memory")["used_memory"])
+        client.config_set("maxmemory-policy", policy)
+        client.config_set("maxmemory", used + (2 << 20))
+        try:
+            deadline = time.monotonic() + timeout
+            while client.exists(*keys):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{policy} did not evict {keys!r} within {timeout} s")
+                filler = f"filler:{{{tag}}}:{len(fillers)}".encode()
+                try:
+                    client.set(filler, b"x" * (64 << 10), ex=filler_ttl)
+                except redis.ResponseError as error:  # OOM: nothing left that the policy may evict
+                    raise AssertionError(f"{policy} would evict nothing more, and {keys!r} remain") from error
+                fillers.append(filler)
+        finally:
+            client.config_set("maxmemory", 0)
+            client.config_set("maxmemory-policy", "noeviction")
+            for start in range(0, len(fillers), 500):
+                client.unlink(*fillers[start : start + 500])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from expiryd.config import ConfigError, load_config, parse_duration, takeover_gap
+from expiryd.config import ConfigError, load_config, parse_duration, parse_size, takeover_gap
 
 MINIMAL = """
 redis:
@@ -32,6 +32,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
 @pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("5s", 5.0), ("1m", 60.0), ("2", 2.0), ("1.5s", 1.5)])
 def test_durations_accept_milliseconds_seconds_and_minutes(text, seconds):
     assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize(("text", "size"), [("512KB", 512 * 1024), ("64MB", 64 << 20), ("1GB", 1 << 30), ("100", 100)])
+def test_sizes_accept_kilobytes_megabytes_gigabytes_and_bare_bytes(text, size):
+    assert parse_size(text) == size
 
 
 def test_minimal_config_gets_documented_defaults(tmp_path):
@@ -152,6 +157,8 @@ def test_password_comes_from_environment_or_file_and_is_not_shown(tmp_path):
         ),
         (MINIMAL + "sweep:\n  scan_rate: 0\n", "sweep.scan_rate", "must be positive"),
         (MINIMAL + "sweep:\n  count: 0\n", "sweep.count", "must be positive"),
+        (MINIMAL + "replay:\n  max_bytes: 64 apples\n", "replay.max_bytes", "expected a size like 512KB"),
+        (MINIMAL + "replay:\n  max_bytes: 0\n", "replay.max_bytes", "must be greater than zero"),
     ],
 )
 def test_bad_config_names_file_key_and_problem(tmp_path, text, key, problem):

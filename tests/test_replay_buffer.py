@@ -6,13 +6,13 @@ import time
 
 from expiryd.events import Expiration
 from expiryd.metrics import Metrics
-from expiryd.replay import ProgressMark, Replay, ReplayBuffer
+from expiryd.replay import STALE_MARK_AFTER, ProgressMark, Replay, ReplayBuffer, event_bytes, without_stale_marks
 
 NOW = time.time()  # the buffers here keep an hour, so a slow run does not age them out
 
 
 def buffer_of(*events: tuple[str, str, float]) -> ReplayBuffer:
-    buffer = ReplayBuffer(window=3600.0, max_events=1000, now=time.time)
+    buffer = ReplayBuffer(window=3600.0, max_bytes=1 << 20, now=time.time)
     buffer.append([Expiration(key.encode(), node, NOW + at) for key, node, at in events])
     return buffer
 
@@ -54,9 +54,10 @@ def test_unreadable_progress_replays_everything():
     assert keys(buffer.after(None, tolerance=2.0)) == ["a1", "b1"]
 
 
-def test_the_buffer_forgets_by_age_and_by_count():
+def test_the_buffer_forgets_by_age_and_by_size():
     now = time.time()
-    buffer = ReplayBuffer(window=10.0, max_events=2, now=time.time)
+    two_events = 2 * event_bytes(Expiration(b"a", "A", now))
+    buffer = ReplayBuffer(window=10.0, max_bytes=two_events, now=time.time)
     buffer.append([Expiration(b"old", "A", now - 20), Expiration(b"a", "A", now), Expiration(b"b", "B", now)])
     buffer.trim(now=now)
     assert keys(buffer.after(None, tolerance=1.0)) == ["a", "b"]
@@ -65,11 +66,21 @@ def test_the_buffer_forgets_by_age_and_by_count():
     assert keys(buffer.after(None, tolerance=1.0)) == ["b", "c"]
     assert buffer.take_evicted() == 1
     assert dict(buffer.per_node) == {"A": 1, "B": 1}
+    assert buffer.bytes == two_events
+
+
+def test_a_long_key_takes_the_room_of_several_short_ones():
+    now = time.time()
+    buffer = ReplayBuffer(window=10.0, max_bytes=4 * event_bytes(Expiration(b"a", "A", now)), now=time.time)
+    buffer.append([Expiration(b"a", "A", now), Expiration(b"b", "A", now)])
+    buffer.append([Expiration(b"k" * 300, "A", now)])
+    assert keys(buffer.after(None, tolerance=1.0)) == ["k" * 300]
+    assert buffer.take_evicted() == 2
 
 
 def test_a_mark_covers_only_the_event_of_its_own_kind():
     # A key whose field and whole-key TTLs are due together: both events can come in one read, at one time.
-    buffer = ReplayBuffer(window=3600.0, max_events=1000, now=time.time)
+    buffer = ReplayBuffer(window=3600.0, max_bytes=1 << 20, now=time.time)
     buffer.append([Expiration(b"h", "A", NOW), Expiration(b"h", "A", NOW, "hexpired"), Expiration(b"z", "A", NOW)])
     after_expired = buffer.after({"A": ProgressMark(b"h", NOW, 1)}, tolerance=2.0)
     assert [(e.key, e.kind) for e in after_expired] == [(b"h", "hexpired"), (b"z", "expired")]
@@ -94,7 +105,7 @@ class Clock:
 
 def test_history_past_the_window_stays_while_no_leader_makes_progress():
     clock = Clock(1000.0)
-    buffer = ReplayBuffer(window=10.0, max_events=1000, now=clock)
+    buffer = ReplayBuffer(window=10.0, max_bytes=1 << 20, now=clock)
     buffer.append([Expiration(b"during-the-stall", "A", 1005.0)])
     clock.at = 1030.0  # the lease's shard stalled: no marks moved for 30 s
     buffer.trim()
@@ -103,7 +114,7 @@ def test_history_past_the_window_stays_while_no_leader_makes_progress():
 
 def test_history_ages_out_once_a_leader_moves_its_marks_again():
     clock = Clock(1000.0)
-    buffer = ReplayBuffer(window=10.0, max_events=1000, now=clock)
+    buffer = ReplayBuffer(window=10.0, max_bytes=1 << 20, now=clock)
     buffer.append([Expiration(b"passed", "A", 1005.0)])
     clock.at = 1030.0
     buffer.progressed(at=1029.0)
@@ -113,7 +124,7 @@ def test_history_ages_out_once_a_leader_moves_its_marks_again():
 
 def test_marks_read_for_the_first_time_after_a_stall_keep_the_history_since_they_were_written():
     clock = Clock(1000.0)
-    buffer = ReplayBuffer(window=10.0, max_events=1000, now=clock)
+    buffer = ReplayBuffer(window=10.0, max_bytes=1 << 20, now=clock)
     replay = Replay(buffer=buffer, store=None, tolerance=2.0, record_interval=1.0, metrics=Metrics())  # type: ignore[arg-type]
     buffer.append([Expiration(b"during-the-stall", "A", 1012.0)])
     clock.at = 1040.0  # the stall is over; this replica never looked at the marks before it
@@ -124,7 +135,7 @@ def test_marks_read_for_the_first_time_after_a_stall_keep_the_history_since_they
 
 def test_marks_that_moved_since_the_last_look_count_as_progress_and_unmoved_ones_do_not():
     clock = Clock(1000.0)
-    buffer = ReplayBuffer(window=10.0, max_events=1000, now=clock)
+    buffer = ReplayBuffer(window=10.0, max_bytes=1 << 20, now=clock)
     replay = Replay(buffer=buffer, store=None, tolerance=2.0, record_interval=1.0, metrics=Metrics())  # type: ignore[arg-type]
     buffer.append([Expiration(b"a", "A", 1005.0)])
     replay.saw_marks({"A": ProgressMark(b"a", 1005.0, 3)})
@@ -135,3 +146,13 @@ def test_marks_that_moved_since_the_last_look_count_as_progress_and_unmoved_ones
     replay.saw_marks({"A": ProgressMark(b"", 1028.0, 4)})
     buffer.trim()
     assert len(buffer) == 0
+
+
+def test_the_mark_of_a_node_silent_for_an_hour_while_others_moved_is_not_carried_on():
+    now = 10_000.0
+    marks = {
+        "current:1": ProgressMark(b"", now, 3),
+        "idle-but-current:2": ProgressMark(b"", now - 5.0, 3),
+        "gone:3": ProgressMark(b"k", now - STALE_MARK_AFTER - 1.0, 2),
+    }
+    assert set(without_stale_marks(marks)) == {"current:1", "idle-but-current:2"}

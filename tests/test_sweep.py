@@ -29,6 +29,7 @@ from expiryd.routing import Route, Router
 from expiryd.sweep import Look, Sweeper, judge, scan_pattern
 from expiryd.topology import ClusterNodeInfo, ClusterView, Topology
 
+from .faults import evict
 from .harness import (
     SteadyStream,
     kill_subscriptions,
@@ -202,6 +203,35 @@ def test_a_key_not_yet_expired_is_not_emitted(shared_cluster: LocalCluster) -> N
     sweep = asyncio.run(scenario())
     assert sweep.sweeps("complete") >= 2
     assert sweep.emitted == []
+
+
+def test_a_key_evicted_before_its_due_time_is_counted_not_delivered_while_one_that_expired_is(
+    shared_cluster: LocalCluster,
+) -> None:
+    p = prefix()
+    evicted, expired = f"{p}:{{1}}".encode(), f"{p}:{{1}}:expired".encode()
+    node = shared_cluster.node_for_key(evicted)
+
+    async def scenario() -> Sweep:
+        async with RedisCluster(host="127.0.0.1", port=shared_cluster.nodes[0].port) as cluster:
+            companions = Companions(client=cluster)
+            await companions.schedule(evicted, b"due in ten minutes", ttl=600)
+            # volatile-ttl evicts the keys with the shortest TTL first: the key (10 minutes), then the
+            # filler (an hour), and the companion (a day longer than its key) last.
+            evict(node, [evicted], policy="volatile-ttl", tag="1", filler_ttl=3600)
+            assert await cluster.exists(evicted + b":payload") == 1
+            await companions.schedule(expired, b"due now", ttl=0.05)
+        await asyncio.sleep(0.1)
+        async with sweeping(shared_cluster, [payload_route("r", f"{p}:{{*}}*")]) as sweep:
+            await asyncio.sleep(1.5)  # several intervals and confirmations
+        return sweep
+
+    sweep = asyncio.run(scenario())
+    assert sweep.keys() == [expired]
+    removed = sweep.metrics.registry.get_sample_value("expiryd_keys_removed_before_due_total", {"route": "r"})
+    assert removed == 1  # once per term, though every sweep finds it again
+    with shared_cluster.client() as client:
+        assert client.exists(evicted + b":payload") == 1  # left to expire, not deleted
 
 
 def test_a_key_in_flight_is_not_emitted(shared_cluster: LocalCluster) -> None:

@@ -17,7 +17,7 @@ flags (:mod:`expiryd.config._secrets`): the Redis password is read from
 from __future__ import annotations
 
 from ..errors import ConfigError
-from ._load import load_config, parse_duration
+from ._load import load_config, parse_duration, parse_size
 from ._schema import (
     HANDLER_DEFAULTS,
     HANDLER_KINDS,
@@ -68,5 +68,6 @@ __all__ = [
     "WebhookConfig",
     "load_config",
     "parse_duration",
+    "parse_size",
     "takeover_gap",
 ]

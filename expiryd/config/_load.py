@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 from ..errors import ConfigError
-from ._schema import DURATION, HANDLER_DEFAULTS, ZERO_OK, Config, RouteConfig, takeover_gap
+from ._schema import DURATION, HANDLER_DEFAULTS, SIZE, ZERO_OK, Config, RouteConfig, takeover_gap
 from ._secrets import with_password, with_route_secrets
 from ._validate import validate
 
 __all__ = ["load_config", "parse_duration"]
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_UNIT_BYTES = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
 
 # Replay timings left unset are derived from the takeover gap (see takeover_gap): a replica defers
 # to a better-placed one (see expiryd.succession) at most WARMUP_MARGIN longer than the gap, and
@@ -87,6 +88,15 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"expected a duration like 500ms, 5s or 1m, got {text!r}")
     number, unit = float(match.group(1)), match.group(2) or "s"
     return number * _UNIT_SECONDS[unit]
+
+
+def parse_size(text: str) -> int:
+    """``"512KB"`` → 524288, ``"64MB"`` → 67108864, ``"1GB"``; powers of 1024. A bare number means bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?[bB])?\s*", text)
+    if match is None:
+        raise ValueError(f"expected a size like 512KB, 64MB or 1GB, got {text!r}")
+    number, unit = float(match.group(1)), (match.group(2) or "b").lower()
+    return round(number * _UNIT_BYTES[unit])
 
 
 def _read_yaml(path: str) -> dict[str, Any]:
@@ -217,6 +227,8 @@ def _convert(hint: Any, value: Any, *, path: str, source: str) -> Any:
         base, *marks = typing.get_args(hint)
         if DURATION in marks:
             return _to_duration(value, path=path, source=source, zero_ok=ZERO_OK in marks)
+        if SIZE in marks:
+            return _to_size(value, path=path, source=source)
         return _convert(base, value, path=path, source=source)
     if origin in (Union, types.UnionType):
         options = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -258,6 +270,8 @@ def _convert_env(hint: Any, value: _EnvValue, *, path: str) -> Any:
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
         origin = typing.get_origin(hint)
     if origin is Annotated:
+        if SIZE in typing.get_args(hint):
+            return _to_size(text, path=value.variable, source=source)
         return _to_duration(text, path=value.variable, source=source, zero_ok=ZERO_OK in typing.get_args(hint))
     if origin is list:
         return [item.strip() for item in text.split(",") if item.strip()]
@@ -291,6 +305,18 @@ def _to_duration(value: Any, *, path: str, source: str, zero_ok: bool = False) -
     if seconds < 0 or (seconds == 0 and not zero_ok):
         raise ConfigError(source, path, "must be greater than zero")
     return seconds
+
+
+def _to_size(value: Any, *, path: str, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(source, path, f"expected a size like 512KB, 64MB or 1GB, got {_describe(value)}")
+    try:
+        size = value if isinstance(value, int) else parse_size(value)
+    except ValueError as error:
+        raise ConfigError(source, path, str(error)) from None
+    if size <= 0:
+        raise ConfigError(source, path, "must be greater than zero")
+    return size
 
 
 def _with_handler_defaults(raw: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,9 @@ DURATION = "duration"
 Duration = Annotated[float, DURATION]
 # A duration that may also be zero ("do not wait").
 ZERO_OK = "zero_ok"
+# A size in bytes: 512KB, 64MB, 1GB (powers of 1024), or a bare number of bytes.
+SIZE = "size"
+Size = Annotated[int, SIZE]
 Wait = Annotated[float, DURATION, ZERO_OK]
 
 
@@ -86,7 +89,8 @@ class ReplayConfig:
     # None: derived from the election timings (see _with_derived_replay).
     window: Duration | None = None
     warmup: Duration | None = None
-    max_events: int = 200_000
+    # The history kept for a successor, in bytes (about 170 bytes per event with 25-byte keys).
+    max_bytes: Size = 64 * 1024 * 1024
     clock_tolerance: Duration = 2.0
 
 

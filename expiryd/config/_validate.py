@@ -59,8 +59,6 @@ def validate(config: Config, source: str) -> None:
         )
     if config.pipeline.queue_size < 1:
         raise ConfigError(source, "pipeline.queue_size", "must be at least 1")
-    if config.replay.max_events < 1:
-        raise ConfigError(source, "replay.max_events", "must be at least 1")
     gap = takeover_gap(election)
     replay = config.replay
     assert replay.warmup is not None and replay.window is not None

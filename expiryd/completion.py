@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Iterable
 
 from .events import Expiration
-from .progress import ProgressMark
+from .progress import MARK_CONTEXT, ProgressMark
 
 __all__ = ["Completion", "Pending"]
 
@@ -54,6 +54,8 @@ class Completion:
         self._frozen: dict[str, float] = {}
         # Node → the mark a freeze moved back from: where the node had got, should its gap be accepted.
         self._passed: dict[str, ProgressMark] = {}
+        # Node → the keys of its last finished events, the mark's own last: the context a mark carries.
+        self._recent: dict[str, deque[bytes]] = {}
 
     def add(self, expiration: Expiration) -> Pending:
         pending = Pending(expiration)
@@ -155,11 +157,19 @@ class Completion:
 
     def _advance(self, node: str) -> None:
         queue = self._unfinished[node]
+        if node == _SWEPT:
+            while queue and queue[0].done:
+                queue.popleft()
+            return
+        recent = self._recent.get(node)
+        if recent is None:
+            recent = self._recent[node] = deque(maxlen=MARK_CONTEXT + 1)
         last = None
         while queue and queue[0].done:
             last = queue.popleft()
-        if last is not None and node != _SWEPT:
-            self._marks[node] = ProgressMark.of(last.expiration, self.term)
+            recent.append(last.expiration.key)
+        if last is not None:
+            self._marks[node] = ProgressMark.of(last.expiration, self.term, before=tuple(recent)[:-1])
             self._changed = True
 
     def keys(self) -> set[bytes]:

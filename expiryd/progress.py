@@ -27,7 +27,10 @@ from typing import Any
 from .events import EXPIRED, Expiration
 from .keys import progress_key, term_key
 
-__all__ = ["ProgressMark", "ProgressStore"]
+__all__ = ["MARK_CONTEXT", "ProgressMark", "ProgressStore"]
+
+# How many of the keys before a mark's own it carries (see ProgressMark.before).
+MARK_CONTEXT = 2
 
 # KEYS: term key, progress key. ARGV: term, then node/mark pairs. The hash becomes exactly these
 # marks, so the mark of a node that left the cluster goes once the leader stops carrying it.
@@ -53,15 +56,21 @@ class ProgressMark:
     term: int
     # An expired and an hexpired event of one key can arrive in the same read, with the same time.
     kind: str = EXPIRED
+    #: The keys of the node's events just before it, oldest first (up to MARK_CONTEXT): every
+    #: subscriber of a node hears them in the same order, so they place the mark in another
+    #: replica's history without comparing receive times.
+    before: tuple[bytes, ...] = ()
 
     def to_json(self) -> str:
-        document = {
+        document: dict[str, object] = {
             "key_b64": base64.b64encode(self.key).decode("ascii"),
             "received_at": self.received_at,
             "term": self.term,
         }
         if self.kind != EXPIRED:  # marks written before kinds existed read back as expired
             document["kind"] = self.kind
+        if self.before:
+            document["before_b64"] = [base64.b64encode(key).decode("ascii") for key in self.before]
         return json.dumps(document)
 
     @classmethod
@@ -72,11 +81,12 @@ class ProgressMark:
             float(document["received_at"]),
             int(document["term"]),
             str(document.get("kind", EXPIRED)),
+            tuple(base64.b64decode(key) for key in document.get("before_b64", ())),
         )
 
     @classmethod
-    def of(cls, expiration: Expiration, term: int) -> ProgressMark:
-        return cls(expiration.key, expiration.received_at, term, expiration.kind)
+    def of(cls, expiration: Expiration, term: int, before: tuple[bytes, ...] = ()) -> ProgressMark:
+        return cls(expiration.key, expiration.received_at, term, expiration.kind, before)
 
 
 class ProgressStore:

@@ -23,11 +23,15 @@ estimated as :func:`event_bytes`.
 **Identity.** Redis gives Pub/Sub messages no id, and replicas join and
 reconnect at different times, so local sequence numbers cannot be compared.
 But every subscriber of a node receives that node's messages in the same
-order. A mark names the last event the leader finished on a node by its key
-and the wall-clock time it was received. The new leader finds that key in its
-own history of the node, nearest to that time (within ``tolerance``, which
-absorbs clock skew and delivery delay between replicas), and replays what came
-after it.
+order. A mark names the last event the leader finished on a node by its key,
+the keys of the node's two events before it, and the time it was received.
+The new leader finds the place in its own history of the node where that key
+follows those keys: the same event, however late the leader read it (a full
+queue, a slow route). Of several such places (a node that repeats the same
+expirations in a row), it takes the last it can have heard by the mark's time
+plus ``tolerance``, and replays what came after it. Where the keys before do
+not match (this replica's history has a gap there), the key nearest the mark's
+time within ``tolerance`` is taken.
 
 When the mark is not in the buffer: if the buffer's history of the node starts
 after the mark, everything buffered is newer and is replayed; otherwise (this
@@ -134,7 +138,10 @@ class ReplayBuffer:
         history = list(self._history)
         if marks is None:
             return history
-        start = {node: self._replay_start(history, node, mark, tolerance) for node, mark in marks.items()}
+        sequences: dict[str, list[int]] = {}
+        for index, expiration in enumerate(history):
+            sequences.setdefault(expiration.node, []).append(index)
+        start = {node: _replay_start(history, sequences.get(node, []), mark, tolerance) for node, mark in marks.items()}
         everything = _Start(after_index=-1)  # a node without a mark: nothing of it was finished
         return [
             expiration
@@ -142,34 +149,64 @@ class ReplayBuffer:
             if not _covers(start.get(expiration.node, everything), index, expiration)
         ]
 
-    def _replay_start(self, history: list[Expiration], node: str, mark: ProgressMark, tolerance: float) -> _Start:
-        best_index, best_distance = -1, tolerance
-        first_seen: float | None = None
-        names_an_event = mark.key != b""  # an idle primary's mark (see Completion.quiet) is a time only
-        for index, expiration in enumerate(history):
-            if expiration.node != node:
-                continue
-            if first_seen is None:
-                first_seen = expiration.received_at
-            distance = abs(expiration.received_at - mark.received_at)
-            if (
-                names_an_event
-                and expiration.key == mark.key
-                and expiration.kind == mark.kind
-                and distance <= best_distance
-            ):
-                best_index, best_distance = index, distance
-        if best_index >= 0:
-            return _Start(after_index=best_index)
-        if first_seen is None or first_seen > mark.received_at + tolerance:
-            return _Start(after_index=-1)
-        return _Start(after_time=mark.received_at - tolerance)
-
     def _forget(self, expiration: Expiration) -> None:
         self.bytes -= event_bytes(expiration)
         self.per_node[expiration.node] -= 1
         if not self.per_node[expiration.node]:
             del self.per_node[expiration.node]
+
+
+def _replay_start(history: list[Expiration], sequence: list[int], mark: ProgressMark, tolerance: float) -> _Start:
+    """Where replay of one node starts; ``sequence`` is the indexes of the node's events in ``history``."""
+    if not sequence:
+        return _Start(after_index=-1)
+    names_an_event = mark.key != b""  # an idle primary's mark (see Completion.quiet) is a time only
+    if names_an_event:
+        placed = _place(history, sequence, mark, tolerance)
+        if placed is not None:
+            return _Start(after_index=placed)
+        best_index, best_distance = -1, tolerance
+        for index in sequence:
+            expiration = history[index]
+            distance = abs(expiration.received_at - mark.received_at)
+            if expiration.key == mark.key and expiration.kind == mark.kind and distance <= best_distance:
+                best_index, best_distance = index, distance
+        if best_index >= 0:
+            return _Start(after_index=best_index)
+    if history[sequence[0]].received_at > mark.received_at + tolerance:
+        return _Start(after_index=-1)
+    return _Start(after_time=mark.received_at - tolerance)
+
+
+def _place(history: list[Expiration], sequence: list[int], mark: ProgressMark, tolerance: float) -> int | None:
+    """The index in ``history`` of the event ``mark`` names, found by its key and the keys before it.
+
+    Every subscriber of a node hears its events in one order, so the mark's key preceded by the
+    mark's ``before`` keys is the same event in any replica's history, however late the leader read
+    it. Of several such places (a node that repeats the same expirations in a row), the last that
+    this replica can have heard by the mark's time is taken: a subscriber hears an event no later than
+    the leader that finished it, give or take the clock tolerance.
+    """
+    found = None
+    for position, index in enumerate(sequence):
+        expiration = history[index]
+        if expiration.key != mark.key or expiration.kind != mark.kind:
+            continue
+        if expiration.received_at > mark.received_at + tolerance:
+            break
+        if _preceded_by(history, sequence, position, mark.before):
+            found = index
+    return found
+
+
+def _preceded_by(history: list[Expiration], sequence: list[int], position: int, before: tuple[bytes, ...]) -> bool:
+    """Whether the node's events before ``position`` have the keys ``before`` (as far as the history reaches)."""
+    for back, key in enumerate(reversed(before), start=1):
+        if position - back < 0:
+            return True  # the history starts here: nothing contradicts it
+        if history[sequence[position - back]].key != key:
+            return False
+    return True
 
 
 @dataclass(frozen=True)

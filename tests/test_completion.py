@@ -14,10 +14,18 @@ def test_marks_move_only_past_events_finished_in_arrival_order():
     completion.finish([second, other])
     assert set(completion.take_marks() or {}) == {"n:2"}
     completion.finish([first])
-    assert (completion.take_marks() or {})["n:1"] == ProgressMark(b"b", 1.0, 4)
+    assert (completion.take_marks() or {})["n:1"] == ProgressMark(b"b", 1.0, 4, before=(b"a",))
     completion.finish([third])
     assert (completion.take_marks() or {})["n:1"].key == b"c"
     assert completion.unfinished() == 0
+
+
+def test_a_mark_carries_the_keys_of_the_two_events_finished_before_it_on_its_node():
+    completion = Completion(term=4, marks={})
+    pendings = [completion.add(Expiration(key, "n:1", 1.0)) for key in (b"a", b"b", b"c", b"d")]
+    completion.finish(pendings[:2])
+    completion.finish(pendings[2:])  # the context reaches back across separate advances
+    assert (completion.take_marks() or {})["n:1"].before == (b"b", b"c")
 
 
 def test_a_closed_completion_moves_no_marks():

@@ -156,3 +156,32 @@ def test_the_mark_of_a_node_silent_for_an_hour_while_others_moved_is_not_carried
         "gone:3": ProgressMark(b"k", now - STALE_MARK_AFTER - 1.0, 2),
     }
     assert set(without_stale_marks(marks)) == {"current:1", "idle-but-current:2"}
+
+
+def test_a_mark_read_seconds_late_by_a_lagging_leader_is_found_by_its_key_and_the_keys_before_it():
+    # This replica heard the node's events 5 s before the leader read them (its queue was full).
+    buffer = ReplayBuffer(window=3600.0, max_bytes=1 << 20, now=time.time)
+    buffer.append([Expiration(key, "A", NOW + index * 0.1) for index, key in enumerate([b"a", b"b", b"c", b"d"])])
+    mark = ProgressMark(b"c", NOW + 0.2 + 5.0, 3, before=(b"a", b"b"))
+    assert keys(buffer.after({"A": mark}, tolerance=2.0)) == ["d"]
+
+
+def test_of_several_places_with_the_marks_key_and_context_the_last_heard_by_the_marks_time_is_taken():
+    buffer = ReplayBuffer(window=3600.0, max_bytes=1 << 20, now=time.time)
+    sequence = [b"x", b"y", b"k", b"z", b"x", b"y", b"k", b"w"]
+    buffer.append([Expiration(key, "A", NOW + index) for index, key in enumerate(sequence)])
+    mark = ProgressMark(b"k", NOW + 2.5, 3, before=(b"x", b"y"))  # the first x, y, k: the second came later
+    assert keys(buffer.after({"A": mark}, tolerance=1.0)) == ["z", "x", "y", "k", "w"]
+
+
+def test_a_mark_whose_context_this_replica_never_heard_is_placed_by_its_key_within_the_tolerance():
+    buffer = ReplayBuffer(window=3600.0, max_bytes=1 << 20, now=time.time)
+    buffer.append([Expiration(key, "A", NOW + index) for index, key in enumerate([b"p", b"k", b"q"])])
+    # The same key after other events than the leader's: this replica's history of the node has a gap.
+    mark = ProgressMark(b"k", NOW + 1.5, 3, before=(b"m", b"n"))
+    assert keys(buffer.after({"A": mark}, tolerance=2.0)) == ["q"]
+
+
+def test_a_mark_keeps_its_context_through_json():
+    mark = ProgressMark(b"c", NOW, 3, before=(b"a", b"\xff\x00"))
+    assert ProgressMark.from_json(mark.to_json()) == mark

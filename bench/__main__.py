@@ -13,6 +13,7 @@
     python -m bench hexpired              # hash-field expirations against key expirations, on Valkey (not in "all")
     python -m bench sweep                 # one orphan sweep over 1M companion keys: time and Redis CPU (not in "all")
     python -m bench faults                # silenced and cut-off connections, skewed clocks; as root (not in "all")
+    python -m bench stall                 # the lease's primary stopped 25 s at 250 keys/s: what is lost (not in "all")
 
 Run from the repository root, with expiryd installed (``make setup``).
 """
@@ -29,14 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import handlers, hash_fields, latency, network_faults, ontime, profile, sweep, takeover, throughput
+from . import handlers, hash_fields, latency, network_faults, ontime, profile, stall, sweep, takeover, throughput
 
 SCENARIOS = ("throughput", "latency", "takeover", "handlers", "ontime")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenario", choices=(*SCENARIOS, "all", "profile", "hexpired", "sweep", "faults"))
+    parser.add_argument("scenario", choices=(*SCENARIOS, "all", "profile", "hexpired", "sweep", "faults", "stall"))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the scripts work")
     parser.add_argument("--json", type=Path, default=None, help="where to write raw numbers")
     parser.add_argument("--rounds", type=int, default=5, help="takeover: SIGKILLs and SIGTERMs per variant")
@@ -66,6 +67,8 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list
             background=1_000 if smoke else 100_000,
             wait=10.0 if smoke else 120.0,
         )
+    if scenario == "stall":
+        return stall.run(rate=100, stall=5.0) if smoke else stall.run(rate=250, stall=25.0)
     if scenario == "faults":
         if smoke:
             return network_faults.run(rate=100, cut_for=5.0, silent_for=5.0, phase=3.0)

@@ -28,7 +28,7 @@ import uuid
 from typing import Any
 
 from .clock import ClusterClock
-from .config import Config, ConfigError, RouteConfig
+from .config import Config, ConfigError, RouteConfig, replay_timings
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .coverage import CoverageReporter, CoverageStore, another_process_publishes
 from .deadletter import DeadLetters
@@ -63,6 +63,7 @@ log = logging.getLogger("expiryd.daemon")
 class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
+        self._replay_timings = replay_timings(config.replay, config.election)
         self.metrics = Metrics()
         # Every time compared across replicas or with Redis is the cluster's, whatever this host's clock says.
         self._clock = ClusterClock()
@@ -114,6 +115,7 @@ class Daemon:
             coverage=self._coverage,
             history=self._history,
             settings=config.replay,
+            warmup=self._replay_timings.warmup,
             deadline=config.election.renew_deadline,
             replica=config.id,
             now=self._clock.now,
@@ -132,12 +134,11 @@ class Daemon:
         router = Router(self._routes)
         internal_keys = _internal_keys(config.election.lock_name)
         if config.schedule.enabled:
-            assert config.replay.window is not None  # load_config fills it in
             self._scheduler = Scheduler(
                 schedule=Schedule(
                     max_keys=config.schedule.max_keys,
                     horizon=config.schedule.horizon,
-                    keep_due_for=config.replay.window,
+                    keep_due_for=self._replay_timings.window,
                 ),
                 settings=config.schedule,
                 options=options,
@@ -289,9 +290,8 @@ class Daemon:
         settings = self.config.replay
         if not settings.enabled:
             return NoReplay()
-        assert settings.window is not None  # load_config fills both in
         return Replay(
-            buffer=ReplayBuffer(window=settings.window, max_bytes=settings.max_bytes, now=self._clock.now),
+            buffer=ReplayBuffer(window=self._replay_timings.window, max_bytes=settings.max_bytes, now=self._clock.now),
             store=self._progress,
             tolerance=settings.clock_tolerance,
             record_interval=self.config.election.renew_interval,

@@ -50,7 +50,7 @@ class ShiftSettings:
     grace: float
     now: Callable[[], float]
     #: expiryd's own keys (the lease, the term, ...): their expirations finish without a handler.
-    internal_keys: frozenset[bytes] = frozenset()
+    internal_keys: frozenset[bytes]
 
 
 class Shift:

@@ -19,7 +19,7 @@ The rules are pure functions of values, which ``tests/test_succession.py`` speci
 the deferral clock between looks, and counts what no replica heard once this replica leads::
 
     succession = Succession(progress=progress, reports=reports, coverage=reporter, history=replay,
-                            settings=config.replay, deadline=3.0, replica="1", now=clock.now, metrics=metrics)
+                            settings=config.replay, warmup=8.0, deadline=3.0, replica="1", now=clock.now, metrics=metrics)
     await succession.may_lead()          # the elector asks before each attempt at the lease
     succession.elected()                 # then tells it that it won
     await succession.covered_elsewhere(marks, after=gap_start)   # the leader gate, on a gap
@@ -234,19 +234,19 @@ class Succession:
         coverage: CoverageReporter,
         history: _SeesMarks,
         settings: ReplayConfig,
+        warmup: float,
         deadline: float,
         replica: str,
         now: Callable[[], float],
         metrics: Metrics,
     ) -> None:
-        assert settings.warmup is not None  # load_config fills it in
         self._progress = progress
         self._reports = reports
         self._coverage = coverage
         self._history = history
         self._enabled = settings.enabled
         self._tolerance = settings.clock_tolerance
-        self._warmup = settings.warmup
+        self._warmup = warmup
         self._deadline = deadline
         self._replica = replica
         self._now = now

@@ -314,38 +314,45 @@ def test_keys_that_are_not_utf8_come_through_every_handler(shared_cluster, confi
     assert [event_key(json.loads(line)) for line in out.read_text().splitlines()] == [key("py")]
 
 
-def test_events_still_being_retried_when_the_leader_dies_are_delivered_by_the_next_leader(
+def test_a_lagging_leader_sigtermed_then_its_lagging_successor_sigkilled_lose_nothing(
     shared_cluster, config_for, spawn
 ):
-    prefix = unique("retrying")
-    keys = [f"{prefix}:{i}".encode() for i in range(20)]
+    # Each leader lags: its receiver answers 503, so its events stay unfinished, retried, behind its marks.
+    prefix = unique("lagging")
+    first_keys = [f"{prefix}:a{i}".encode() for i in range(20)]
+    second_keys = [f"{prefix}:b{i}".encode() for i in range(20)]
     receiver_down = True
     with WebhookReceiver(respond=lambda request: 503 if receiver_down else 200) as receiver:
         route = {
             "match": f"{prefix}:*",
-            "name": "retrying",
+            "name": "lagging",
             "webhook": {"url": receiver.url},
             "retry": {"max_attempts": 1000, "backoff": "100ms", "max_backoff": "200ms"},
         }
-        config = config_for(shared_cluster, routes=[route])
-        first = spawn("1", config)
-        first.wait_ready()
-        wait_for_single_leader([first])
-        second = spawn("2", config)
-        second.wait_ready()
-        wait_until_eligible([first, second])
-        expire_keys(shared_cluster, keys)
-        wait_until(lambda: len(receiver.requests) >= 3, timeout=15, what="the leader to be retrying")
+        config = config_for(shared_cluster, routes=[route], pipeline={"shutdown_grace": "1s"})
+        replicas = [spawn(str(n), config) for n in (1, 2, 3)]
+        for replica in replicas:
+            replica.wait_ready()
+        first = wait_for_single_leader(replicas)
+        wait_until_eligible(replicas)
+        expire_keys(shared_cluster, first_keys)
+        wait_until(lambda: len(receiver.requests) >= 3, timeout=15, what="the first leader to be retrying")
         time.sleep(2.0)  # progress is recorded every second: it must not pass events still being retried
-        first.kill()
+        first.terminate()  # its grace runs out with the events unfinished
+        second = wait_for_single_leader([r for r in replicas if r.running], timeout=15)
+        expire_keys(shared_cluster, second_keys)
+        requests_before = len(receiver.requests)
+        wait_until(lambda: len(receiver.requests) > requests_before + 3, timeout=15, what="the successor retrying")
+        time.sleep(2.0)
+        second.kill()
         receiver_down = False
-        wait_until(lambda: second.leads(), timeout=15, what="the second replica to take over")
+        third = wait_for_single_leader([r for r in replicas if r.running], timeout=15)
         wait_until(
-            lambda: {event_key(e) for e in receiver.events()} == set(keys),
-            timeout=15,
-            what="every key delivered by the new leader",
+            lambda: {event_key(e) for e in receiver.events()} == set(first_keys + second_keys),
+            timeout=20,
+            what="every key delivered by the third leader",
         )
-        assert {e["term"] for e in receiver.events()} == {int(second.metric("expiryd_leader_term"))}
+        assert {e["term"] for e in receiver.events()} == {int(third.metric("expiryd_leader_term"))}
 
 
 def test_a_stream_batch_sent_to_a_node_that_does_not_own_the_stream_follows_moved_and_writes_each_entry_once(

@@ -49,6 +49,7 @@ def shift(handler: Held, *, term: int = 5, leadership: Leading | None = None) ->
         overflow_wait=5.0,
         grace=0.5,
         now=time.time,
+        internal_keys=frozenset(),
     )
     return Shift(term=term, marks={}, settings=settings)
 

@@ -33,6 +33,7 @@ from ._schema import (
     PipelineConfig,
     RedisConfig,
     ReplayConfig,
+    ReplayTimings,
     RetryConfig,
     RouteConfig,
     ScheduleConfig,
@@ -40,6 +41,7 @@ from ._schema import (
     SweepConfig,
     TlsConfig,
     WebhookConfig,
+    replay_timings,
     takeover_gap,
 )
 
@@ -59,6 +61,7 @@ __all__ = [
     "PipelineConfig",
     "RedisConfig",
     "ReplayConfig",
+    "ReplayTimings",
     "RetryConfig",
     "RouteConfig",
     "ScheduleConfig",
@@ -69,5 +72,6 @@ __all__ = [
     "load_config",
     "parse_duration",
     "parse_size",
+    "replay_timings",
     "takeover_gap",
 ]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 from ..errors import ConfigError
-from ._schema import DURATION, HANDLER_DEFAULTS, SIZE, ZERO_OK, Config, RouteConfig, takeover_gap
+from ._schema import DURATION, HANDLER_DEFAULTS, SIZE, ZERO_OK, Config, RouteConfig, replay_timings
 from ._secrets import with_password, with_route_secrets
 from ._validate import validate
 
@@ -29,16 +29,6 @@ __all__ = ["load_config", "parse_duration"]
 
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _UNIT_BYTES = {"b": 1, "kb": 1024, "mb": 1024**2, "gb": 1024**3}
-
-# Replay timings left unset are derived from the takeover gap (see takeover_gap): a replica defers
-# to a better-placed one (see expiryd.succession) at most WARMUP_MARGIN longer than the gap, and
-# the window spans WINDOW_GAPS gaps and WINDOW_MARGIN more. Two gaps leave room for a successor that
-# dies before its first progress record: the leader after it starts from a mark up to two gaps old.
-# With the default election timings (a 6.6 s gap) the margins make the warm-up 8 s and the window
-# 15 s, the figures the README and the example configuration give.
-WARMUP_MARGIN = 1.4
-WINDOW_GAPS = 2
-WINDOW_MARGIN = 1.8
 
 
 # Flags and the environment name a few settings by short names.
@@ -333,15 +323,11 @@ def _with_handler_defaults(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _with_derived_replay(config: Config) -> Config:
-    """Fill in the replay timings left unset: both must outlast the worst takeover gap.
-
-    With the default election timings the warm-up is 8 s and the window 15 s.
-    """
-    gap = takeover_gap(config.election)
-    replay = config.replay
-    warmup = replay.warmup if replay.warmup is not None else round(gap + WARMUP_MARGIN, 3)
-    window = replay.window if replay.window is not None else round(WINDOW_GAPS * gap + WINDOW_MARGIN, 3)
-    return dataclasses.replace(config, replay=dataclasses.replace(replay, warmup=warmup, window=window))
+    """Fill in the replay timings left unset, so that the loaded config shows them (see replay_timings)."""
+    timings = replay_timings(config.replay, config.election)
+    return dataclasses.replace(
+        config, replay=dataclasses.replace(config.replay, warmup=timings.warmup, window=timings.window)
+    )
 
 
 def _join(path: str, key: str) -> str:

@@ -253,3 +253,34 @@ RETRY_JITTER = (0.8, 1.2)
 def takeover_gap(election: ElectionConfig) -> float:
     """The longest a dead leader's last progress record can precede its successor's takeover."""
     return election.lease + election.retry_interval * RETRY_JITTER[1] + election.renew_interval
+
+
+# Replay timings left unset are derived from the takeover gap (see takeover_gap): a replica defers
+# to a better-placed one (see expiryd.succession) at most WARMUP_MARGIN longer than the gap, and
+# the window spans WINDOW_GAPS gaps and WINDOW_MARGIN more. Two gaps leave room for a successor that
+# dies before its first progress record: the leader after it starts from a mark up to two gaps old.
+# With the default election timings (a 6.6 s gap) the margins make the warm-up 8 s and the window
+# 15 s, the figures the README and the example configuration give.
+WARMUP_MARGIN = 1.4
+WINDOW_GAPS = 2
+WINDOW_MARGIN = 1.8
+
+
+@dataclass(frozen=True)
+class ReplayTimings:
+    """``replay.window`` and ``replay.warmup`` in seconds: as set, or derived from the election timings."""
+
+    window: float
+    warmup: float
+
+
+def replay_timings(replay: ReplayConfig, election: ElectionConfig) -> ReplayTimings:
+    """The replay timings, each as set or, left unset, derived from the takeover gap: both must outlast it.
+
+    With the default election timings the warm-up is 8 s and the window 15 s.
+    """
+    gap = takeover_gap(election)
+    return ReplayTimings(
+        window=replay.window if replay.window is not None else round(WINDOW_GAPS * gap + WINDOW_MARGIN, 3),
+        warmup=replay.warmup if replay.warmup is not None else round(gap + WARMUP_MARGIN, 3),
+    )

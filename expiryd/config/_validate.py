@@ -25,6 +25,7 @@ from ._schema import (
     SweepConfig,
     TlsConfig,
     WebhookConfig,
+    replay_timings,
     takeover_gap,
 )
 
@@ -60,14 +61,13 @@ def validate(config: Config, source: str) -> None:
     if config.pipeline.queue_size < 1:
         raise ConfigError(source, "pipeline.queue_size", "must be at least 1")
     gap = takeover_gap(election)
-    replay = config.replay
-    assert replay.warmup is not None and replay.window is not None
+    timings = replay_timings(config.replay, election)
     # Each must outlast the takeover gap, or else:
     for setting, seconds, otherwise in (
-        ("warmup", replay.warmup, "a replica that joined after the last leader's final record could take over"),
-        ("window", replay.window, "events expiring while nobody leads leave the buffer before they are replayed"),
+        ("warmup", timings.warmup, "a replica that joined after the last leader's final record could take over"),
+        ("window", timings.window, "events expiring while nobody leads leave the buffer before they are replayed"),
     ):
-        if replay.enabled and seconds <= gap:
+        if config.replay.enabled and seconds <= gap:
             raise ConfigError(
                 source,
                 f"replay.{setting}",

@@ -45,17 +45,17 @@ def run(*, rate: int, stall: float) -> list[dict[str, Any]]:
                     for tag in (f"{{{run.prefix}-{i}}}" for i in range(1000))
                     if owners.owner(tag.encode()).address != holder.address
                 )
-                terms_before = run.terms()
                 with SteadyStream(cluster, prefix=f"{run.prefix}:{tag}", rate=rate) as stream:
                     run.stream = stream
                     time.sleep(2.0)
+                    term_before = max(run.terms(), default=0)
                     cluster.freeze(holder)
-                    stalled_at = time.monotonic()
+                    stalled_at = time.time()
                     try:
                         time.sleep(stall)
                     finally:
                         cluster.thaw(holder)
-                    thawed_at = time.monotonic()
+                    thawed_at = time.time()  # as the receiver stamps arrivals
                     wait_for_single_leader(run.replicas, timeout=60)
                     time.sleep(3.0)
                 try:
@@ -66,8 +66,7 @@ def run(*, rate: int, stall: float) -> list[dict[str, Any]]:
                 newer = [
                     request.arrived
                     for request in list(run.receiver.requests)
-                    if int(request.headers["x-expiryd-term"]) > max(terms_before, default=0)
-                    and request.arrived >= stalled_at
+                    if int(request.headers["x-expiryd-term"]) > term_before and request.arrived >= stalled_at
                 ]
                 return [
                     {

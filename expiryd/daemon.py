@@ -38,7 +38,7 @@ from .fanin import FanIn
 from .gate import LeaderGate
 from .handlers import build_handler
 from .httpserver import HttpServer, Reply
-from .keys import coverage_key, lease_key, progress_key, term_key
+from .keys import coverage_key, lease_key, progress_key, retry_keys, term_key
 from .leadership import TermSignal
 from .metrics import Metrics
 from .notifications import required_classes
@@ -46,6 +46,7 @@ from .payload import PayloadKeys
 from .progress import ProgressStore
 from .recorder import ProgressRecorder
 from .replay import NoReplay, Replay, ReplayBuffer
+from .retries import RetrySet
 from .routing import Route, Router
 from .schedule import Schedule
 from .scheduler import NoSchedule, Scheduler
@@ -280,10 +281,18 @@ class Daemon:
             if config.payload is None
             else PayloadKeys(template=config.payload, client=self._data, keep_for=config.payload_keep_for)
         )
+        retries = None
+        if config.retry.max_attempts > config.retry.in_memory:
+            retries = RetrySet(
+                client=self._data,
+                keys=retry_keys(self.config.election.lock_name, config.label),
+                max_entries=config.retry.max_parked,
+            )
         return Route(
             config=config,
             handler=build_handler(config, cluster=self._data, keepalive=self.config.redis.keepalive),
             payload=payload,
+            retries=retries,
         )
 
     def _replay(self) -> Replay | NoReplay:

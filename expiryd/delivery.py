@@ -17,10 +17,15 @@ fill, and calls the handler::
     await delivery.aclose()              # and give the calls in flight the grace period
 
 **Failures.** A failed attempt is retried after :func:`backoff`: exponential
-with full jitter (``retry.backoff`` doubling up to ``retry.max_backoff``), up to
-``retry.max_attempts`` attempts; then the batch goes to the dead-letter stream
-with the error and the attempt count (see :mod:`expiryd.deadletter`). A
-:class:`PermanentFailure` goes there at once.
+with full jitter (``retry.backoff`` doubling up to ``retry.max_backoff``). The
+first ``retry.in_memory`` attempts happen here, in the lane; if they all fail,
+the batch's events are parked in the route's retry set in Redis (see
+:mod:`expiryd.retries`) and are finished as far as the progress marks go. The
+delivery's retry worker takes them again when due, under the current term,
+until ``retry.max_attempts``; then they go to the dead-letter stream with the
+error and the attempt count (see :mod:`expiryd.deadletter`). A
+:class:`PermanentFailure` goes there at once. Where the retry set cannot be
+written, the lane goes on retrying in memory.
 
 **Leadership.** The term is read before every attempt: a lane whose leader
 stepped down stops, and what it had not finished stays unfinished, for the
@@ -41,11 +46,12 @@ from .completion import Completion, Pending
 from .config import RetryConfig
 from .connections import REDIS_FAILURES, describe_error
 from .deadletter import DeadLetters, Outcome
-from .events import EXPIRED, Event
+from .events import EXPIRED, Event, Expiration
 from .handlers import PermanentFailure, RetryLater
 from .lanes import Lanes
 from .leadership import Leadership
 from .metrics import Metrics
+from .retries import Parked, RetrySet
 from .routing import Route
 from .tasks import cancel_and_wait
 
@@ -54,6 +60,13 @@ __all__ = ["RouteDelivery", "backoff"]
 log = logging.getLogger("expiryd.delivery")
 
 _SHED_LOG_INTERVAL = 1.0
+# How often the retry worker looks for due entries, and reports the retry set's size.
+_RETRY_POLL = 0.5
+_RETRY_REPORT_EVERY = 10
+# An entry taken for an attempt is claimed this long: if this leader dies meanwhile, the next takes it
+# then. A leader's retry worker waits for each attempt before it takes more, so the claim only keeps
+# two leaders apart, and a short one delays no event of a dead leader for long.
+_RETRY_CLAIM_FOR = 10.0
 
 
 def backoff(attempt: int, *, retry: RetryConfig, error: Exception, jitter: float) -> float:
@@ -103,6 +116,7 @@ class RouteDelivery:
         )
         self._tasks: list[asyncio.Task[None]] = []
         self._abandoned = asyncio.Event()
+        self._closing = asyncio.Event()
         self._shed_unlogged = 0
         self._shed_logged_at = 0.0
         name = route.name
@@ -114,6 +128,9 @@ class RouteDelivery:
             for outcome in (Outcome.DEAD_LETTERED, Outcome.DROPPED)
         }
         self._dropped = self._outcomes[Outcome.DROPPED]
+        self._parked = metrics.events_processed.labels(route=name, outcome="parked")
+        self._retry_entries = metrics.retry_set_entries.labels(route=name)
+        self._retry_oldest = metrics.retry_set_oldest_seconds.labels(route=name)
         self._attempts_ok = metrics.handler_attempts.labels(route=name, result="ok")
         self._attempts_failed = metrics.handler_attempts.labels(route=name, result="error")
         self._handle_seconds = metrics.event_handle_seconds.labels(route=name)
@@ -126,6 +143,10 @@ class RouteDelivery:
             asyncio.create_task(self._work(index), name=f"route {self.route.name} lane {index}")
             for index in range(len(self._lanes))
         ]
+        if self.route.retries is not None:
+            self._tasks.append(
+                asyncio.create_task(self._retry_due(self.route.retries), name=f"route {self.route.name} retries")
+            )
 
     async def submit(self, pendings: list[Pending]) -> None:
         """Queue events for their lanes, in order, waiting for room (see :mod:`expiryd.lanes`)."""
@@ -141,8 +162,12 @@ class RouteDelivery:
         self._depth.set(0)
 
     async def aclose(self) -> None:
-        """Take no more events; finish the queued ones (none, if abandoned) within the grace period, then stop."""
+        """Take no more events; finish the queued ones (none, if abandoned) within the grace period, then stop.
+
+        The retry worker takes no new entries; one it has taken is finished within the grace period.
+        """
         self._lanes.close()
+        self._closing.set()
         if self._tasks:
             _, late = await asyncio.wait(self._tasks, timeout=self._grace)
             if late:
@@ -202,6 +227,8 @@ class RouteDelivery:
                 if attempt >= self.route.retry.max_attempts:
                     await self._dead_letter(batch, events, error, attempt)
                     return
+                if attempt >= self.route.retry.in_memory and await self._park(batch, events, error, attempt):
+                    return
                 self._retried.inc(len(batch))
                 log.warning(
                     "handler failed: retrying",
@@ -219,17 +246,128 @@ class RouteDelivery:
             self._finish(batch)
             return
 
-    def _events(self, batch: list[Pending], payloads: list[bytes | None] | None) -> list[Event]:
+    async def _park(self, batch: list[Pending], events: list[Event], error: Exception, attempts: int) -> bool:
+        """Park the batch's events in the retry set for their next attempts; False if it cannot be written."""
+        retries = self.route.retries
+        if retries is None:
+            return False
+        now = self._now()
+        due_at = now + backoff(attempts, retry=self.route.retry, error=error, jitter=random.random())
+        reason = describe_error(error)
+        entries = [Parked.of(event, attempts=attempts, error=reason, failed_at=now, due_at=due_at) for event in events]
+        try:
+            parked = await retries.park(entries)
+        except REDIS_FAILURES as park_error:
+            log.warning(
+                "cannot park failed events in the retry set: retrying in memory",
+                extra={"route": self.route.name, "events": len(batch), "error": describe_error(park_error)},
+            )
+            return False
+        log.warning(
+            "handler failed: events wait in the retry set",
+            extra={"route": self.route.name, "events": parked, "attempts": attempts, "error": reason},
+        )
+        self._parked.inc(parked)
+        if parked < len(batch):  # the retry set is full
+            await self._dead_letter(batch[parked:], events[parked:], error, attempts)
+        self._finish(batch[:parked])
+        return True
+
+    async def _retry_due(self, retries: RetrySet) -> None:
+        """While this term lasts, take the retry set's due entries and attempt them again."""
+        size = self.route.batch.size
+        turns = 0
+        while self._leading() and not self._closing.is_set():
+            if turns % _RETRY_REPORT_EVERY == 0:
+                await self._report_retries(retries)
+            turns += 1
+            try:
+                due = await retries.take_due(now=self._now(), limit=size, claim_for=_RETRY_CLAIM_FOR)
+            except REDIS_FAILURES as error:
+                log.warning(
+                    "cannot read the retry set", extra={"route": self.route.name, "error": describe_error(error)}
+                )
+                due = []
+            if due and self._leading():
+                await self._attempt_parked(retries, due)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), _RETRY_POLL)
+
+    async def _attempt_parked(self, retries: RetrySet, due: list[Parked]) -> None:
+        keys = [entry.expiration.key for entry in due]
+        try:
+            payloads = None if self.route.payload is None else await self.route.payload.fetch(keys)
+            events = self._events_of([entry.expiration for entry in due], payloads)
+            if not self._leading():
+                return  # the entries stay claimed, and fall due again for the next leader
+            await self._call(events)
+        except Exception as error:
+            await self._failed_again(retries, due, error)
+            return
+        await self._delete_payloads([entry.expiration.key for entry in due if entry.expiration.kind == EXPIRED])
+        await retries.done([entry.id for entry in due])
+        self._ok.inc(len(due))
+
+    async def _failed_again(self, retries: RetrySet, due: list[Parked], error: Exception) -> None:
+        now = self._now()
+        reason = describe_error(error)
+        again = [
+            entry.failed_again(
+                error=reason,
+                due_at=now + backoff(entry.attempts + 1, retry=self.route.retry, error=error, jitter=random.random()),
+            )
+            for entry in due
+        ]
+        spent = [entry for entry in again if entry.attempts >= self.route.retry.max_attempts]
+        if isinstance(error, PermanentFailure):
+            spent = again
+        waiting = [entry for entry in again if entry not in spent]
+        if spent:
+            events = self._events_of([entry.expiration for entry in spent], None)
+            outcome = await self._dead_letters.take(
+                route=self.route.name,
+                events=events,
+                error=reason,
+                attempts=max(entry.attempts for entry in spent),
+                leading=self._leading,
+                pause=self._pause,
+                backoff=self.route.retry.backoff,
+            )
+            if outcome is Outcome.ABANDONED:
+                return
+            await retries.done([entry.id for entry in spent])
+            self._outcomes[outcome].inc(len(spent))
+        if waiting:
+            self._retried.inc(len(waiting))
+            await retries.reschedule(waiting)
+            log.warning(
+                "handler failed again: events wait in the retry set",
+                extra={"route": self.route.name, "events": len(waiting), "error": reason},
+            )
+
+    async def _report_retries(self, retries: RetrySet) -> None:
+        try:
+            size, oldest = await asyncio.gather(retries.size(), retries.oldest_failure())
+        except REDIS_FAILURES:
+            return
+        self._retry_entries.set(size)
+        self._retry_oldest.set(0.0 if oldest is None else max(0.0, self._now() - oldest))
+
+    def _events_of(self, expirations: list[Expiration], payloads: list[bytes | None] | None) -> list[Event]:
         term, replica = self._term, self._replica
         if payloads is None:
             return [
                 Event(e.key, e.node, e.received_at, term, replica, None, False, e.kind, e.due_at, e.swept)
-                for e in (p.expiration for p in batch)
+                for e in expirations
             ]
         return [
             Event(e.key, e.node, e.received_at, term, replica, payload, True, e.kind, e.due_at, e.swept)
-            for e, payload in zip((p.expiration for p in batch), payloads, strict=True)
+            for e, payload in zip(expirations, payloads, strict=True)
         ]
+
+    def _events(self, batch: list[Pending], payloads: list[bytes | None] | None) -> list[Event]:
+        return self._events_of([pending.expiration for pending in batch], payloads)
 
     def _observe_lateness(self, batch: list[Pending]) -> None:
         """How late each event reaches its first handler call, measured from its key's due time."""

@@ -11,6 +11,9 @@ reports are named from ``election.lock_name``; with a hash tag in the lock name
     progress_key(DEFAULT_LOCK_NAME)    # "{expiryd}:leader:progress"
     coverage_key(DEFAULT_LOCK_NAME)    # "{expiryd}:leader:coverage"
 
+Each route's retry set (see :mod:`expiryd.retries`) has keys of its own, in a hash slot of their own
+chosen from the lock name and the route (:func:`retry_keys`), so that routes spread over the primaries.
+
 Payload keys (``routes[].payload``) and stream names (``routes[].stream.name``,
 ``dead_letter.stream``) come from the configuration; the dead-letter stream's
 default is here.
@@ -18,13 +21,18 @@ default is here.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+
 __all__ = [
+    "RetryKeys",
     "DEFAULT_DEAD_LETTER_STREAM",
     "DEFAULT_LOCK_NAME",
     "LEASE_PREFIX",
     "lease_key",
     "coverage_key",
     "progress_key",
+    "retry_keys",
     "term_key",
 ]
 
@@ -54,3 +62,19 @@ def progress_key(lock_name: str) -> str:
 def coverage_key(lock_name: str) -> str:
     """The hash of every replica's coverage report (see :mod:`expiryd.coverage`), one field per replica."""
     return f"{lock_name}:coverage"
+
+
+@dataclass(frozen=True)
+class RetryKeys:
+    """A route's retry set: entry ids by next attempt, the entries, and entry ids by first failure."""
+
+    due: str
+    entries: str
+    firsts: str
+
+
+def retry_keys(lock_name: str, route: str) -> RetryKeys:
+    """The keys of ``route``'s retry set under this lock name; one hash tag, a digest of both names."""
+    tag = hashlib.sha1(f"{lock_name}\n{route}".encode()).hexdigest()[:12]
+    prefix = f"expiryd:retry:{{{tag}}}"
+    return RetryKeys(due=f"{prefix}:due", entries=f"{prefix}:entries", firsts=f"{prefix}:firsts")

@@ -136,8 +136,21 @@ class Metrics:
         self.events_unrouted = Counter("expiryd_events_unrouted", "Events that matched no route.", registry=r)
         self.events_processed = Counter(
             "expiryd_events_processed",
-            "Events by route and outcome: ok, dead_lettered and dropped are final; retried counts each retry.",
+            "Events by route and outcome: ok, dead_lettered and dropped are final; retried counts each retry; "
+            "parked counts events put in the route's retry set after their in-memory attempts.",
             ["route", "outcome"],
+            registry=r,
+        )
+        self.retry_set_entries = Gauge(
+            "expiryd_retry_set_entries",
+            "Events waiting in the route's retry set for their next attempt (read by the leader).",
+            ["route"],
+            registry=r,
+        )
+        self.retry_set_oldest_seconds = Gauge(
+            "expiryd_retry_set_oldest_seconds",
+            "How long ago the first attempt of the longest-waiting event in the route's retry set failed.",
+            ["route"],
             registry=r,
         )
         self.handler_attempts = Counter(

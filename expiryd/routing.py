@@ -21,6 +21,7 @@ from .config import BatchConfig, RetryConfig, RouteConfig
 from .events import EXPIRED
 from .handlers import Handler
 from .payload import PayloadKeys
+from .retries import RetrySet
 
 __all__ = ["Route", "Router"]
 
@@ -33,6 +34,9 @@ class Route:
     config: RouteConfig
     handler: Handler
     payload: PayloadKeys | None = None
+    #: Where failed events wait for their next attempt once the in-memory ones are spent; None when
+    #: ``retry.max_attempts`` is no more than ``retry.in_memory``, or in tests that need none.
+    retries: RetrySet | None = None
     # Looked up for every event, so built once rather than from the settings each time.
     _events: frozenset[str] = field(init=False, repr=False)
     _regex: re.Pattern[bytes] = field(init=False, repr=False)

@@ -35,12 +35,15 @@ class Request:
 
 
 class WebhookReceiver:
-    def __init__(self, *, respond: Callable[[Request], int] = lambda request: 200, delay: float = 0.0) -> None:
+    def __init__(
+        self, *, respond: Callable[[Request], int] = lambda request: 200, delay: float = 0.0, port: int = 0
+    ) -> None:
         self.requests: list[Request] = []
         self._respond = respond
         self._delay = delay
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        # A port of the test's choosing: until the receiver exists, connections to it are refused.
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), self._handler_class())
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -15,6 +17,7 @@ from expiryd.delivery import RouteDelivery, backoff
 from expiryd.events import HEXPIRED, Event, Expiration
 from expiryd.handlers import PermanentFailure, RetryLater
 from expiryd.metrics import Metrics
+from expiryd.retries import Parked
 from expiryd.routing import Route
 
 FAST_RETRY = RetryConfig(max_attempts=3, backoff=0.001, max_backoff=0.001)
@@ -68,8 +71,59 @@ class Term:
         return self.current
 
 
+class Retries:
+    """A route's retry set in memory, as RetrySet keeps it in Redis; ``down`` makes every call fail."""
+
+    def __init__(self, *, max_entries: int = 1000, down: bool = False) -> None:
+        self.entries: dict[str, Parked] = {}
+        self.max_entries = max_entries
+        self.down = down
+        self.finished: list[str] = []
+
+    def _check(self) -> None:
+        if self.down:
+            raise RedisConnectionError("retry set unreachable")
+
+    async def park(self, entries: list[Parked]) -> int:
+        self._check()
+        room = max(0, self.max_entries - len(self.entries))
+        for entry in entries[:room]:
+            self.entries[entry.id] = entry
+        return min(room, len(entries))
+
+    async def take_due(self, *, now: float, limit: int, claim_for: float) -> list[Parked]:
+        self._check()
+        due = sorted((e for e in self.entries.values() if e.due_at <= now), key=lambda e: e.due_at)[:limit]
+        for entry in due:
+            self.entries[entry.id] = dataclasses.replace(entry, due_at=now + claim_for)
+        return due
+
+    async def reschedule(self, entries: list[Parked]) -> None:
+        self._check()
+        for entry in entries:
+            if entry.id in self.entries:
+                self.entries[entry.id] = entry
+
+    async def done(self, ids: list[str]) -> None:
+        self._check()
+        for id in ids:
+            self.entries.pop(id, None)
+            self.finished.append(id)
+
+    async def size(self) -> int:
+        return len(self.entries)
+
+    async def oldest_failure(self) -> float | None:
+        return min((e.first_failed_at for e in self.entries.values()), default=None)
+
+
 def make_route(
-    handler: Recorder, *, retry: RetryConfig = FAST_RETRY, concurrency: int = 1, queue_size: int = 100
+    handler: Recorder,
+    *,
+    retry: RetryConfig = FAST_RETRY,
+    concurrency: int = 1,
+    queue_size: int = 100,
+    retries: Retries | None = None,
 ) -> Route:
     return Route(
         config=RouteConfig(
@@ -81,6 +135,7 @@ def make_route(
             retry=retry,
         ),
         handler=handler,
+        retries=retries,  # type: ignore[arg-type]
     )
 
 
@@ -93,13 +148,15 @@ class Setup:
         stream_down: bool = False,
         upstream_blocked: float = 0.0,
         queue_size: int = 100,
+        retries: Retries | None = None,
     ) -> None:
+        self.retries = retries
         self.metrics = Metrics()
         self.leadership = Term(1)
         self.completion = Completion(term=1, marks={})
         self.stream = StreamClient(down=stream_down)
         self.delivery = RouteDelivery(
-            route=make_route(handler, retry=retry, queue_size=queue_size),
+            route=make_route(handler, retry=retry, queue_size=queue_size, retries=retries),
             term=1,
             replica="r1",
             leadership=self.leadership,
@@ -124,6 +181,19 @@ class Setup:
             await self.delivery.aclose()
 
         asyncio.run(scenario())
+        return self
+
+    def deliver_until(self, done: Callable[[], bool], *keys: bytes) -> Setup:
+        """Start the delivery, submit ``keys``, and close it once ``done()``."""
+
+        async def scenario() -> None:
+            self.delivery.start()
+            await self.submit(*keys)
+            while not done():
+                await asyncio.sleep(0.001)
+            await self.delivery.aclose()
+
+        asyncio.run(asyncio.wait_for(scenario(), 10))
         return self
 
     def processed(self, outcome: str) -> float:
@@ -315,3 +385,71 @@ def test_a_hash_field_expiration_keeps_the_companion_and_a_key_expiration_delete
     handler, payloads = asyncio.run(scenario())
     assert [event.payload for _, events in handler.calls for event in events] == [b"payload", b"payload"]
     assert payloads.deleted == [b"order:{8}"]
+
+
+# Durable retries: two attempts in memory, then the retry set, up to four attempts in all.
+DURABLE = RetryConfig(max_attempts=4, backoff=0.001, max_backoff=0.001, in_memory=2)
+
+
+def test_after_its_in_memory_attempts_a_failing_batch_waits_in_the_retry_set_and_is_finished_for_the_marks():
+    handler = Recorder(*(RuntimeError("down") for _ in range(2)))
+    retries = Retries(down=False)
+    setup = Setup(handler, retry=DURABLE, retries=retries)
+
+    async def scenario() -> None:
+        setup.delivery.start()
+        await setup.submit(b"a", b"b")
+        while setup.processed("parked") < 2:
+            await asyncio.sleep(0.001)
+        setup.leadership.current = None  # stepped down: the retry worker takes nothing more
+        await setup.delivery.aclose()
+
+    asyncio.run(scenario())
+    assert len(handler.calls) == 2
+    assert sorted(entry.expiration.key for entry in retries.entries.values()) == [b"a", b"b"]
+    assert {(entry.attempts, entry.error) for entry in retries.entries.values()} == {(2, "RuntimeError: down")}
+    assert setup.completion.unfinished() == 0
+
+
+def test_a_parked_event_is_attempted_again_under_the_term_and_leaves_the_retry_set_once_handled():
+    handler = Recorder(*(RuntimeError("down") for _ in range(3)))
+    retries = Retries()
+    setup = Setup(handler, retry=DURABLE, retries=retries).deliver_until(lambda: len(retries.finished) == 1, b"a")
+    assert [(event.key, event.term) for _, events in handler.calls for event in events] == [(b"a", 1)] * 4
+    assert retries.entries == {} and setup.stream.entries == []
+    assert setup.processed("ok") == 1 and setup.processed("parked") == 1
+
+
+def test_a_parked_event_that_spends_its_attempts_is_dead_lettered_and_leaves_the_retry_set():
+    handler = Recorder(*(RuntimeError("down") for _ in range(4)))
+    retries = Retries()
+    setup = Setup(handler, retry=DURABLE, retries=retries).deliver_until(lambda: len(retries.finished) == 1, b"a")
+    assert len(handler.calls) == 4
+    [entry] = setup.stream.entries
+    assert entry["key"] == b"a" and entry["attempts"] == "4"
+    assert retries.entries == {} and setup.processed("dead_lettered") == 1
+
+
+def test_when_the_retry_set_cannot_be_written_the_lane_goes_on_retrying_in_memory():
+    handler = Recorder(*(RuntimeError("down") for _ in range(3)))
+    retries = Retries(down=True)
+    setup = Setup(handler, retry=DURABLE, retries=retries).deliver(b"a")
+    assert len(handler.calls) == 4 and setup.processed("ok") == 1 and setup.processed("parked") == 0
+
+
+def test_what_does_not_fit_in_a_full_retry_set_is_dead_lettered():
+    handler = Recorder(RuntimeError("down"), RuntimeError("down"))
+    retries = Retries(max_entries=1)
+    setup = Setup(handler, retry=DURABLE, retries=retries)
+
+    async def scenario() -> None:
+        setup.delivery.start()
+        await setup.submit(b"a", b"b")
+        while setup.processed("dead_lettered") < 1:
+            await asyncio.sleep(0.001)
+        setup.leadership.current = None
+        await setup.delivery.aclose()
+
+    asyncio.run(scenario())
+    assert [entry.expiration.key for entry in retries.entries.values()] == [b"a"]
+    assert [entry["key"] for entry in setup.stream.entries] == [b"b"]

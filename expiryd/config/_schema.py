@@ -177,9 +177,17 @@ class BatchConfig:
 
 @dataclass(frozen=True)
 class RetryConfig:
-    max_attempts: int = 5
+    # Attempts in all, the first included; then the batch goes to the dead-letter stream. With the
+    # waits below they span about an hour: a receiver's restart or a bad deploy loses nothing.
+    max_attempts: int = 20
+    # The wait after the first failed attempt, doubling per attempt up to max_backoff (full jitter).
     backoff: Duration = 0.5
-    max_backoff: Duration = 30.0
+    max_backoff: Duration = 600.0
+    # Attempts made in the leader's memory; the later ones wait in Redis, in the route's retry set,
+    # where a leader change or a restart of every replica loses none of them.
+    in_memory: int = 3
+    # Events the route's retry set holds at most; a failed batch past it goes to the dead-letter stream.
+    max_parked: int = 100_000
 
 
 @dataclass(frozen=True)

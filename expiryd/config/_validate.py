@@ -121,6 +121,8 @@ def _check_route(route: RouteConfig, *, key: str, source: str) -> None:
         ("queue_size", route.queue_size),
         ("batch.size", route.batch.size),
         ("retry.max_attempts", route.retry.max_attempts),
+        ("retry.in_memory", route.retry.in_memory),
+        ("retry.max_parked", route.retry.max_parked),
     ):
         if value < 1:
             raise ConfigError(source, f"{key}.{setting}", "must be at least 1")

@@ -21,16 +21,17 @@ test-fast: setup
 setup: system-packages $(VENV)/.installed
 
 # redis-server for the local clusters; prometheus (with promtool) for the deployment tests;
-# openssl for the TLS tests' certificates; iptables and faketime for the network-fault tests.
+# openssl for the TLS tests' certificates; iptables and faketime for the network-fault tests;
+# chromium, headless, to load the status page as a browser does.
 system-packages:
 	@if ! command -v redis-server >/dev/null || ! command -v redis-cli >/dev/null \
 	    || ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null \
-	    || ! command -v openssl >/dev/null || ! command -v iptables >/dev/null \
+	    || ! command -v openssl >/dev/null || ! command -v iptables >/dev/null || ! command -v chromium >/dev/null \
 	    || [ ! -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; then \
-	  echo "installing Debian packages: redis-server redis-tools prometheus openssl iptables faketime"; \
+	  echo "installing Debian packages: redis-server redis-tools prometheus openssl iptables faketime chromium"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
-	    redis-server redis-tools prometheus openssl iptables faketime; \
+	    redis-server redis-tools prometheus openssl iptables faketime chromium; \
 	fi
 
 $(VENV)/.installed: pyproject.toml

@@ -4,9 +4,12 @@
     expiryd check --config expiryd.yaml           # validate, print topology and notification status
     expiryd demo                                  # a throwaway cluster, three replicas, a failover
     expiryd demo --server valkey                  # the same on Valkey
+    expiryd dlq list --config expiryd.yaml        # the dead-letter stream; also show, redrive, purge
+    expiryd status --config expiryd.yaml          # who leads, who hears which primary, what needs attention
 
-Exit codes: 0 success; 1 a failure while running, or ``check`` found a
-problem; 2 bad configuration or usage, with one line saying what is wrong.
+Exit codes: 0 success; 1 a failure while running, ``check`` found a
+problem, or ``dlq`` matched nothing or refused; 2 bad configuration or usage,
+with one line saying what is wrong.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from . import __version__
 from .check import run_check
 from .config import Config, ConfigError, load_config
 from .daemon import Daemon
+from .dlq import add_dlq_commands, run_dlq
 from .logs import configure_logging
+from .status import run_status
 
 __all__ = ["main"]
 
-_COMMANDS = ("run", "check", "demo")
+_COMMANDS = ("run", "check", "demo", "dlq", "status")
 # The servers the local cluster can run (expiryd.devtools.localcluster.SERVERS, which the daemon does not import).
 DEMO_SERVERS = ("redis", "valkey")
 
@@ -48,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "check":
         return run_check(config)
+    if args.command == "dlq":
+        return run_dlq(config, args)
+    if args.command == "status":
+        return run_status(config, as_json=args.json)
     return _run(config)
 
 
@@ -102,6 +111,12 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate the config and print topology and notification status")
     _add_config_flag(check)
+
+    add_dlq_commands(commands, _add_config_flag)
+
+    status = commands.add_parser("status", help="who leads, who hears which primary, and what needs attention")
+    _add_config_flag(status)
+    status.add_argument("--json", action="store_true", help="one JSON document")
 
     demo = commands.add_parser("demo", help="start a local cluster and three replicas, then kill the leader")
     demo.add_argument("--replicas", type=int, default=3, help="how many replicas to run (default 3)")

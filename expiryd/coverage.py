@@ -8,7 +8,7 @@ process that wrote it, so that a second process started with a live replica's
 id is found (:func:`another_process_publishes`)::
 
     reporter = CoverageReporter(store=store, replica="1", instance="a1b2c3", since=fanin.coverage_since,
-                                interval=1.0, now=clock.now)
+                                facts=daemon.facts, interval=1.0, now=clock.now)
     mine = reporter.now()      # Coverage(replica="1", written_at=..., since={"10.0.0.7:6379": 1764000000.0})
     others = await store.others(replica="1", now=mine.written_at)
 """
@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .connections import REDIS_FAILURES, describe_error
@@ -43,16 +43,20 @@ class Coverage:
     """When each of a replica's primary subscriptions began (epoch seconds), None while one is down.
 
     ``instance`` tells apart two processes that run with one replica id (empty in a report from an
-    older version).
+    older version). ``facts`` is what the replica says of itself for ``expiryd status``: its term
+    while it leads, whether it may lead, its schedule (see ``Daemon.facts``).
     """
 
     replica: str
     written_at: float
     since: dict[str, float | None]
     instance: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"written_at": self.written_at, "since": self.since, "instance": self.instance})
+        return json.dumps(
+            {"written_at": self.written_at, "since": self.since, "instance": self.instance, "facts": self.facts}
+        )
 
     @classmethod
     def from_json(cls, replica: str, text: str | bytes) -> Coverage:
@@ -63,6 +67,7 @@ class Coverage:
             written_at=float(document["written_at"]),
             since=since,
             instance=str(document.get("instance", "")),
+            facts=dict(document.get("facts", {})),
         )
 
 
@@ -110,7 +115,7 @@ class CoverageStore:
         freshest: dict[str, Coverage] = {}
         pruning = []
         for master, reports in await self._read():
-            abandoned = [field for field, coverage in reports if now - coverage.written_at > _PRUNE_AFTER]
+            abandoned = [name for name, coverage in reports if now - coverage.written_at > _PRUNE_AFTER]
             if abandoned:
                 pruning.append(master.hdel(self._key, *abandoned))
             for _, coverage in reports:
@@ -120,6 +125,17 @@ class CoverageStore:
                     freshest[coverage.replica] = coverage
         await asyncio.gather(*pruning, return_exceptions=True)  # tried again at the next look
         return list(freshest.values())
+
+    async def live(self, *, now: float) -> list[Coverage]:
+        """Every replica's live report, the freshest of each, by replica id."""
+        freshest: dict[str, Coverage] = {}
+        for _, reports in await self._read():
+            for _, coverage in reports:
+                if self._live(coverage, now) and (
+                    coverage.replica not in freshest or coverage.written_at > freshest[coverage.replica].written_at
+                ):
+                    freshest[coverage.replica] = coverage
+        return sorted(freshest.values(), key=lambda coverage: coverage.replica)
 
     async def report(self, *, replica: str, now: float) -> Coverage | None:
         """This id's freshest live report on any master that answers; None when there is none."""
@@ -145,7 +161,7 @@ class CoverageStore:
         if not answered:
             raise next(reply for reply in replies if isinstance(reply, BaseException))
         return [
-            (master, [(field, Coverage.from_json(_text(field), text)) for field, text in reply.items()])
+            (master, [(name, Coverage.from_json(_text(name), text)) for name, text in reply.items()])
             for master, reply in answered
         ]
 
@@ -162,8 +178,8 @@ class CoverageStore:
         await pipe.execute()
 
 
-def _text(field: Any) -> str:
-    return field.decode() if isinstance(field, bytes) else str(field)
+def _text(name: Any) -> str:
+    return name.decode() if isinstance(name, bytes) else str(name)
 
 
 class CoverageReporter(Service):
@@ -178,9 +194,11 @@ class CoverageReporter(Service):
         replica: str,
         instance: str,
         since: Callable[[], dict[str, float | None]],
+        facts: Callable[[], dict[str, Any]],
         interval: float,
         now: Callable[[], float],
     ) -> None:
+        self._facts = facts
         self._store = store
         self._instance = instance
         self._now = now
@@ -190,7 +208,13 @@ class CoverageReporter(Service):
         self._failing = False
 
     def now(self) -> Coverage:
-        return Coverage(replica=self._replica, written_at=self._now(), since=self._since(), instance=self._instance)
+        return Coverage(
+            replica=self._replica,
+            written_at=self._now(),
+            since=self._since(),
+            instance=self._instance,
+            facts=self._facts(),
+        )
 
     async def _run(self) -> None:
         while True:

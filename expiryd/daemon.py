@@ -25,6 +25,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .clock import ClusterClock
@@ -51,6 +52,8 @@ from .routing import Route, Router
 from .schedule import Schedule
 from .scheduler import NoSchedule, Scheduler
 from .shift import ShiftSettings
+from .status import read_status
+from .statuspage import StatusPage
 from .succession import Succession
 from .sweep import Sweeper
 from .tasks import Service, cancel_and_wait
@@ -106,6 +109,7 @@ class Daemon:
             replica=config.id,
             instance=self._instance,
             since=self._fanin.coverage_since,
+            facts=self.facts,
             interval=config.election.renew_interval,
             now=self._clock.now,
         )
@@ -195,7 +199,9 @@ class Daemon:
             metrics=self.metrics,
             now=self._clock.now,
         )
-        status = {
+        page = StatusPage(config=config, read=read_status, dead_letters=self._data, replica=config.id)
+        status: dict[str, Callable[[], Reply | Awaitable[Reply]]] = {
+            "/": page.reply,
             "/healthz": self._health_reply,
             "/readyz": self._readiness_reply,
             "/leader": self._leader_reply,
@@ -281,13 +287,12 @@ class Daemon:
             if config.payload is None
             else PayloadKeys(template=config.payload, client=self._data, keep_for=config.payload_keep_for)
         )
-        retries = None
-        if config.retry.max_attempts > config.retry.in_memory:
-            retries = RetrySet(
-                client=self._data,
-                keys=retry_keys(self.config.election.lock_name, config.label),
-                max_entries=config.retry.max_parked,
-            )
+        # Every route has one: a route that keeps its attempts in memory still takes redriven entries.
+        retries = RetrySet(
+            client=self._data,
+            keys=retry_keys(self.config.election.lock_name, config.label),
+            max_entries=config.retry.max_parked,
+        )
         return Route(
             config=config,
             handler=build_handler(config, cluster=self._data, keepalive=self.config.redis.keepalive),
@@ -332,6 +337,18 @@ class Daemon:
                 f"{max(0.0, self._clock.now() - after.written_at):.1f} s ago; give each replica its own id "
                 "(--id, EXPIRYD_ID)",
             )
+
+    def facts(self) -> dict[str, Any]:
+        """What this replica says of itself in its coverage report, for ``expiryd status``."""
+        facts: dict[str, Any] = {
+            "term": self._elector.term(),
+            "listen": self.config.http.listen,
+            "history_seconds": round(self._history.oldest_age(), 1),
+            **self._succession.standing(),
+        }
+        if self._scheduler is not None:
+            facts.update(self._scheduler.summary())
+        return facts
 
     def _metrics_reply(self) -> Reply:
         return Reply(200, self.metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")

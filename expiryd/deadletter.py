@@ -9,8 +9,8 @@ and why it is there: ``route``, ``error`` and ``attempts``::
     dead_letters = DeadLetters(client=cluster, stream="{expiryd}:dead-letter", maxlen=100_000)
     await dead_letters.write(route="orders", events=events, error="HTTP 400", attempts=1)
 
-Inspect them with ``XRANGE {expiryd}:dead-letter - +``; re-drive them by
-reading entries and calling the receiver yourself.
+Inspect, redrive and purge them with ``expiryd dlq`` (see :mod:`expiryd.dlq`): a
+redriven entry is deleted from the stream (:meth:`DeadLetters.delete`) once handled.
 
 A delivery hands a failed batch to :meth:`DeadLetters.take`, which tries the
 stream a few times while this replica still leads. If even that fails, each
@@ -95,6 +95,11 @@ class DeadLetters:
                 extra={"route": route, "event": event.to_json(), "error": error},
             )
         return Outcome.DROPPED
+
+    async def delete(self, ids: list[str]) -> None:
+        """Remove entries (redriven and handled) from the stream."""
+        if ids:
+            await self._client.xdel(self.stream, *ids)
 
     async def write(self, *, route: str, events: list[Event], error: str, attempts: int) -> None:
         pipe = self._client.pipeline(transaction=False)

@@ -289,16 +289,21 @@ class RouteDelivery:
                 )
                 due = []
             if due and self._leading():
-                await self._attempt_parked(retries, due)
+                try:
+                    await self._attempt_parked(retries, due)
+                except REDIS_FAILURES as error:
+                    # The entries stay claimed and fall due again: at worst a call is repeated.
+                    log.warning(
+                        "cannot record a retry's outcome",
+                        extra={"route": self.route.name, "error": describe_error(error)},
+                    )
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), _RETRY_POLL)
 
     async def _attempt_parked(self, retries: RetrySet, due: list[Parked]) -> None:
-        keys = [entry.expiration.key for entry in due]
         try:
-            payloads = None if self.route.payload is None else await self.route.payload.fetch(keys)
-            events = self._events_of([entry.expiration for entry in due], payloads)
+            events = self._parked_events(due, await self._parked_payloads(due))
             if not self._leading():
                 return  # the entries stay claimed, and fall due again for the next leader
             await self._call(events)
@@ -306,8 +311,25 @@ class RouteDelivery:
             await self._failed_again(retries, due, error)
             return
         await self._delete_payloads([entry.expiration.key for entry in due if entry.expiration.kind == EXPIRED])
+        # A redriven event leaves the dead-letter stream once handled, before its retry entry goes:
+        # a crash in between repeats a call, never a second redrive of what was handled.
+        await self._dead_letters.delete([entry.dead_letter_id for entry in due if entry.dead_letter_id is not None])
         await retries.done([entry.id for entry in due])
         self._ok.inc(len(due))
+
+    async def _parked_payloads(self, due: list[Parked]) -> list[bytes | None] | None:
+        """Each entry's payload: a redriven one's own, the others' read from their companions."""
+        if self.route.payload is None:
+            return None
+        unread = [entry.expiration.key for entry in due if entry.payload is None]
+        fetched = iter(await self.route.payload.fetch(unread) if unread else [])
+        return [entry.payload if entry.payload is not None else next(fetched) for entry in due]
+
+    def _parked_events(self, due: list[Parked], payloads: list[bytes | None] | None) -> list[Event]:
+        events = self._events_of([entry.expiration for entry in due], payloads)
+        for event, entry in zip(events, due, strict=True):
+            event.redriven = entry.dead_letter_id is not None
+        return events
 
     async def _failed_again(self, retries: RetrySet, due: list[Parked], error: Exception) -> None:
         now = self._now()
@@ -324,7 +346,7 @@ class RouteDelivery:
             spent = again
         waiting = [entry for entry in again if entry not in spent]
         if spent:
-            events = self._events_of([entry.expiration for entry in spent], None)
+            events = self._parked_events(spent, None)
             outcome = await self._dead_letters.take(
                 route=self.route.name,
                 events=events,
@@ -336,6 +358,10 @@ class RouteDelivery:
             )
             if outcome is Outcome.ABANDONED:
                 return
+            # A redriven event that failed again has its new dead-letter entry: the old one goes.
+            await self._dead_letters.delete(
+                [entry.dead_letter_id for entry in spent if entry.dead_letter_id is not None]
+            )
             await retries.done([entry.id for entry in spent])
             self._outcomes[outcome].inc(len(spent))
         if waiting:

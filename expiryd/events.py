@@ -57,6 +57,8 @@ class Event:
     due_at: float | None = None
     # Delivered because the orphan sweep found its companion key left behind, not from an expired event.
     swept: bool = False
+    # Sent again from the dead-letter stream by ``expiryd dlq redrive``.
+    redriven: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The event as a JSON object.
@@ -66,7 +68,8 @@ class Event:
         The payload follows the same rule (``payload`` or ``payload_b64``), and
         is ``null`` when the payload key did not exist. ``kind`` is ``expired``
         or ``hexpired``. ``due_at`` is present when the key's due time was known;
-        ``swept`` (``true``) only when the orphan sweep found the event.
+        ``swept`` (``true``) only when the orphan sweep found the event; ``redriven``
+        (``true``) only when ``expiryd dlq redrive`` sent it again from the dead-letter stream.
         """
         document: dict[str, Any] = {}
         binary_field(document, "key", self.key)
@@ -79,6 +82,8 @@ class Event:
             document["due_at"] = round(self.due_at, 3)
         if self.swept:
             document["swept"] = True
+        if self.redriven:
+            document["redriven"] = True
         if self.has_payload:
             if self.payload is None:
                 document["payload"] = None
@@ -100,9 +105,20 @@ class Event:
             fields["due_at"] = f"{self.due_at:.3f}"
         if self.swept:
             fields["swept"] = "1"
+        if self.redriven:
+            fields["redriven"] = "1"
         if self.payload is not None:
             fields["payload"] = self.payload
         return fields
+
+
+def printable(key: bytes) -> str:
+    """A key as a terminal or a page may show it: UTF-8 with control characters escaped, else its repr."""
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError:
+        return repr(key)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def binary_field(document: dict[str, Any], name: str, value: bytes) -> None:

@@ -1,8 +1,9 @@
-"""The HTTP listener: ``/metrics``, ``/healthz``, ``/readyz`` and ``/leader``.
+"""The HTTP listener: ``/metrics``, ``/healthz``, ``/readyz``, ``/leader`` and the status page ``/``.
 
 A few read-only GET endpoints do not need a framework or a thread: this is a
 small HTTP/1.1 server on asyncio streams, one request per connection. Each path
-maps to a function that returns the status code and the body::
+maps to a function that returns the status code and the body, or a coroutine function that
+does (the status page, which reads Redis)::
 
     server = HttpServer(listen="127.0.0.1:9101", endpoints={"/leader": lambda: Reply(200, b"leader\\n")})
     async with server:     # binds, or raises OSError
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Self
 
@@ -37,7 +39,7 @@ class Reply:
 
 
 class HttpServer:
-    def __init__(self, *, listen: str, endpoints: Mapping[str, Callable[[], Reply]]) -> None:
+    def __init__(self, *, listen: str, endpoints: Mapping[str, Callable[[], Reply | Awaitable[Reply]]]) -> None:
         host, _, port = listen.rpartition(":")
         self._host = host.strip("[]")
         self._port = int(port)
@@ -90,7 +92,10 @@ class HttpServer:
         if endpoint is None:
             return Reply(404, b"not found\n"), method == "HEAD"
         try:
-            return endpoint(), method == "HEAD"
+            reply = endpoint()
+            if inspect.isawaitable(reply):
+                reply = await reply
+            return reply, method == "HEAD"
         except Exception:
             log.exception("endpoint failed", extra={"path": target})
             return Reply(503, b"endpoint failed\n"), False

@@ -299,6 +299,10 @@ class Replay:
         if marks:
             self._buffer.progressed(at=max(mark.received_at for mark in marks.values()))
 
+    def oldest_age(self) -> float:
+        """Seconds back the history reaches."""
+        return self._buffer.oldest_age()
+
     def report(self) -> None:
         """Forget what is past the window, and report the buffer's size, age and evictions."""
         buffer = self._buffer
@@ -347,6 +351,9 @@ class NoReplay:
 
     def saw_marks(self, marks: dict[str, ProgressMark]) -> None:
         pass
+
+    def oldest_age(self) -> float:
+        return 0.0
 
     async def unfinished(
         self, *, term: int, own: dict[str, ProgressMark]

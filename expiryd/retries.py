@@ -110,6 +110,10 @@ class Parked:
     first_failed_at: float
     #: When its next attempt is due (epoch seconds, the cluster's clock).
     due_at: float
+    #: The dead-letter entry it was redriven from (see :mod:`expiryd.dlq`): deleted once it is handled.
+    dead_letter_id: str | None = None
+    #: A redriven event's payload, from its dead-letter entry: its companion is gone by then.
+    payload: bytes | None = None
 
     @classmethod
     def of(cls, event: Event, *, attempts: int, error: str, failed_at: float, due_at: float) -> Parked:
@@ -135,6 +139,10 @@ class Parked:
             document["due_at"] = expiration.due_at
         if expiration.swept:
             document["swept"] = True
+        if self.dead_letter_id is not None:
+            document["dead_letter_id"] = self.dead_letter_id
+        if self.payload is not None:
+            document["payload_b64"] = base64.b64encode(self.payload).decode("ascii")
         return json.dumps(document)
 
     @classmethod
@@ -148,6 +156,7 @@ class Parked:
             document.get("due_at"),
             bool(document.get("swept", False)),
         )
+        payload = document.get("payload_b64")
         return cls(
             id,
             expiration,
@@ -155,6 +164,8 @@ class Parked:
             str(document["error"]),
             float(document["first_failed_at"]),
             due_at,
+            document.get("dead_letter_id"),
+            None if payload is None else base64.b64decode(payload),
         )
 
 

@@ -34,8 +34,8 @@ class Route:
     config: RouteConfig
     handler: Handler
     payload: PayloadKeys | None = None
-    #: Where failed events wait for their next attempt once the in-memory ones are spent; None when
-    #: ``retry.max_attempts`` is no more than ``retry.in_memory``, or in tests that need none.
+    #: Where failed events wait for their next attempt once the in-memory ones are spent, and where
+    #: ``expiryd dlq redrive`` puts dead letters for the leader to send again; None in tests that need none.
     retries: RetrySet | None = None
     # Looked up for every event, so built once rather than from the settings each time.
     _events: frozenset[str] = field(init=False, repr=False)

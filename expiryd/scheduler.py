@@ -150,6 +150,10 @@ class Scheduler(Service):
     async def _close(self) -> None:
         await asyncio.gather(self._lookup_clients.aclose(), self._touch_clients.aclose())
 
+    def summary(self) -> dict[str, Any]:
+        """The schedule's size and its next due time (epoch seconds), as ``expiryd status`` shows them."""
+        return {"scheduled": len(self._schedule), "next_due": self._schedule.next_due()}
+
     def learn(self, address: NodeAddress, keys: list[bytes]) -> None:
         """Keys whose TTL was just set on ``address``: look up the due time of those a route will handle."""
         view = self._view()

@@ -33,7 +33,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .config import ReplayConfig
 from .connections import REDIS_FAILURES
@@ -285,6 +285,13 @@ class Succession:
         eligible = isinstance(self._verdict, Lead)
         self._metrics.leader_eligible.set(eligible)
         return eligible
+
+    def standing(self) -> dict[str, Any]:
+        """Whether this replica may lead, and since when it defers, as ``expiryd status`` shows it."""
+        verdict = self._verdict
+        if isinstance(verdict, Defer):
+            return {"eligible": False, "deferring_for": round(time.monotonic() - verdict.since, 1)}
+        return {"eligible": verdict is not None or not self._enabled}
 
     def elected(self) -> None:
         """This replica took the lease on the last verdict: count what no replica heard, start afresh."""

@@ -36,8 +36,15 @@ class Request:
 
 class WebhookReceiver:
     def __init__(
-        self, *, respond: Callable[[Request], int] = lambda request: 200, delay: float = 0.0, port: int = 0
+        self,
+        *,
+        respond: Callable[[Request], int] = lambda request: 200,
+        delay: float = 0.0,
+        port: int = 0,
+        refusal: bytes = b"",
     ) -> None:
+        # The body of every answer that is not a 2xx: what a receiver says when it refuses.
+        self._refusal = refusal
         self.requests: list[Request] = []
         self._respond = respond
         self._delay = delay
@@ -82,9 +89,11 @@ class WebhookReceiver:
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 status = receiver._receive({k.lower(): v for k, v in self.headers.items()}, body)
+                said = b"" if 200 <= status < 300 else receiver._refusal
                 self.send_response(status)
-                self.send_header("Content-Length", "0")
+                self.send_header("Content-Length", str(len(said)))
                 self.end_headers()
+                self.wfile.write(said)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return None

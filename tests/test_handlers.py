@@ -327,7 +327,8 @@ def test_a_lagging_leader_sigtermed_then_its_lagging_successor_sigkilled_lose_no
             "match": f"{prefix}:*",
             "name": "lagging",
             "webhook": {"url": receiver.url},
-            "retry": {"max_attempts": 1000, "backoff": "100ms", "max_backoff": "200ms"},
+            # Every attempt in memory: the events stay unfinished in the leader, behind its marks.
+            "retry": {"max_attempts": 1000, "backoff": "100ms", "max_backoff": "200ms", "in_memory": 1000},
         }
         config = config_for(shared_cluster, routes=[route], pipeline={"shutdown_grace": "1s"})
         replicas = [spawn(str(n), config) for n in (1, 2, 3)]

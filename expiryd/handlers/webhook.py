@@ -38,6 +38,10 @@ def signature(secret: bytes, body: bytes) -> str:
     return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
+# How much of a refusing receiver's answer an error (and so a dead-letter entry) keeps.
+_SAID_LENGTH = 200
+
+
 class WebhookHandler:
     def __init__(
         self,
@@ -71,12 +75,22 @@ class WebhookHandler:
         status = response.status_code
         if 200 <= status < 300:
             return
+        # The start of what the receiver said: why, for whoever reads the dead letters.
+        start = _start_of(response)
+        said = f"HTTP {status}: {start}" if start else f"HTTP {status}"
         if status in _RETRYABLE or status >= 500:
-            raise RetryLater(f"HTTP {status}", after=_retry_after(response))
-        raise PermanentFailure(f"HTTP {status}")
+            raise RetryLater(said, after=_retry_after(response))
+        raise PermanentFailure(said)
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _start_of(response: httpx.Response) -> str:
+    """The first ``_SAID_LENGTH`` characters of a response body, on one line."""
+    text = response.content[: _SAID_LENGTH * 4].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text[:_SAID_LENGTH] + ("…" if len(text) > _SAID_LENGTH else "")
 
 
 def _retry_after(response: httpx.Response) -> float | None:

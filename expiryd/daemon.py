@@ -340,12 +340,15 @@ class Daemon:
 
     def facts(self) -> dict[str, Any]:
         """What this replica says of itself in its coverage report, for ``expiryd status``."""
+        term = self._elector.term()
         facts: dict[str, Any] = {
-            "term": self._elector.term(),
+            **self._succession.standing(),
+            "term": term,
             "listen": self.config.http.listen,
             "history_seconds": round(self._history.oldest_age(), 1),
-            **self._succession.standing(),
         }
+        if term is not None:
+            facts["eligible"] = True  # it leads: the last verdict let it
         if self._scheduler is not None:
             facts.update(self._scheduler.summary())
         return facts

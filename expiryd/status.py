@@ -19,6 +19,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from redis.crc import key_slot
+
 from .config import Config
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .coverage import Coverage, CoverageStore
@@ -26,7 +28,7 @@ from .errors import TopologyUnavailable
 from .keys import coverage_key
 from .notifications import ensure_notifications, required_classes
 from .progress import ProgressStore
-from .topology import Topology
+from .topology import ClusterView, Topology
 
 __all__ = ["Primary", "ReplicaView", "Status", "attention", "read_status", "run_status"]
 
@@ -109,15 +111,22 @@ def run_status(config: Config, *, as_json: bool) -> int:
 async def read_status(config: Config) -> Status:
     options = RedisOptions.from_config(config.redis)
     seeds = [NodeAddress.from_url(url) for url in config.redis.nodes]
+    now = time.time()
+    problems: list[str] = []
+    topology = Topology(seeds=seeds, options=options)
+    try:
+        view = await topology.read()
+    except TopologyUnavailable as error:
+        problems.append(f"cannot read the topology: {error}")
+        view = None
+    finally:
+        await topology.aclose()
     masters: list[Any] = (
         [options.client_for_url(url) for url in config.election.masters]
         if config.election.masters
-        else [options.cluster_client(seeds)]
+        else [_client_for(coverage_key(config.election.lock_name), view, options, seeds)]
     )
-    data = options.cluster_client(seeds)
-    topology = Topology(seeds=seeds, options=options)
-    now = time.time()
-    problems: list[str] = []
+    data = _client_for(config.dead_letter.stream, view, options, seeds)
     try:
         store = CoverageStore(
             masters=masters, key=coverage_key(config.election.lock_name), interval=config.election.renew_interval
@@ -132,12 +141,8 @@ async def read_status(config: Config) -> Status:
         dead_letters = await _or_note(
             data.xlen(config.dead_letter.stream), None, problems, "cannot read the dead-letter stream"
         )
-        try:
-            view = await topology.read()
-        except TopologyUnavailable as error:
-            problems.append(f"cannot read the topology: {error}")
-            primaries: list[Primary] = []
-        else:
+        primaries: list[Primary] = []
+        if view is not None:
             required = required_classes(
                 schedule=config.schedule.enabled, kinds=[kind for route in config.routes for kind in route.events]
             )
@@ -150,7 +155,6 @@ async def read_status(config: Config) -> Status:
                 )
             )
     finally:
-        await topology.aclose()
         await data.aclose()
         for master in masters:
             await master.aclose()
@@ -162,6 +166,18 @@ async def read_status(config: Config) -> Status:
         dead_letter_stream=config.dead_letter.stream,
         problems=problems,
     )
+
+
+def _client_for(key: str, view: ClusterView | None, options: RedisOptions, seeds: list[NodeAddress]) -> Any:
+    """A client of the primary that owns ``key``'s slot.
+
+    Not a cluster client: a new redis-py cluster client's first command fails after the socket
+    timeout while any primary is stopped, even one that owns none of the keys it reads.
+    """
+    if view is None:
+        return options.cluster_client(seeds)
+    owner = view.slot_owners()[key_slot(key.encode())]
+    return options.cluster_client(seeds) if owner is None else options.client(owner)
 
 
 async def _or_note(call: Any, fallback: Any, problems: list[str], what: str) -> Any:

@@ -24,6 +24,7 @@ _CLUSTER_FIXTURES = frozenset(
     {
         "shared_cluster",
         "shared_valkey_cluster",
+        "patient_cluster",
         "shared_cluster_each_server",
         "cluster_each_server",
         "cluster",
@@ -43,6 +44,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def shared_cluster() -> Iterator[LocalCluster]:
     """One cluster for tests that do not hurt it; each test uses its own lock and keys."""
     with LocalCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def patient_cluster() -> Iterator[LocalCluster]:
+    """A cluster slow to fail over, so a node restarted or frozen for seconds stays a primary.
+
+    Shared by the tests that hurt a node this way: each leaves every node running and the cluster healthy.
+    """
+    with LocalCluster(node_timeout_ms=60_000) as cluster:
         yield cluster
 
 

@@ -86,7 +86,7 @@ def test_the_set_holds_at_most_its_bound_and_reports_its_oldest_failure(shared_c
     with_retry_set(shared_cluster, scenario, max_entries=2)
 
 
-OUTAGE = 8.0  # seconds of each: connection refused, then 503
+OUTAGE = 5.0  # seconds of each: connection refused, then 503
 
 
 def test_a_receiver_down_through_a_leader_kill_loses_nothing_and_dead_letters_nothing(

@@ -9,9 +9,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import pytest
-
-from expiryd.devtools.localcluster import LocalCluster
 from expiryd.status import Primary, ReplicaView, Status, attention, render_text
 from expiryd.statuspage import render_page
 
@@ -63,13 +60,6 @@ def test_the_text_view_names_the_leader_and_its_term():
 def test_the_page_escapes_what_comes_from_redis():
     page = render_page(status([replica(HOSTILE, term=7)], [primary()]), [], replica="1")
     assert HOSTILE not in page and "&lt;script&gt;" in page
-
-
-@pytest.fixture(scope="module")
-def patient_cluster():
-    """A cluster slow to fail over: a frozen primary stays a primary, unheard."""
-    with LocalCluster(node_timeout_ms=60_000) as cluster:
-        yield cluster
 
 
 def expiryd(*arguments: str, config: Path) -> subprocess.CompletedProcess[str]:

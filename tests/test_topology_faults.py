@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
-from expiryd.devtools.localcluster import LocalCluster
-
 from .harness import (
     SteadyStream,
     expire_keys,
@@ -85,16 +81,6 @@ def test_killed_primary_is_followed_to_its_promoted_replica(cluster_each_server,
     expire_keys(cluster_each_server, keys)
     wait_until(lambda: set(keys) <= set(replica.handled_keys()), timeout=30, what="events from the promoted replica")
     assert replica.metric("expiryd_node_subscribed", node=victim.address) == 0
-
-
-@pytest.fixture(scope="module")
-def patient_cluster():
-    """A cluster slow to fail over, so a node restarted or frozen for seconds stays a primary.
-
-    Shared by this module's tests: each leaves every node running and the cluster healthy.
-    """
-    with LocalCluster(node_timeout_ms=60_000) as cluster:
-        yield cluster
 
 
 def test_restarted_primary_with_notifications_off_is_repaired(patient_cluster, config_for, spawn):

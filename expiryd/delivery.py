@@ -51,7 +51,7 @@ from .handlers import PermanentFailure, RetryLater
 from .lanes import Lanes
 from .leadership import Leadership
 from .metrics import Metrics
-from .retries import Parked, RetrySet
+from .retries import KeyQueue, Parked, RetrySet
 from .routing import Route
 from .tasks import cancel_and_wait
 
@@ -117,6 +117,9 @@ class RouteDelivery:
         self._tasks: list[asyncio.Task[None]] = []
         self._abandoned = asyncio.Event()
         self._closing = asyncio.Event()
+        # Whether the retry set may hold a queue: until it is read empty, every batch asks which keys wait.
+        self._retries_may_hold = True
+        self._parks = 0
         self._shed_unlogged = 0
         self._shed_logged_at = 0.0
         name = route.name
@@ -204,6 +207,9 @@ class RouteDelivery:
             await asyncio.sleep(0)
 
     async def _deliver(self, batch: list[Pending]) -> None:
+        batch = await self._behind_their_keys(batch)
+        if not batch:
+            return
         keys = [pending.expiration.key for pending in batch]
         payloads: list[bytes | None] | None = None
         events = self._events(batch, payloads)
@@ -246,6 +252,38 @@ class RouteDelivery:
             self._finish(batch)
             return
 
+    async def _behind_their_keys(self, batch: list[Pending]) -> list[Pending]:
+        """Park at once the events whose key has a queue in the retry set; return the others.
+
+        Per-key order: an event of a key whose earlier events wait in the retry set waits behind them.
+        """
+        retries = self.route.retries
+        if retries is None or not self._retries_may_hold:
+            return batch
+        try:
+            held = await retries.held(list({pending.expiration.key for pending in batch}))
+        except REDIS_FAILURES as error:
+            # Unknown: sent at once. Order may then break for a key that waits, never an event get lost.
+            log.warning("cannot read the retry set", extra={"route": self.route.name, "error": describe_error(error)})
+            return batch
+        if not held:
+            return batch
+        behind = [pending for pending in batch if pending.expiration.key in held]
+        now = self._now()
+        reason = "parked behind an earlier event of its key"
+        entries = [
+            Parked.of(event, attempts=0, error=reason, failed_at=now, due_at=now)
+            for event in self._events(behind, None)
+        ]
+        try:
+            parked = await retries.park(entries)
+        except REDIS_FAILURES as error:
+            log.warning("cannot park behind a key", extra={"route": self.route.name, "error": describe_error(error)})
+            return batch
+        self._parked.inc(parked)
+        self._finish(behind[:parked])
+        return [pending for pending in batch if pending.expiration.key not in held] + behind[parked:]
+
     async def _park(self, batch: list[Pending], events: list[Event], error: Exception, attempts: int) -> bool:
         """Park the batch's events in the retry set for their next attempts; False if it cannot be written."""
         retries = self.route.retries
@@ -268,6 +306,8 @@ class RouteDelivery:
             extra={"route": self.route.name, "events": parked, "attempts": attempts, "error": reason},
         )
         self._parked.inc(parked)
+        self._parks += 1
+        self._retries_may_hold = True
         if parked < len(batch):  # the retry set is full
             await self._dead_letter(batch[parked:], events[parked:], error, attempts)
         self._finish(batch[:parked])
@@ -283,6 +323,7 @@ class RouteDelivery:
             turns += 1
             try:
                 due = await retries.take_due(now=self._now(), limit=size, claim_for=_RETRY_CLAIM_FOR)
+                self._retries_may_hold = self._retries_may_hold or bool(due)
             except REDIS_FAILURES as error:
                 log.warning(
                     "cannot read the retry set", extra={"route": self.route.name, "error": describe_error(error)}
@@ -301,20 +342,25 @@ class RouteDelivery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closing.wait(), _RETRY_POLL)
 
-    async def _attempt_parked(self, retries: RetrySet, due: list[Parked]) -> None:
+    async def _attempt_parked(self, retries: RetrySet, queues: list[KeyQueue]) -> None:
+        """One call for the due queues' entries, each key's in order; then settle every queue."""
+        due = [entry for queue in queues for entry in queue.entries]
         try:
             events = self._parked_events(due, await self._parked_payloads(due))
             if not self._leading():
-                return  # the entries stay claimed, and fall due again for the next leader
+                return  # the queues stay claimed, and fall due again for the next leader
             await self._call(events)
         except Exception as error:
-            await self._failed_again(retries, due, error)
+            for queue in queues:
+                await self._failed_again(retries, queue, error)
             return
         await self._delete_payloads([entry.expiration.key for entry in due if entry.expiration.kind == EXPIRED])
         # A redriven event leaves the dead-letter stream once handled, before its retry entry goes:
         # a crash in between repeats a call, never a second redrive of what was handled.
         await self._dead_letters.delete([entry.dead_letter_id for entry in due if entry.dead_letter_id is not None])
-        await retries.done([entry.id for entry in due])
+        now = self._now()
+        for queue in queues:
+            await retries.done(queue, now=now)
         self._ok.inc(len(due))
 
     async def _parked_payloads(self, due: list[Parked]) -> list[bytes | None] | None:
@@ -331,25 +377,23 @@ class RouteDelivery:
             event.redriven = entry.dead_letter_id is not None
         return events
 
-    async def _failed_again(self, retries: RetrySet, due: list[Parked], error: Exception) -> None:
+    async def _failed_again(self, retries: RetrySet, queue: KeyQueue, error: Exception) -> None:
+        """The key's entries wait for their next attempt; those out of attempts go to the dead letters.
+
+        The oldest entries have made the most attempts, so those out of attempts are the queue's head.
+        """
         now = self._now()
         reason = describe_error(error)
-        again = [
-            entry.failed_again(
-                error=reason,
-                due_at=now + backoff(entry.attempts + 1, retry=self.route.retry, error=error, jitter=random.random()),
-            )
-            for entry in due
-        ]
-        spent = [entry for entry in again if entry.attempts >= self.route.retry.max_attempts]
+        again = [entry.failed_again(error=reason, due_at=now) for entry in queue.entries]
         if isinstance(error, PermanentFailure):
             spent = again
-        waiting = [entry for entry in again if entry not in spent]
+        else:
+            spent = [entry for entry in again if entry.attempts >= self.route.retry.max_attempts]
+        waiting = again[len(spent) :]
         if spent:
-            events = self._parked_events(spent, None)
             outcome = await self._dead_letters.take(
                 route=self.route.name,
-                events=events,
+                events=self._parked_events(spent, None),
                 error=reason,
                 attempts=max(entry.attempts for entry in spent),
                 leading=self._leading,
@@ -362,22 +406,27 @@ class RouteDelivery:
             await self._dead_letters.delete(
                 [entry.dead_letter_id for entry in spent if entry.dead_letter_id is not None]
             )
-            await retries.done([entry.id for entry in spent])
             self._outcomes[outcome].inc(len(spent))
+        # The key waits as long as its most-tried entry would.
+        attempts = max((entry.attempts for entry in waiting), default=1)
+        due_at = now + backoff(attempts, retry=self.route.retry, error=error, jitter=random.random())
+        await retries.failed(queue, spent=spent, again=waiting, due_at=due_at)
         if waiting:
             self._retried.inc(len(waiting))
-            await retries.reschedule(waiting)
             log.warning(
                 "handler failed again: events wait in the retry set",
                 extra={"route": self.route.name, "events": len(waiting), "error": reason},
             )
 
     async def _report_retries(self, retries: RetrySet) -> None:
+        parks_before = self._parks
         try:
             size, oldest = await asyncio.gather(retries.size(), retries.oldest_failure())
         except REDIS_FAILURES:
             return
         self._retry_entries.set(size)
+        # A park while the size was being read makes the reading stale.
+        self._retries_may_hold = size > 0 or self._parks != parks_before
         self._retry_oldest.set(0.0 if oldest is None else max(0.0, self._now() - oldest))
 
     def _events_of(self, expirations: list[Expiration], payloads: list[bytes | None] | None) -> list[Event]:

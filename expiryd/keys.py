@@ -66,15 +66,28 @@ def coverage_key(lock_name: str) -> str:
 
 @dataclass(frozen=True)
 class RetryKeys:
-    """A route's retry set: entry ids by next attempt, the entries, and entry ids by first failure."""
+    """A route's retry set (see :mod:`expiryd.retries`), every key in one hash slot.
+
+    ``due``: the keys with a queue, by next attempt; ``firsts``: the same keys, by their oldest failure;
+    ``count``: how many entries wait; ``ids``: the ids of the entries that wait; a key's queue is named
+    ``queue_prefix`` followed by the key's own bytes.
+    """
 
     due: str
-    entries: str
     firsts: str
+    count: str
+    ids: str
+    queue_prefix: str
 
 
 def retry_keys(lock_name: str, route: str) -> RetryKeys:
     """The keys of ``route``'s retry set under this lock name; one hash tag, a digest of both names."""
     tag = hashlib.sha1(f"{lock_name}\n{route}".encode()).hexdigest()[:12]
     prefix = f"expiryd:retry:{{{tag}}}"
-    return RetryKeys(due=f"{prefix}:due", entries=f"{prefix}:entries", firsts=f"{prefix}:firsts")
+    return RetryKeys(
+        due=f"{prefix}:due",
+        firsts=f"{prefix}:firsts",
+        count=f"{prefix}:count",
+        ids=f"{prefix}:ids",
+        queue_prefix=f"{prefix}:q:",
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +16,7 @@ from expiryd.delivery import RouteDelivery, backoff
 from expiryd.events import HEXPIRED, Event, Expiration
 from expiryd.handlers import PermanentFailure, RetryLater
 from expiryd.metrics import Metrics
-from expiryd.retries import Parked
+from expiryd.retries import KeyQueue, Parked
 from expiryd.routing import Route
 
 FAST_RETRY = RetryConfig(max_attempts=3, backoff=0.001, max_backoff=0.001)
@@ -72,13 +71,18 @@ class Term:
 
 
 class Retries:
-    """A route's retry set in memory, as RetrySet keeps it in Redis; ``down`` makes every call fail."""
+    """A route's retry set in memory, as RetrySet keeps it in Redis: a queue per key; ``down`` fails every call."""
 
     def __init__(self, *, max_entries: int = 1000, down: bool = False) -> None:
-        self.entries: dict[str, Parked] = {}
+        self.queues: dict[bytes, list[Parked]] = {}
+        self.due: dict[bytes, float] = {}
         self.max_entries = max_entries
         self.down = down
         self.finished: list[str] = []
+
+    @property
+    def entries(self) -> list[Parked]:
+        return [entry for queue in self.queues.values() for entry in queue]
 
     def _check(self) -> None:
         if self.down:
@@ -86,35 +90,47 @@ class Retries:
 
     async def park(self, entries: list[Parked]) -> int:
         self._check()
-        room = max(0, self.max_entries - len(self.entries))
-        for entry in entries[:room]:
-            self.entries[entry.id] = entry
-        return min(room, len(entries))
-
-    async def take_due(self, *, now: float, limit: int, claim_for: float) -> list[Parked]:
-        self._check()
-        due = sorted((e for e in self.entries.values() if e.due_at <= now), key=lambda e: e.due_at)[:limit]
-        for entry in due:
-            self.entries[entry.id] = dataclasses.replace(entry, due_at=now + claim_for)
-        return due
-
-    async def reschedule(self, entries: list[Parked]) -> None:
-        self._check()
+        parked = 0
         for entry in entries:
-            if entry.id in self.entries:
-                self.entries[entry.id] = entry
+            if len(self.entries) >= self.max_entries:
+                break
+            key = entry.expiration.key
+            if key not in self.queues:
+                self.due[key] = entry.due_at
+            self.queues.setdefault(key, []).append(entry)
+            parked += 1
+        return parked
 
-    async def done(self, ids: list[str]) -> None:
+    async def held(self, keys: list[bytes]) -> set[bytes]:
         self._check()
-        for id in ids:
-            self.entries.pop(id, None)
-            self.finished.append(id)
+        return {key for key in keys if key in self.queues}
+
+    async def take_due(self, *, now: float, limit: int, claim_for: float) -> list[KeyQueue]:
+        self._check()
+        taken = []
+        for key in sorted((k for k, at in self.due.items() if at <= now), key=self.due.__getitem__):
+            taken.append(KeyQueue(key, list(self.queues[key])))
+            self.due[key] = now + claim_for
+        return taken
+
+    async def done(self, queue: KeyQueue, *, now: float) -> None:
+        await self.failed(queue, spent=queue.entries, again=[], due_at=now)
+
+    async def failed(self, queue: KeyQueue, *, spent: list[Parked], again: list[Parked], due_at: float) -> None:
+        self._check()
+        rest = self.queues[queue.key][len(spent) :]
+        rest[: len(again)] = again
+        self.finished += [entry.id for entry in spent]
+        if rest:
+            self.queues[queue.key], self.due[queue.key] = rest, due_at
+        else:
+            del self.queues[queue.key], self.due[queue.key]
 
     async def size(self) -> int:
         return len(self.entries)
 
     async def oldest_failure(self) -> float | None:
-        return min((e.first_failed_at for e in self.entries.values()), default=None)
+        return min((e.first_failed_at for e in self.entries), default=None)
 
 
 def make_route(
@@ -406,8 +422,8 @@ def test_after_its_in_memory_attempts_a_failing_batch_waits_in_the_retry_set_and
 
     asyncio.run(scenario())
     assert len(handler.calls) == 2
-    assert sorted(entry.expiration.key for entry in retries.entries.values()) == [b"a", b"b"]
-    assert {(entry.attempts, entry.error) for entry in retries.entries.values()} == {(2, "RuntimeError: down")}
+    assert sorted(entry.expiration.key for entry in retries.entries) == [b"a", b"b"]
+    assert {(entry.attempts, entry.error) for entry in retries.entries} == {(2, "RuntimeError: down")}
     assert setup.completion.unfinished() == 0
 
 
@@ -416,7 +432,7 @@ def test_a_parked_event_is_attempted_again_under_the_term_and_leaves_the_retry_s
     retries = Retries()
     setup = Setup(handler, retry=DURABLE, retries=retries).deliver_until(lambda: len(retries.finished) == 1, b"a")
     assert [(event.key, event.term) for _, events in handler.calls for event in events] == [(b"a", 1)] * 4
-    assert retries.entries == {} and setup.stream.entries == []
+    assert retries.entries == [] and setup.stream.entries == []
     assert setup.processed("ok") == 1 and setup.processed("parked") == 1
 
 
@@ -427,7 +443,7 @@ def test_a_parked_event_that_spends_its_attempts_is_dead_lettered_and_leaves_the
     assert len(handler.calls) == 4
     [entry] = setup.stream.entries
     assert entry["key"] == b"a" and entry["attempts"] == "4"
-    assert retries.entries == {} and setup.processed("dead_lettered") == 1
+    assert retries.entries == [] and setup.processed("dead_lettered") == 1
 
 
 def test_when_the_retry_set_cannot_be_written_the_lane_goes_on_retrying_in_memory():
@@ -451,5 +467,26 @@ def test_what_does_not_fit_in_a_full_retry_set_is_dead_lettered():
         await setup.delivery.aclose()
 
     asyncio.run(scenario())
-    assert [entry.expiration.key for entry in retries.entries.values()] == [b"a"]
+    assert [entry.expiration.key for entry in retries.entries] == [b"a"]
     assert [entry["key"] for entry in setup.stream.entries] == [b"b"]
+
+
+def test_a_later_event_of_a_key_that_waits_in_the_retry_set_waits_behind_it_and_is_delivered_after_it():
+    handler = Recorder(RuntimeError("down"), RuntimeError("down"))
+    retries = Retries()
+    setup = Setup(handler, retry=DURABLE, retries=retries)
+
+    async def scenario() -> None:
+        setup.delivery.start()
+        await setup.submit(b"a")  # fails twice in memory, then waits in the retry set
+        while setup.processed("parked") < 1:
+            await asyncio.sleep(0.001)
+        await setup.delivery.submit([setup.completion.add(Expiration(b"a", "n:1", 2.0))])  # a later event of "a"
+        while len(retries.finished) < 2:
+            await asyncio.sleep(0.001)
+        await setup.delivery.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+    delivered = [event.received_at for _, events in handler.calls[2:] for event in events]
+    assert delivered == [1.0, 2.0]  # the first event of "a" before the second, in one call
+    assert setup.processed("parked") == 2 and setup.completion.unfinished() == 0

@@ -26,14 +26,14 @@ def parked(key: bytes, *, due_at: float, failed_at: float = 100.0) -> Parked:
 def test_a_parked_event_keeps_its_key_kind_node_and_times_through_json():
     event = Event(b"\xffkey", "n:1", 12.5, 3, "r1", None, False, HEXPIRED, 12.0, True)
     entry = Parked.of(event, attempts=3, error="HTTP 503", failed_at=13.0, due_at=20.0)
-    assert Parked.from_json(entry.id, entry.to_json(), due_at=20.0) == entry
+    assert Parked.from_json(entry.to_json(), due_at=20.0) == entry
 
 
-def test_each_route_of_each_lock_name_has_its_own_hash_slot_for_its_three_keys():
+def test_each_route_of_each_lock_name_has_its_own_hash_slot_for_all_its_keys():
     orders, sessions = retry_keys("{expiryd}:leader", "orders"), retry_keys("{expiryd}:leader", "sessions")
-    assert len({orders.due, orders.entries, orders.firsts, sessions.due}) == 4
     tag = orders.due[orders.due.index("{") : orders.due.index("}") + 1]
-    assert tag in orders.entries and tag in orders.firsts and tag not in sessions.due
+    assert all(tag in name for name in (orders.firsts, orders.count, orders.ids, orders.queue_prefix))
+    assert tag not in sessions.due
     assert retry_keys("{other}:leader", "orders") != orders
 
 
@@ -46,42 +46,77 @@ def with_retry_set(cluster: LocalCluster, scenario, *, max_entries: int = 100) -
     asyncio.run(main())
 
 
-def test_due_entries_are_taken_in_the_order_they_fell_due_and_claimed_until_the_claim_runs_out(shared_cluster):
+def keys_of(queues) -> list[bytes]:
+    return [queue.key for queue in queues]
+
+
+def test_due_queues_are_taken_in_the_order_they_fell_due_and_claimed_until_the_claim_runs_out(shared_cluster):
     async def scenario(retries: RetrySet) -> None:
         later, sooner, future = parked(b"later", due_at=10.0), parked(b"sooner", due_at=5.0), parked(b"f", due_at=99.0)
         assert await retries.park([later, sooner, future]) == 3
-        taken = await retries.take_due(now=20.0, limit=10, claim_for=60.0)
-        assert [entry.expiration.key for entry in taken] == [b"sooner", b"later"]
+        assert keys_of(await retries.take_due(now=20.0, limit=10, claim_for=60.0)) == [b"sooner", b"later"]
         assert await retries.take_due(now=21.0, limit=10, claim_for=60.0) == []  # claimed
-        again = await retries.take_due(now=100.0, limit=10, claim_for=60.0)
-        assert sorted(entry.expiration.key for entry in again) == [b"f", b"later", b"sooner"]
+        assert sorted(keys_of(await retries.take_due(now=100.0, limit=10, claim_for=60.0))) == [
+            b"f",
+            b"later",
+            b"sooner",
+        ]
 
     with_retry_set(shared_cluster, scenario)
 
 
-def test_a_rescheduled_entry_keeps_its_new_attempt_count_and_a_done_one_is_gone(shared_cluster):
+def test_a_later_event_of_a_key_waits_behind_its_queue_and_both_are_taken_together_in_order(shared_cluster):
     async def scenario(retries: RetrySet) -> None:
-        first, second = parked(b"a", due_at=1.0), parked(b"b", due_at=1.0)
-        await retries.park([first, second])
-        await retries.reschedule([first.failed_again(error="HTTP 500", due_at=2.0)])
-        await retries.done([second.id])
-        await retries.reschedule([second.failed_again(error="late", due_at=2.0)])  # finished: stays finished
-        [entry] = await retries.take_due(now=3.0, limit=10, claim_for=60.0)
-        assert (entry.expiration.key, entry.attempts, entry.error) == (b"a", 4, "HTTP 500")
+        first, second = parked(b"k", due_at=50.0), parked(b"k", due_at=1.0)  # the second is due sooner alone
+        await retries.park([first])
+        assert await retries.held([b"k", b"other"]) == {b"k"}
+        await retries.park([second])
+        assert await retries.take_due(now=10.0, limit=10, claim_for=60.0) == []  # the key's time is the first's
+        [queue] = await retries.take_due(now=60.0, limit=10, claim_for=60.0)
+        assert [entry.id for entry in queue.entries] == [first.id, second.id]
+
+    with_retry_set(shared_cluster, scenario)
+
+
+def test_what_is_parked_behind_a_handled_queue_falls_due_at_once(shared_cluster):
+    async def scenario(retries: RetrySet) -> None:
+        await retries.park([parked(b"k", due_at=1.0)])
+        [queue] = await retries.take_due(now=2.0, limit=10, claim_for=60.0)
+        behind = parked(b"k", due_at=2.0)
+        await retries.park([behind])  # while the first was being attempted
+        await retries.done(queue, now=3.0)
+        [rest] = await retries.take_due(now=3.0, limit=10, claim_for=60.0)
+        assert [entry.id for entry in rest.entries] == [behind.id]
+        await retries.done(rest, now=4.0)
+        assert await retries.held([b"k"]) == set() and await retries.size() == 0
+
+    with_retry_set(shared_cluster, scenario)
+
+
+def test_a_failed_queue_keeps_its_new_attempt_counts_and_its_spent_head_leaves(shared_cluster):
+    async def scenario(retries: RetrySet) -> None:
+        head, tail = parked(b"k", due_at=1.0), parked(b"k", due_at=1.0)
+        await retries.park([head, tail])
+        [queue] = await retries.take_due(now=2.0, limit=10, claim_for=60.0)
+        again = tail.failed_again(error="HTTP 500", due_at=5.0)
+        await retries.failed(queue, spent=[head], again=[again], due_at=5.0)
+        [later] = await retries.take_due(now=6.0, limit=10, claim_for=60.0)
+        assert [(entry.id, entry.attempts, entry.error) for entry in later.entries] == [(tail.id, 4, "HTTP 500")]
         assert await retries.size() == 1
 
     with_retry_set(shared_cluster, scenario)
 
 
-def test_the_set_holds_at_most_its_bound_and_reports_its_oldest_failure(shared_cluster):
+def test_the_set_holds_at_most_its_bound_parks_an_entry_once_and_reports_its_oldest_failure(shared_cluster):
     async def scenario(retries: RetrySet) -> None:
         entries = [parked(b"a", due_at=1.0, failed_at=50.0), parked(b"b", due_at=1.0, failed_at=40.0)]
         assert await retries.park(entries) == 2
+        assert await retries.park([entries[0]]) == 1 and await retries.size() == 2  # already there: once
         assert await retries.park([parked(b"c", due_at=1.0)]) == 0
-        assert await retries.size() == 2
         assert await retries.oldest_failure() == 40.0
-        await retries.done([entry.id for entry in entries])
-        assert await retries.oldest_failure() is None
+        for queue in await retries.take_due(now=2.0, limit=10, claim_for=60.0):
+            await retries.done(queue, now=2.0)
+        assert await retries.oldest_failure() is None and await retries.size() == 0
 
     with_retry_set(shared_cluster, scenario, max_entries=2)
 

@@ -120,6 +120,9 @@ class RouteDelivery:
         # Whether the retry set may hold a queue: until it is read empty, every batch asks which keys wait.
         self._retries_may_hold = True
         self._parks = 0
+        # Whether the handler's last call succeeded: a receiver that is back drains the retry set at once,
+        # instead of each queue waiting out a backoff that may have grown to minutes.
+        self._answering = False
         self._shed_unlogged = 0
         self._shed_logged_at = 0.0
         name = route.name
@@ -322,7 +325,10 @@ class RouteDelivery:
                 await self._report_retries(retries)
             turns += 1
             try:
-                due = await retries.take_due(now=self._now(), limit=size, claim_for=_RETRY_CLAIM_FOR)
+                now = self._now()
+                # Taken early while the handler answers: the backoff was for while it did not.
+                due_by = now + self.route.retry.max_backoff if self._answering else now
+                due = await retries.take_due(now=now, due_by=due_by, limit=size, claim_for=_RETRY_CLAIM_FOR)
                 self._retries_may_hold = self._retries_may_hold or bool(due)
             except REDIS_FAILURES as error:
                 log.warning(
@@ -464,9 +470,11 @@ class RouteDelivery:
             await self.route.handler.handle(events)
         except BaseException:
             self._attempts_failed.inc()
+            self._answering = False
             raise
         else:
             self._attempts_ok.inc()
+            self._answering = True
         finally:
             self._handle_seconds.observe(time.perf_counter() - started)
 

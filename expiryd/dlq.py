@@ -30,9 +30,11 @@ from typing import Any
 
 from .config import Config, parse_duration
 from .connections import NodeAddress, RedisOptions
+from .errors import TopologyUnavailable
 from .events import Expiration, binary_field, printable
 from .keys import lease_key, retry_keys
 from .retries import Parked, RetrySet
+from .topology import ClusterView, Topology, owner_client
 
 __all__ = ["DeadLetter", "add_dlq_commands", "run_dlq"]
 
@@ -180,9 +182,18 @@ def run_dlq(config: Config, args: argparse.Namespace) -> int:
 
 async def _run(config: Config, args: argparse.Namespace, selection: Selection) -> int:
     options = RedisOptions.from_config(config.redis)
-    client = options.cluster_client([NodeAddress.from_url(url) for url in config.redis.nodes])
+    seeds = [NodeAddress.from_url(url) for url in config.redis.nodes]
+    topology = Topology(seeds=seeds, options=options)
     try:
-        entries = [entry async for entry in _entries(client, config.dead_letter.stream, selection)]
+        view: ClusterView | None = await topology.read()
+    except TopologyUnavailable:
+        view = None  # the cluster client below reports what is wrong
+    finally:
+        await topology.aclose()
+    stream = config.dead_letter.stream
+    client = owner_client(stream, view=view, options=options, seeds=seeds)
+    try:
+        entries = [entry async for entry in _entries(client, stream, selection)]
         if args.verb == "list":
             return _list(entries, as_json=args.json, limit=args.limit)
         if args.verb == "show":
@@ -191,10 +202,10 @@ async def _run(config: Config, args: argparse.Namespace, selection: Selection) -
             print(f"expiryd dlq {args.verb}: no entry matches", file=sys.stderr)
             return 1
         if args.verb == "purge":
-            await client.xdel(config.dead_letter.stream, *(entry.id for entry in entries))
-            print(f"purged {len(entries)} entries from {config.dead_letter.stream}")
+            await client.xdel(stream, *(entry.id for entry in entries))
+            print(f"purged {len(entries)} entries from {stream}")
             return 0
-        return await _redrive(config, client, entries)
+        return await _redrive(config, entries, view=view, options=options, seeds=seeds)
     finally:
         await client.aclose()
 
@@ -237,7 +248,14 @@ def _show(entries: list[DeadLetter]) -> int:
     return 0
 
 
-async def _redrive(config: Config, client: Any, entries: list[DeadLetter]) -> int:
+async def _redrive(
+    config: Config,
+    entries: list[DeadLetter],
+    *,
+    view: ClusterView | None,
+    options: RedisOptions,
+    seeds: list[NodeAddress],
+) -> int:
     routes = {route.label: route for route in config.routes}
     unknown = sorted({entry.route for entry in entries} - routes.keys())
     if unknown:
@@ -247,7 +265,7 @@ async def _redrive(config: Config, client: Any, entries: list[DeadLetter]) -> in
             file=sys.stderr,
         )
         return 1
-    if not await client.exists(lease_key(config.election.lock_name)):
+    if not await _a_leader_lives(config, view=view, options=options, seeds=seeds):
         print(
             "expiryd dlq redrive: no leader is alive to send the entries (no replica holds the lease): "
             "start a replica, then redrive again",
@@ -259,12 +277,12 @@ async def _redrive(config: Config, client: Any, entries: list[DeadLetter]) -> in
     for entry in entries:
         by_route.setdefault(entry.route, []).append(entry.to_parked(now=now))
     for name, parked in by_route.items():
-        retries = RetrySet(
-            client=client,
-            keys=retry_keys(config.election.lock_name, name),
-            max_entries=routes[name].retry.max_parked,
-        )
-        taken = await retries.park(parked)
+        keys = retry_keys(config.election.lock_name, name)
+        client = owner_client(keys.due, view=view, options=options, seeds=seeds)
+        try:
+            taken = await RetrySet(client=client, keys=keys, max_entries=routes[name].retry.max_parked).park(parked)
+        finally:
+            await client.aclose()
         if taken < len(parked):
             print(
                 f"expiryd dlq redrive: route {name!r}: its retry set is full; "
@@ -274,6 +292,24 @@ async def _redrive(config: Config, client: Any, entries: list[DeadLetter]) -> in
             return 1
         print(f"route {name}: {len(parked)} entries handed to the leader; each leaves the stream once handled")
     return 0
+
+
+async def _a_leader_lives(
+    config: Config, *, view: ClusterView | None, options: RedisOptions, seeds: list[NodeAddress]
+) -> bool:
+    """Whether a replica holds the lease: on a majority of the independent masters, or on the cluster."""
+    lease = lease_key(config.election.lock_name)
+    masters: list[Any] = (
+        [options.client_for_url(url) for url in config.election.masters]
+        if config.election.masters
+        else [owner_client(lease, view=view, options=options, seeds=seeds)]
+    )
+    try:
+        held = await asyncio.gather(*(master.exists(lease) for master in masters), return_exceptions=True)
+    finally:
+        for master in masters:
+            await master.aclose()
+    return sum(1 for answer in held if answer == 1) > len(masters) // 2
 
 
 def _text(value: bytes | str) -> str:

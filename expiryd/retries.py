@@ -14,7 +14,9 @@ attempted as a whole, in order: an event never overtakes an earlier one of its
 key, whether that one waits in the retry set or not.
 
 Whoever leads takes the due queues (:meth:`RetrySet.take_due`) and calls the
-handler again under its own term. A queue taken is *claimed*: its next attempt
+handler again under its own term; while the handler's last call succeeded (the
+receiver is back), it takes them before they are due, soonest first, so that the
+set drains in seconds rather than each queue waiting out its backoff. A queue taken is *claimed*: its next attempt
 moves ``claim_for`` ahead, so that if the leader dies before it answers, the next
 leader takes it once that time has passed. On success the entries taken leave
 (:meth:`RetrySet.done`), and what was parked behind them falls due at once; on
@@ -237,10 +239,14 @@ class RetrySet:
         scores = await self._client.zmscore(self.keys.due, keys)
         return {key for key, score in zip(keys, scores, strict=True) if score is not None}
 
-    async def take_due(self, *, now: float, limit: int, claim_for: float) -> list[KeyQueue]:
-        """The queues due by ``now``, up to ``limit`` entries in all, each claimed for ``claim_for`` seconds."""
+    async def take_due(
+        self, *, now: float, limit: int, claim_for: float, due_by: float | None = None
+    ) -> list[KeyQueue]:
+        """The queues due by ``due_by`` (``now`` if not given), soonest first, up to ``limit`` entries in all,
+        each claimed for ``claim_for`` seconds from ``now``."""
+        due_by = now if due_by is None else due_by
         reply = await self._client.eval(
-            _TAKE_DUE, 1, self.keys.due, _ms(now), limit, _ms(now + claim_for), self.keys.queue_prefix
+            _TAKE_DUE, 1, self.keys.due, _ms(due_by), limit, _ms(now + claim_for), self.keys.queue_prefix
         )
         return [
             KeyQueue(

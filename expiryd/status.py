@@ -19,8 +19,6 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from redis.crc import key_slot
-
 from .config import Config
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .coverage import Coverage, CoverageStore
@@ -28,7 +26,7 @@ from .errors import TopologyUnavailable
 from .keys import coverage_key
 from .notifications import ensure_notifications, required_classes
 from .progress import ProgressStore
-from .topology import ClusterView, Topology
+from .topology import Topology, owner_client
 
 __all__ = ["Primary", "ReplicaView", "Status", "attention", "read_status", "run_status"]
 
@@ -124,9 +122,9 @@ async def read_status(config: Config) -> Status:
     masters: list[Any] = (
         [options.client_for_url(url) for url in config.election.masters]
         if config.election.masters
-        else [_client_for(coverage_key(config.election.lock_name), view, options, seeds)]
+        else [owner_client(coverage_key(config.election.lock_name), view=view, options=options, seeds=seeds)]
     )
-    data = _client_for(config.dead_letter.stream, view, options, seeds)
+    data = owner_client(config.dead_letter.stream, view=view, options=options, seeds=seeds)
     try:
         store = CoverageStore(
             masters=masters, key=coverage_key(config.election.lock_name), interval=config.election.renew_interval
@@ -166,18 +164,6 @@ async def read_status(config: Config) -> Status:
         dead_letter_stream=config.dead_letter.stream,
         problems=problems,
     )
-
-
-def _client_for(key: str, view: ClusterView | None, options: RedisOptions, seeds: list[NodeAddress]) -> Any:
-    """A client of the primary that owns ``key``'s slot.
-
-    Not a cluster client: a new redis-py cluster client's first command fails after the socket
-    timeout while any primary is stopped, even one that owns none of the keys it reads.
-    """
-    if view is None:
-        return options.cluster_client(seeds)
-    owner = view.slot_owners()[key_slot(key.encode())]
-    return options.cluster_client(seeds) if owner is None else options.client(owner)
 
 
 async def _or_note(call: Any, fallback: Any, problems: list[str], what: str) -> Any:

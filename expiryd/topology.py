@@ -30,14 +30,24 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import redis.asyncio as aioredis
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error
 from .errors import TopologyUnavailable
 
-__all__ = ["ClusterView", "Topology", "TopologyUnavailable", "choose_view", "disputes", "parse_cluster_nodes"]
+__all__ = [
+    "ClusterView",
+    "Topology",
+    "TopologyUnavailable",
+    "choose_view",
+    "disputes",
+    "owner_client",
+    "parse_cluster_nodes",
+]
 
 SLOTS = 16384
 
@@ -102,6 +112,10 @@ class ClusterView:
         Worked out once per view, which every caller shares: do not change the list.
         """
         return self._slot_owners
+
+    def owner(self, key: str | bytes) -> NodeAddress | None:
+        """The primary serving ``key``'s slot (None when no usable primary serves it)."""
+        return self._slot_owners[key_slot(key.encode() if isinstance(key, str) else key)]
 
     @cached_property
     def _slot_owners(self) -> list[NodeAddress | None]:
@@ -263,3 +277,13 @@ def _view(raw: object, address: NodeAddress) -> ClusterView:
     if not nodes:
         raise RedisError("empty CLUSTER NODES reply")
     return ClusterView(nodes=nodes, answered_by=address)
+
+
+def owner_client(key: str | bytes, *, view: ClusterView | None, options: RedisOptions, seeds: list[NodeAddress]) -> Any:
+    """A client of the primary that owns ``key``'s slot, for a one-shot tool; a cluster client without a view.
+
+    Not a cluster client when the owner is known: a new redis-py cluster client's first command fails
+    after the socket timeout while any primary is stopped, even one that owns none of the keys it reads.
+    """
+    owner = None if view is None else view.owner(key)
+    return options.cluster_client(seeds) if owner is None else options.client(owner)

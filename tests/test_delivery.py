@@ -105,10 +105,13 @@ class Retries:
         self._check()
         return {key for key in keys if key in self.queues}
 
-    async def take_due(self, *, now: float, limit: int, claim_for: float) -> list[KeyQueue]:
+    async def take_due(
+        self, *, now: float, limit: int, claim_for: float, due_by: float | None = None
+    ) -> list[KeyQueue]:
         self._check()
         taken = []
-        for key in sorted((k for k, at in self.due.items() if at <= now), key=self.due.__getitem__):
+        due_by = now if due_by is None else due_by
+        for key in sorted((k for k, at in self.due.items() if at <= due_by), key=self.due.__getitem__):
             taken.append(KeyQueue(key, list(self.queues[key])))
             self.due[key] = now + claim_for
         return taken
@@ -490,3 +493,24 @@ def test_a_later_event_of_a_key_that_waits_in_the_retry_set_waits_behind_it_and_
     delivered = [event.received_at for _, events in handler.calls[2:] for event in events]
     assert delivered == [1.0, 2.0]  # the first event of "a" before the second, in one call
     assert setup.processed("parked") == 2 and setup.completion.unfinished() == 0
+
+
+def test_once_the_handler_answers_again_waiting_queues_are_sent_before_their_backoff_runs_out():
+    # Parked with a backoff of an hour; a fresh event of another key succeeds: the receiver is back.
+    handler = Recorder(RuntimeError("down"))
+    retries = Retries()
+    slow = RetryConfig(max_attempts=4, backoff=3600.0, max_backoff=3600.0, in_memory=1)
+    setup = Setup(handler, retry=slow, retries=retries)
+
+    async def scenario() -> None:
+        setup.delivery.start()
+        await setup.submit(b"a")
+        while setup.processed("parked") < 1:
+            await asyncio.sleep(0.001)
+        await setup.submit(b"b")
+        while retries.entries:
+            await asyncio.sleep(0.001)
+        await setup.delivery.aclose()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert [event.key for _, events in handler.calls[1:] for event in events] == [b"b", b"a"]

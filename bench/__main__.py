@@ -14,6 +14,7 @@
     python -m bench sweep                 # one orphan sweep over 1M companion keys: time and Redis CPU (not in "all")
     python -m bench faults                # silenced and cut-off connections, skewed clocks; as root (not in "all")
     python -m bench stall                 # the lease's primary stopped 25 s at 250 keys/s: what is lost (not in "all")
+    python -m bench outage                # a webhook answering 503 for 60 s, the leader killed half way (not in "all")
 
 Run from the repository root, with expiryd installed (``make setup``).
 """
@@ -30,14 +31,28 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import handlers, hash_fields, latency, network_faults, ontime, profile, stall, sweep, takeover, throughput
+from . import (
+    handlers,
+    hash_fields,
+    latency,
+    network_faults,
+    ontime,
+    outage,
+    profile,
+    stall,
+    sweep,
+    takeover,
+    throughput,
+)
 
 SCENARIOS = ("throughput", "latency", "takeover", "handlers", "ontime")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("scenario", choices=(*SCENARIOS, "all", "profile", "hexpired", "sweep", "faults", "stall"))
+    parser.add_argument(
+        "scenario", choices=(*SCENARIOS, "all", "profile", "hexpired", "sweep", "faults", "stall", "outage")
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the scripts work")
     parser.add_argument("--json", type=Path, default=None, help="where to write raw numbers")
     parser.add_argument("--rounds", type=int, default=5, help="takeover: SIGKILLs and SIGTERMs per variant")
@@ -67,6 +82,8 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list
             background=1_000 if smoke else 100_000,
             wait=10.0 if smoke else 120.0,
         )
+    if scenario == "outage":
+        return outage.run(rate=50, outage=10.0) if smoke else outage.run(rate=200, outage=60.0)
     if scenario == "stall":
         return stall.run(rate=100, stall=5.0) if smoke else stall.run(rate=250, stall=25.0)
     if scenario == "faults":

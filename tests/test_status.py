@@ -83,11 +83,18 @@ def test_status_names_the_leader_and_a_primary_no_replica_hears(patient_cluster,
 
     node = primary_away_from_the_lease(cluster, leader)
     cluster.freeze(node)
+    runs: list[subprocess.CompletedProcess[str]] = []
+
+    def names_the_frozen_primary() -> bool:
+        runs.append(expiryd("status", config=config))
+        return f"primary {node.address} (" in runs[-1].stdout
+
     try:
-        wait_until(lambda: leader.http("/readyz")[0] == 503, timeout=15, what="the frozen primary to be found")
-        unheard = expiryd("status", config=config)
+        # The replica reports once a second: the status shows the loss from its next report on.
+        wait_until(names_the_frozen_primary, timeout=30, what="the status to name the frozen primary")
     finally:
         cluster.thaw(node)
+    unheard = runs[-1]
     assert unheard.returncode == 1
     assert unheard.stdout.splitlines()[0].startswith("leader    1 (term "), unheard.stdout + unheard.stderr
     assert f"primary {node.address} (" in unheard.stdout and "no replica hears it" in unheard.stdout

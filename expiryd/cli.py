@@ -6,6 +6,7 @@
     expiryd demo --server valkey                  # the same on Valkey
     expiryd dlq list --config expiryd.yaml        # the dead-letter stream; also show, redrive, purge
     expiryd status --config expiryd.yaml          # who leads, who hears which primary, what needs attention
+    expiryd cluster --config-out expiryd.yaml     # a throwaway local cluster of one's own, until Ctrl-C
 
 Exit codes: 0 success; 1 a failure while running, ``check`` found a
 problem, or ``dlq`` matched nothing or refused; 2 bad configuration or usage,
@@ -31,7 +32,7 @@ from .status import run_status
 
 __all__ = ["main"]
 
-_COMMANDS = ("run", "check", "demo", "dlq", "status")
+_COMMANDS = ("run", "check", "demo", "dlq", "status", "cluster")
 # The servers the local cluster can run (expiryd.devtools.localcluster.SERVERS, which the daemon does not import).
 DEMO_SERVERS = ("redis", "valkey")
 
@@ -46,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         from .devtools.demo import run_demo
 
         return run_demo(replicas=args.replicas, server=args.server)
+    if args.command == "cluster":
+        from .devtools.devcluster import run_cluster
+
+        return run_cluster(
+            server=args.server, primaries=args.primaries, replicas=args.replicas, config_out=args.config_out
+        )
     try:
         config = load_config(path=args.config or os.environ.get("EXPIRYD_CONFIG"), overrides=_flag_overrides(args))
     except ConfigError as error:
@@ -117,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="who leads, who hears which primary, and what needs attention")
     _add_config_flag(status)
     status.add_argument("--json", action="store_true", help="one JSON document")
+
+    cluster = commands.add_parser("cluster", help="run a throwaway local Redis or Valkey Cluster until Ctrl-C")
+    cluster.add_argument("--server", choices=DEMO_SERVERS, default="redis", help="redis (default) or valkey")
+    cluster.add_argument("--primaries", type=int, default=3, help="how many primaries (default 3)")
+    cluster.add_argument("--replicas", type=int, default=1, help="replicas per primary (default 1)")
+    cluster.add_argument("--config-out", metavar="PATH", help="write a config for it here")
 
     demo = commands.add_parser("demo", help="start a local cluster and three replicas, then kill the leader")
     demo.add_argument("--replicas", type=int, default=3, help="how many replicas to run (default 3)")

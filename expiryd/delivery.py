@@ -55,7 +55,7 @@ from .retries import KeyQueue, Parked, RetrySet
 from .routing import Route
 from .tasks import cancel_and_wait
 
-__all__ = ["RouteDelivery", "backoff"]
+__all__ = ["RouteDelivery", "backoff", "handler_error"]
 
 log = logging.getLogger("expiryd.delivery")
 
@@ -67,6 +67,18 @@ _RETRY_REPORT_EVERY = 10
 # then. A leader's retry worker waits for each attempt before it takes more, so the claim only keeps
 # two leaders apart, and a short one delays no event of a dead leader for long.
 _RETRY_CLAIM_FOR = 10.0
+
+
+def handler_error(error: BaseException) -> str:
+    """What a handler's failure says, for a log line and a dead letter.
+
+    A :class:`RetryLater` or :class:`PermanentFailure` carries the handler's own words (a webhook's
+    ``HTTP 503: <the start of its answer>``): their class names say nothing a reader needs. Any
+    other exception is named with its class, as the handler's author will look for it.
+    """
+    if isinstance(error, RetryLater | PermanentFailure) and str(error):
+        return str(error)
+    return describe_error(error)
 
 
 def backoff(attempt: int, *, retry: RetryConfig, error: Exception, jitter: float) -> float:
@@ -245,7 +257,7 @@ class RouteDelivery:
                         "route": self.route.name,
                         "events": len(batch),
                         "attempt": attempt,
-                        "error": describe_error(error),
+                        "error": handler_error(error),
                     },
                 )
                 await self._pause(backoff(attempt, retry=self.route.retry, error=error, jitter=random.random()))
@@ -294,7 +306,7 @@ class RouteDelivery:
             return False
         now = self._now()
         due_at = now + backoff(attempts, retry=self.route.retry, error=error, jitter=random.random())
-        reason = describe_error(error)
+        reason = handler_error(error)
         entries = [Parked.of(event, attempts=attempts, error=reason, failed_at=now, due_at=due_at) for event in events]
         try:
             parked = await retries.park(entries)
@@ -389,7 +401,7 @@ class RouteDelivery:
         The oldest entries have made the most attempts, so those out of attempts are the queue's head.
         """
         now = self._now()
-        reason = describe_error(error)
+        reason = handler_error(error)
         again = [entry.failed_again(error=reason, due_at=now) for entry in queue.entries]
         if isinstance(error, PermanentFailure):
             spent = again
@@ -502,7 +514,7 @@ class RouteDelivery:
         outcome = await self._dead_letters.take(
             route=self.route.name,
             events=events,
-            error=describe_error(error),
+            error=handler_error(error),
             attempts=attempts,
             leading=self._leading,
             pause=self._pause,

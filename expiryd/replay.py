@@ -269,7 +269,9 @@ class Replay:
         """
         marks = await self._read_marks(own)
         pending = self._buffer.after(marks, tolerance=self._tolerance)
-        log.warning(
+        # Routine at every election; worth a warning only when there is something to replay.
+        log.log(
+            logging.WARNING if pending else logging.INFO,
             "replaying events no leader finished",
             extra={"term": term, "events": len(pending), "progress": "unreadable" if marks is None else "read"},
         )

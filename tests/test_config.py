@@ -323,3 +323,15 @@ def test_example_config_shows_every_option_with_its_default(tmp_path):
         for setting in dataclasses.fields(section_type):
             if not setting.metadata.get("secret"):
                 assert f"{setting.name}:" in text, f"{setting.name} is missing from the example"
+
+
+def test_the_installed_command_imports_a_python_handler_from_the_working_directory(tmp_path):
+    (tmp_path / "myhandlers.py").write_text("def handle(events):\n    pass\n")
+    config = tmp_path / "expiryd.yaml"
+    config.write_text('redis: {nodes: ["redis://127.0.0.1:1"]}\nroutes: [{match: "*", python: "myhandlers:handle"}]\n')
+    command = Path(sys.executable).parent / "expiryd"  # the console script, not python -m
+    result = subprocess.run(
+        [str(command), "check", "--config", str(config)], capture_output=True, text=True, timeout=30, cwd=tmp_path
+    )
+    assert "cannot import" not in result.stderr
+    assert "redis.nodes: cannot reach any seed node" in result.stderr  # the config loaded; the cluster is absent

@@ -12,7 +12,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from expiryd.completion import Completion, Pending
 from expiryd.config import BatchConfig, RetryConfig, RouteConfig
 from expiryd.deadletter import DeadLetters
-from expiryd.delivery import RouteDelivery, backoff
+from expiryd.delivery import RouteDelivery, backoff, handler_error
 from expiryd.events import HEXPIRED, Event, Expiration
 from expiryd.handlers import PermanentFailure, RetryLater
 from expiryd.metrics import Metrics
@@ -514,3 +514,9 @@ def test_once_the_handler_answers_again_waiting_queues_are_sent_before_their_bac
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
     assert [event.key for _, events in handler.calls[1:] for event in events] == [b"b", b"a"]
+
+
+def test_a_handlers_own_failure_is_told_in_its_words_and_any_other_with_its_class():
+    assert handler_error(RetryLater("HTTP 503: busy")) == "HTTP 503: busy"
+    assert handler_error(PermanentFailure("HTTP 400")) == "HTTP 400"
+    assert handler_error(KeyError("order")) == "KeyError: 'order'"

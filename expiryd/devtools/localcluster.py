@@ -465,3 +465,10 @@ def _port_free(port: int) -> bool:
         except OSError:
             return False
     return True
+
+
+if __name__ == "__main__":
+    # What `expiryd cluster` runs: a cluster of one's own, until Ctrl-C.
+    from .devcluster import run_cluster
+
+    sys.exit(run_cluster(server="redis", primaries=3, replicas=1, config_out=None))

@@ -2,7 +2,10 @@
 
 It reads the topology from the seed nodes, the ``notify-keyspace-events``
 setting of every primary and the state of the lease, and prints one line per
-finding. It changes nothing, not even a missing notification setting.
+finding. It changes nothing, not even a missing notification setting. With
+``--probe`` it also reaches each route's target: a webhook's host must resolve
+and accept a connection (no request is sent), a stream's server must answer and
+the key must be a stream or absent, a log file's directory must be writable.
 
 Exit codes: 0 when a replica would work; 1 when something would stop events
 from arriving (a primary without notifications that expiryd cannot or may not
@@ -13,25 +16,29 @@ no seed node can be reached.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sys
+import time
 from typing import Any
+from urllib.parse import urlsplit
 
-from .config import Config
-from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
+from .config import Config, RouteConfig, StreamConfig
+from .connections import REDIS_FAILURES, NodeAddress, RedisOptions, describe_error
 from .errors import TopologyUnavailable
 from .eviction import EvictionPolicy, read_eviction_policy
 from .keys import lease_key, term_key
 from .notifications import NotificationStatus, ensure_notifications, required_classes
-from .topology import ClusterView, Topology
+from .topology import ClusterView, Topology, owner_client
 
 __all__ = ["run_check"]
 
 
-def run_check(config: Config) -> int:
-    return asyncio.run(_check(config))
+def run_check(config: Config, *, probe: bool = False) -> int:
+    return asyncio.run(_check(config, probe=probe))
 
 
-async def _check(config: Config) -> int:
+async def _check(config: Config, *, probe: bool) -> int:
     options = RedisOptions.from_config(config.redis)
     seeds = [NodeAddress.from_url(url) for url in config.redis.nodes]
     topology = Topology(seeds=seeds, options=options)
@@ -56,6 +63,9 @@ async def _check(config: Config) -> int:
             primary, view, options, repair=config.redis.ensure_notifications, required=required
         )
     await _report_lease(config, options, seeds)
+    if probe:
+        for route in config.routes:
+            problems += await _probe(route, config, view, options, seeds)
     _line("result", "ok" if not problems else f"{problems} problem(s)")
     return 1 if problems else 0
 
@@ -136,6 +146,59 @@ async def _report_lease(config: Config, options: RedisOptions, seeds: list[NodeA
         await client.aclose()
     state = f"held, {holder_ttl} ms left" if holder_ttl > 0 else "free"
     _line("lease", f"{settings.lock_name!r} on {where}: {state}, last term {int(term or 0)}")
+
+
+async def _probe(
+    route: RouteConfig, config: Config, view: ClusterView, options: RedisOptions, seeds: list[NodeAddress]
+) -> int:
+    """Reach ``route``'s target; print one line; 1 when it cannot be reached."""
+    name = route.label
+    try:
+        if route.webhook is not None:
+            found = await _probe_webhook(route.webhook.url, timeout=config.redis.connect_timeout)
+        elif route.stream is not None:
+            found = await _probe_stream(route.stream, view=view, options=options, seeds=seeds)
+        elif route.log is not None and route.log.path is not None:
+            directory = os.path.dirname(os.path.abspath(route.log.path))
+            if not os.access(directory, os.W_OK):
+                raise OSError(f"cannot write in {directory}")
+            found = f"log file {route.log.path}: its directory is writable"
+        else:
+            return 0  # standard output, or a python function already imported
+    except (OSError, TimeoutError, *REDIS_FAILURES) as error:
+        _line("probe", f"route {name}: unreachable: {describe_error(error)}")
+        return 1
+    _line("probe", f"route {name}: {found}")
+    return 0
+
+
+async def _probe_webhook(url: str, *, timeout: float) -> str:
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    started = time.perf_counter()
+    _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return f"webhook {host}:{port} accepts connections ({(time.perf_counter() - started) * 1000:.0f} ms)"
+
+
+async def _probe_stream(
+    stream: StreamConfig, *, view: ClusterView, options: RedisOptions, seeds: list[NodeAddress]
+) -> str:
+    if stream.url is not None:
+        client: Any = options.client_for_url(stream.url)
+    else:
+        client = owner_client(stream.name, view=view, options=options, seeds=seeds)
+    try:
+        kind = await client.type(stream.name)
+    finally:
+        await client.aclose()
+    kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+    if kind not in ("stream", "none"):
+        raise OSError(f"{stream.name!r} holds a {kind}, not a stream")
+    return f"stream {stream.name!r} answers ({'exists' if kind == 'stream' else 'not created yet'})"
 
 
 def _line(topic: str, text: str) -> None:

@@ -51,7 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         from .devtools.devcluster import run_cluster
 
         return run_cluster(
-            server=args.server, primaries=args.primaries, replicas=args.replicas, config_out=args.config_out
+            server=args.server,
+            primaries=args.primaries,
+            replicas=args.replicas,
+            config_out=args.config_out,
+            port=args.port,
         )
     try:
         config = load_config(path=args.config or os.environ.get("EXPIRYD_CONFIG"), overrides=_flag_overrides(args))
@@ -59,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"expiryd: config error: {error}", file=sys.stderr)
         return 2
     if args.command == "check":
-        return run_check(config)
+        return run_check(config, probe=args.probe)
     if args.command == "dlq":
         return run_dlq(config, args)
     if args.command == "status":
@@ -118,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="validate the config and print topology and notification status")
     _add_config_flag(check)
+    check.add_argument("--probe", action="store_true", help="also reach each route's webhook, stream or log file")
 
     add_dlq_commands(commands, _add_config_flag)
 
@@ -130,6 +135,7 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument("--primaries", type=int, default=3, help="how many primaries (default 3)")
     cluster.add_argument("--replicas", type=int, default=1, help="replicas per primary (default 1)")
     cluster.add_argument("--config-out", metavar="PATH", help="write a config for it here")
+    cluster.add_argument("--port", type=int, help="the first node's port, the others after it (default: free ones)")
 
     demo = commands.add_parser("demo", help="start a local cluster and three replicas, then kill the leader")
     demo.add_argument("--replicas", type=int, default=3, help="how many replicas to run (default 3)")

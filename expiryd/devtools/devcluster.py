@@ -5,7 +5,7 @@ use, prints its seed addresses, writes a config that reaches it (every expired k
 route), and deletes everything when stopped::
 
     expiryd cluster --config-out expiryd.yaml                 # 3 primaries, 3 replicas, Redis
-    expiryd cluster --server valkey --primaries 1 --replicas 0
+    expiryd cluster --server valkey --replicas 0 --port 7000         # nodes on 7000, 7001, 7002
 """
 
 from __future__ import annotations
@@ -34,9 +34,11 @@ routes:
 """
 
 
-def run_cluster(*, server: Server, primaries: int, replicas: int, config_out: str | None) -> int:
+def run_cluster(
+    *, server: Server, primaries: int, replicas: int, config_out: str | None, port: int | None = None
+) -> int:
     try:
-        cluster = LocalCluster(primaries=primaries, replicas_per_primary=replicas, server=server)
+        cluster = LocalCluster(primaries=primaries, replicas_per_primary=replicas, server=server, port=port)
     except RedisNotInstalled as error:
         print(f"expiryd cluster: {error}", file=sys.stderr)
         return 1

@@ -177,8 +177,11 @@ class LocalCluster:
         base_dir: str | None = None,
         tls: TlsFiles | None = None,
         server: Server = "redis",
+        port: int | None = None,
     ) -> None:
         self.server: Server = server
+        # The first node's port, the others after it (and their cluster bus 10000 above); None: free ones.
+        self.port = port
         self.server_binary = server_binary(server)
         if shutil.which("redis-cli") is None:
             raise RedisNotInstalled("redis-cli is not on PATH; install Debian's redis-tools package")
@@ -209,7 +212,8 @@ class LocalCluster:
 
     def start(self, *, timeout: float = 30.0) -> None:
         count = self.primary_count * (1 + self.replicas_per_primary)
-        for port in free_ports(count):
+        ports = free_ports(count) if self.port is None else list(range(self.port, self.port + count))
+        for port in ports:
             directory = Path(self._tmp) / str(port)
             directory.mkdir()
             node = ClusterNode(port=port, directory=directory, tls=self.tls)

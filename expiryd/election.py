@@ -167,7 +167,7 @@ class Elector(Service):
         self._metrics.is_leader.set(1)
         self._metrics.leader_term.set(term)
         self._metrics.leader_transitions.labels(to="leader").inc()
-        log.warning("became leader", extra={"term": term, "reason": "lease acquired"})
+        log.info("became leader", extra={"term": term, "reason": "lease acquired"})
         self._succession.elected()
         self._signal.announce(term)
 
@@ -222,7 +222,12 @@ class Elector(Service):
         self._metrics.leader_term.set(0)
         self._metrics.leader_transitions.labels(to="follower").inc()
         self._metrics.leader_stepdowns.labels(reason=reason.replace(" ", "_")).inc()
-        log.warning("stepped down", extra={"term": term, "reason": reason})
+        # A shutdown is routine (a rollout); any other step-down is worth a look.
+        log.log(
+            logging.INFO if reason == "shutdown" else logging.WARNING,
+            "stepped down",
+            extra={"term": term, "reason": reason},
+        )
         self._signal.announce(None)
         # Stepping down is synchronous so that no event slips through after it;
         # the release, which needs Redis, follows as a task this elector awaits.

@@ -1,4 +1,7 @@
-"""The retry set: failed events waiting in Redis for their next attempt, claimed when taken, bounded."""
+"""The retry set: failed events waiting in Redis for their next attempt, a queue per key, claimed when taken, bounded.
+
+Its scripts run on Redis and on Valkey.
+"""
 
 from __future__ import annotations
 
@@ -50,7 +53,9 @@ def keys_of(queues) -> list[bytes]:
     return [queue.key for queue in queues]
 
 
-def test_due_queues_are_taken_in_the_order_they_fell_due_and_claimed_until_the_claim_runs_out(shared_cluster):
+def test_due_queues_are_taken_in_the_order_they_fell_due_and_claimed_until_the_claim_runs_out(
+    shared_cluster_each_server,
+):
     async def scenario(retries: RetrySet) -> None:
         later, sooner, future = parked(b"later", due_at=10.0), parked(b"sooner", due_at=5.0), parked(b"f", due_at=99.0)
         assert await retries.park([later, sooner, future]) == 3
@@ -62,10 +67,10 @@ def test_due_queues_are_taken_in_the_order_they_fell_due_and_claimed_until_the_c
             b"sooner",
         ]
 
-    with_retry_set(shared_cluster, scenario)
+    with_retry_set(shared_cluster_each_server, scenario)
 
 
-def test_a_later_event_of_a_key_waits_behind_its_queue_and_both_are_taken_together_in_order(shared_cluster):
+def test_a_later_event_of_a_key_waits_behind_its_queue_and_both_are_taken_together_in_order(shared_cluster_each_server):
     async def scenario(retries: RetrySet) -> None:
         first, second = parked(b"k", due_at=50.0), parked(b"k", due_at=1.0)  # the second is due sooner alone
         await retries.park([first])
@@ -75,10 +80,10 @@ def test_a_later_event_of_a_key_waits_behind_its_queue_and_both_are_taken_togeth
         [queue] = await retries.take_due(now=60.0, limit=10, claim_for=60.0)
         assert [entry.id for entry in queue.entries] == [first.id, second.id]
 
-    with_retry_set(shared_cluster, scenario)
+    with_retry_set(shared_cluster_each_server, scenario)
 
 
-def test_what_is_parked_behind_a_handled_queue_falls_due_at_once(shared_cluster):
+def test_what_is_parked_behind_a_handled_queue_falls_due_at_once(shared_cluster_each_server):
     async def scenario(retries: RetrySet) -> None:
         await retries.park([parked(b"k", due_at=1.0)])
         [queue] = await retries.take_due(now=2.0, limit=10, claim_for=60.0)
@@ -90,10 +95,10 @@ def test_what_is_parked_behind_a_handled_queue_falls_due_at_once(shared_cluster)
         await retries.done(rest, now=4.0)
         assert await retries.held([b"k"]) == set() and await retries.size() == 0
 
-    with_retry_set(shared_cluster, scenario)
+    with_retry_set(shared_cluster_each_server, scenario)
 
 
-def test_a_failed_queue_keeps_its_new_attempt_counts_and_its_spent_head_leaves(shared_cluster):
+def test_a_failed_queue_keeps_its_new_attempt_counts_and_its_spent_head_leaves(shared_cluster_each_server):
     async def scenario(retries: RetrySet) -> None:
         head, tail = parked(b"k", due_at=1.0), parked(b"k", due_at=1.0)
         await retries.park([head, tail])
@@ -104,10 +109,10 @@ def test_a_failed_queue_keeps_its_new_attempt_counts_and_its_spent_head_leaves(s
         assert [(entry.id, entry.attempts, entry.error) for entry in later.entries] == [(tail.id, 4, "HTTP 500")]
         assert await retries.size() == 1
 
-    with_retry_set(shared_cluster, scenario)
+    with_retry_set(shared_cluster_each_server, scenario)
 
 
-def test_the_set_holds_at_most_its_bound_parks_an_entry_once_and_reports_its_oldest_failure(shared_cluster):
+def test_the_set_holds_at_most_its_bound_parks_an_entry_once_and_reports_its_oldest_failure(shared_cluster_each_server):
     async def scenario(retries: RetrySet) -> None:
         entries = [parked(b"a", due_at=1.0, failed_at=50.0), parked(b"b", due_at=1.0, failed_at=40.0)]
         assert await retries.park(entries) == 2
@@ -118,7 +123,7 @@ def test_the_set_holds_at_most_its_bound_parks_an_entry_once_and_reports_its_old
             await retries.done(queue, now=2.0)
         assert await retries.oldest_failure() is None and await retries.size() == 0
 
-    with_retry_set(shared_cluster, scenario, max_entries=2)
+    with_retry_set(shared_cluster_each_server, scenario, max_entries=2)
 
 
 OUTAGE = 5.0  # seconds of each: connection refused, then 503

@@ -1,11 +1,13 @@
 """expiryd's own log: JSON lines on standard error by default, or text for humans.
 
 Every line carries the replica id. Fields passed as ``extra`` become JSON keys
-(or ``key=value`` pairs in text), so a transition reads as one line::
+(or ``key=value`` pairs in text), so a transition reads as one line. Routine
+transitions (elected, stopped for a rollout) log at info; warning is for what
+needs a look, error for what may have lost events::
 
     configure_logging(replica="1", fmt="json", level="info")
-    log.warning("became leader", extra={"term": 7, "reason": "lease acquired"})
-    # {"ts": "2026-11-22T19:30:00.123Z", "level": "warning", "logger": "expiryd.election",
+    log.info("became leader", extra={"term": 7, "reason": "lease acquired"})
+    # {"ts": "2026-11-22T19:30:00.123Z", "level": "info", "logger": "expiryd.election",
     #  "msg": "became leader", "replica": "1", "term": 7, "reason": "lease acquired"}
 """
 

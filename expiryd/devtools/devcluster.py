@@ -55,3 +55,7 @@ def run_cluster(
         stop.wait()
     print("cluster stopped")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_cluster(server="redis", primaries=3, replicas=1, config_out=None))

@@ -472,7 +472,6 @@ def _port_free(port: int) -> bool:
 
 
 if __name__ == "__main__":
-    # What `expiryd cluster` runs: a cluster of one's own, until Ctrl-C.
-    from .devcluster import run_cluster
-
-    sys.exit(run_cluster(server="redis", primaries=3, replicas=1, config_out=None))
+    # The command that runs a cluster of one's own lives in devcluster, which builds on this module.
+    print("to run a local cluster until Ctrl-C: expiryd cluster --help", file=sys.stderr)
+    sys.exit(2)

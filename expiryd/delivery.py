@@ -439,7 +439,9 @@ class RouteDelivery:
     async def _report_retries(self, retries: RetrySet) -> None:
         parks_before = self._parks
         try:
-            size, oldest = await asyncio.gather(retries.size(), retries.oldest_failure())
+            # One after the other: the worker holds at most one connection to the set's node.
+            size = await retries.size()
+            oldest = await retries.oldest_failure()
         except REDIS_FAILURES:
             return
         self._retry_entries.set(size)

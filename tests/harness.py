@@ -114,8 +114,10 @@ class Replica:
     # Observation
 
     def events(self) -> list[dict[str, Any]]:
-        lines = self.stdout_path.read_bytes().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        """Every event the replica's log route has written whole: a line still being written is left out."""
+        text = self.stdout_path.read_bytes()
+        whole = text[: text.rfind(b"\n") + 1]
+        return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
     def handled_keys(self) -> list[bytes]:
         return [event_key(event) for event in self.events()]

@@ -378,6 +378,12 @@ class Sweeper(Service):
             if self._leadership.term() != term:
                 return
             try:
+                waiting = await _waiting_for_a_retry(route, expirations)
+                for key in waiting:
+                    self._handed.pop(key, None)  # looked at again next sweep, once its retry is settled
+                expirations = [expiration for expiration in expirations if expiration.key not in waiting]
+                if not expirations:
+                    continue
                 await self._gate.emit_swept(route, expirations)
             except Exception as error:
                 for expiration in expirations:
@@ -435,6 +441,17 @@ class Sweeper(Service):
         """The primary that owns each slot, from the fan-in's last topology read."""
         view = self._view()
         return None if view is None else view.slot_owners()
+
+
+async def _waiting_for_a_retry(route: Route, expirations: list[Expiration]) -> set[bytes]:
+    """The keys of ``expirations`` that have a queue in the route's retry set.
+
+    A parked event's key is gone and its companion stays until the retry succeeds: it looks like an
+    orphan, but the leader's retry worker will deliver it, in its key's order.
+    """
+    if route.retries is None:
+        return set()
+    return await route.retries.held([expiration.key for expiration in expirations])
 
 
 def _milliseconds(reply: Any) -> int | None:

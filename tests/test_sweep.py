@@ -23,8 +23,10 @@ from expiryd.config import RouteConfig, SweepConfig
 from expiryd.connections import NodeAddress, RedisOptions
 from expiryd.devtools.localcluster import LocalCluster, free_ports
 from expiryd.events import Event, Expiration
+from expiryd.keys import retry_keys
 from expiryd.metrics import Metrics
 from expiryd.payload import PayloadKeys
+from expiryd.retries import Parked, RetrySet
 from expiryd.routing import Route, Router
 from expiryd.sweep import Look, Sweeper, judge, scan_pattern
 from expiryd.topology import ClusterNodeInfo, ClusterView, Topology
@@ -246,6 +248,26 @@ def test_a_key_in_flight_is_not_emitted(shared_cluster: LocalCluster) -> None:
         return sweep
 
     assert asyncio.run(scenario()).emitted == []
+
+
+def test_a_key_whose_event_waits_in_its_routes_retry_set_is_not_emitted(shared_cluster: LocalCluster) -> None:
+    p = prefix()
+    waiting, orphaned = f"{p}:{{1}}".encode(), f"{p}:{{2}}".encode()
+    orphan(shared_cluster, waiting)
+    orphan(shared_cluster, orphaned)
+
+    async def scenario() -> Sweep:
+        async with RedisCluster(host="127.0.0.1", port=shared_cluster.nodes[0].port) as client:
+            retries = RetrySet(client=client, keys=retry_keys(p, "r"), max_entries=10)
+            event = Event(waiting, "n:1", 1.0, 1, "r1")
+            await retries.park([Parked.of(event, attempts=3, error="HTTP 503", failed_at=1.0, due_at=1e12)])
+            route = payload_route("r", f"{p}:{{*}}")
+            route.retries = retries
+            async with sweeping(shared_cluster, [route]) as sweep:
+                await asyncio.sleep(1.5)  # several sweeps and confirmations
+            return sweep
+
+    assert asyncio.run(scenario()).keys() == [orphaned]  # the other is the retry worker's to send
 
 
 def emitted_after_a_change_between_the_two_looks(cluster: LocalCluster, change: Callable[[Any, bytes], Any]) -> list:

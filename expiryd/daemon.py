@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 import uuid
@@ -29,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .clock import ClusterClock
-from .config import Config, ConfigError, RouteConfig, replay_timings
+from .config import Config, ConfigError, RouteConfig, memory_bounds, replay_timings
 from .connections import REDIS_FAILURES, NodeAddress, RedisOptions
 from .coverage import CoverageReporter, CoverageStore, another_process_publishes
 from .deadletter import DeadLetters
@@ -68,13 +69,24 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._replay_timings = replay_timings(config.replay, config.election)
+        self._memory = memory_bounds(config)
         self.metrics = Metrics()
+        for part, bound in dataclasses.asdict(self._memory).items():
+            self.metrics.memory_bound_bytes.labels(part=part).set(bound)
         # Every time compared across replicas or with Redis is the cluster's, whatever this host's clock says.
         self._clock = ClusterClock()
         self.metrics.clock_offset.set_function(self._clock.offset)
         options = RedisOptions.from_config(config.redis)
         seeds = [NodeAddress.from_url(url) for url in config.redis.nodes]
-        self._queue = EventQueue(capacity=config.pipeline.queue_size)
+        self._queue = EventQueue(capacity=config.pipeline.queue_size, max_bytes=self._memory.queue)
+        if config.election.masters:
+            self._masters: list[Any] = [options.client_for_url(url) for url in config.election.masters]
+        else:
+            self._masters = [options.cluster_client(seeds)]
+        # Payload keys, streams on the cluster and the dead-letter stream share one client.
+        self._data = options.cluster_client(seeds)
+        self._routes = [self._route(r) for r in config.routes]
+        router = Router(self._routes)
         self._topology = Topology(seeds=seeds, options=options)
         self._scheduler: Scheduler | None = None
         kinds = frozenset(kind for route in config.routes for kind in route.events)
@@ -87,17 +99,11 @@ class Daemon:
             settings=config.redis,
             overflow_wait=config.pipeline.overflow_wait,
             notification_classes=required_classes(schedule=config.schedule.enabled, kinds=kinds),
-            kinds=kinds,
+            router=router,
             on_expire=self._learn if config.schedule.enabled else None,
         )
         # Read at each scrape, on the leader as on a follower.
         self.metrics.subscriptions_unbroken_seconds.set_function(self._fanin.covered_for)
-        if config.election.masters:
-            self._masters: list[Any] = [options.client_for_url(url) for url in config.election.masters]
-        else:
-            self._masters = [options.cluster_client(seeds)]
-        # Payload keys, streams on the cluster and the dead-letter stream share one client.
-        self._data = options.cluster_client(seeds)
         self._progress = ProgressStore(masters=self._masters, lock_name=config.election.lock_name)
         self._coverage_store = CoverageStore(
             masters=self._masters, key=coverage_key(config.election.lock_name), interval=config.election.renew_interval
@@ -135,13 +141,11 @@ class Daemon:
             succession=self._succession,
             signal=signal,
         )
-        self._routes = [self._route(r) for r in config.routes]
-        router = Router(self._routes)
         internal_keys = _internal_keys(config.election.lock_name)
         if config.schedule.enabled:
             self._scheduler = Scheduler(
                 schedule=Schedule(
-                    max_keys=config.schedule.max_keys,
+                    max_bytes=self._memory.schedule,
                     horizon=config.schedule.horizon,
                     keep_due_for=self._replay_timings.window,
                 ),
@@ -305,7 +309,7 @@ class Daemon:
         if not settings.enabled:
             return NoReplay()
         return Replay(
-            buffer=ReplayBuffer(window=self._replay_timings.window, max_bytes=settings.max_bytes, now=self._clock.now),
+            buffer=ReplayBuffer(window=self._replay_timings.window, max_bytes=self._memory.replay, now=self._clock.now),
             store=self._progress,
             tolerance=settings.clock_tolerance,
             record_interval=self.config.election.renew_interval,

@@ -1,6 +1,7 @@
 """The merged queue: every node subscription puts in, the leader gate takes out.
 
-It is bounded by a count of expirations, not of batches. When it is full, a
+It is bounded by a count of expirations (not of batches) and by their
+estimated bytes (:func:`expiryd.events.event_bytes`). When it is full, a
 subscription may wait a little for room (:meth:`EventQueue.put_within`): while
 it waits it does not read, and the burst waits in the kernel's socket buffer
 and in Redis's output buffer for that client. That is safe only briefly: Redis
@@ -15,7 +16,7 @@ room a free-for-all, the subscription that won it once would win it again
 with its next read, and a busy node would starve the others until their wait
 ran out.
 
-    queue = EventQueue(capacity=100_000)
+    queue = EventQueue(capacity=100_000, max_bytes=64 << 20)
     refused = await queue.put_within(expirations, timeout=5.0)   # from a node subscription
     batch = await queue.get()                                    # in the leader gate
 """
@@ -26,7 +27,7 @@ import asyncio
 import contextlib
 from collections import deque
 
-from .events import Expiration
+from .events import Expiration, event_bytes
 
 __all__ = ["EventQueue"]
 
@@ -43,8 +44,10 @@ class _Waiter:
 
 
 class EventQueue:
-    def __init__(self, *, capacity: int) -> None:
+    def __init__(self, *, capacity: int, max_bytes: int) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._items: deque[Expiration] = deque()
         self._ready = asyncio.Event()
         self._woken = False
@@ -77,12 +80,25 @@ class EventQueue:
 
     def put(self, expirations: list[Expiration]) -> int:
         """Append what fits; return how many expirations did not fit."""
-        room = self.capacity - len(self._items)
-        accepted = expirations if len(expirations) <= room else expirations[: max(room, 0)]
-        self._items.extend(accepted)
+        accepted = self._take_room(expirations)
         if accepted:
             self._ready.set()
-        return len(expirations) - len(accepted)
+        return len(expirations) - accepted
+
+    def _take_room(self, expirations: list[Expiration]) -> int:
+        """Append the first of ``expirations`` that fit, in order; return how many."""
+        room = self.capacity - len(self._items)
+        free = self.max_bytes - self.bytes
+        taken = 0
+        for expiration in expirations[: max(room, 0)]:
+            size = event_bytes(expiration)
+            if size > free:
+                break
+            free -= size
+            taken += 1
+        self._items.extend(expirations[:taken])
+        self.bytes = self.max_bytes - free
+        return taken
 
     async def put_within(self, expirations: list[Expiration], *, timeout: float) -> int:
         """Append all, waiting up to ``timeout`` for room; return how many still did not fit."""
@@ -112,6 +128,7 @@ class EventQueue:
         self._woken = False
         count = min(limit, len(self._items))
         batch = [self._items.popleft() for _ in range(count)]
+        self.bytes -= sum(event_bytes(expiration) for expiration in batch)
         self._serve_waiters()
         return batch
 
@@ -121,11 +138,12 @@ class EventQueue:
         Done here, as the room is made, so that while any put waits the queue
         stays full and a later put finds no room to take.
         """
-        while self._waiters and (room := self.capacity - len(self._items)) > 0:
+        while self._waiters:
             waiter = self._waiters[0]
-            self._items.extend(waiter.remaining[:room])
-            self._ready.set()
-            waiter.remaining = waiter.remaining[room:]
+            taken = self._take_room(waiter.remaining)
+            if taken:
+                self._ready.set()
+                waiter.remaining = waiter.remaining[taken:]
             if waiter.remaining:
                 return
             self._waiters.popleft()

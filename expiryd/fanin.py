@@ -31,9 +31,9 @@ from .clock import ClusterClock
 from .config import RedisConfig
 from .connections import NodeAddress, RedisOptions
 from .eventqueue import EventQueue
-from .events import EXPIRED
 from .metrics import Metrics
 from .notifications import EXPIRED_CLASSES
+from .routing import Router
 from .subscription import NodeSubscription
 from .tasks import Service
 from .topology import SLOTS, ClusterView, Topology, TopologyUnavailable
@@ -56,12 +56,12 @@ class FanIn(Service):
         options: RedisOptions,
         settings: RedisConfig,
         overflow_wait: float,
+        router: Router,
         notification_classes: str = EXPIRED_CLASSES,
-        kinds: frozenset[str] = frozenset({EXPIRED}),
         on_expire: Callable[[NodeAddress, list[bytes]], None] | None = None,
     ) -> None:
         self._topology = topology
-        self._kinds = kinds
+        self._router = router
         self._queue = queue
         self._metrics = metrics
         self._clock = clock
@@ -220,7 +220,7 @@ class FanIn(Service):
                 overflow_wait=self._overflow_wait,
                 on_trouble=self.request_refresh,
                 notification_classes=self._classes,
-                kinds=self._kinds,
+                router=self._router,
                 on_expire=self._on_expire,
                 on_lost=self._note_gap,
             )

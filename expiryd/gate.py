@@ -85,6 +85,7 @@ class LeaderGate(Service):
         while True:
             batch = await self._queue.get()
             self._metrics.queue_depth.set(len(self._queue))
+            self._metrics.memory_bytes.labels(part="queue").set(self._queue.bytes)
             change = self._signal.take()
             if change is not None and change.term != (None if self._shift is None else self._shift.term):
                 await self._change_term(change.term, holding=batch)

@@ -129,6 +129,17 @@ class Metrics:
         )
         self.queue_depth = Gauge("expiryd_queue_depth", "Events waiting in the merged queue.", registry=r)
 
+        # Memory: the parts memory.budget is split among
+        self.memory_bytes = Gauge(
+            "expiryd_memory_bytes",
+            "Estimated bytes held by each part of memory.budget: schedule, replay (history) and queue (merged).",
+            ["part"],
+            registry=r,
+        )
+        self.memory_bound_bytes = Gauge(
+            "expiryd_memory_bound_bytes", "Each part's share of memory.budget, in bytes.", ["part"], registry=r
+        )
+
         # Processing
         self.events_skipped = Counter(
             "expiryd_events_skipped", "Events read while following, left for the leader.", registry=r

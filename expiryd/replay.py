@@ -50,7 +50,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from .connections import REDIS_FAILURES
-from .events import Expiration
+from .events import Expiration, event_bytes
 from .metrics import Metrics
 from .progress import ProgressMark, ProgressStore
 
@@ -70,17 +70,6 @@ def without_stale_marks(marks: dict[str, ProgressMark]) -> dict[str, ProgressMar
 
 
 log = logging.getLogger("expiryd.replay")
-
-
-# What an event held in the buffer costs beyond its key's bytes: the Expiration, its bytes object and
-# float, and the deque's slot (tracemalloc: 170 bytes per event with 25-byte keys). The node's name is
-# shared by all of a node's events.
-_EVENT_OVERHEAD = 145
-
-
-def event_bytes(expiration: Expiration) -> int:
-    """About how much memory ``expiration`` takes in the buffer."""
-    return _EVENT_OVERHEAD + len(expiration.key)
 
 
 class ReplayBuffer:
@@ -317,6 +306,7 @@ class Replay:
             gauge.labels(node=node).set(count)
         self._metrics.replay_buffer_oldest_seconds.set(buffer.oldest_age())
         self._metrics.replay_buffer_bytes.set(buffer.bytes)
+        self._metrics.memory_bytes.labels(part="replay").set(buffer.bytes)
         evicted = buffer.take_evicted()
         if evicted:
             self._metrics.replay_buffer_evicted.inc(evicted)

@@ -7,40 +7,71 @@ TTL. So expiryd learns every routed key's due time (see
 makes Redis delete it and publish ``expired`` at once. This module is only the
 bookkeeping, with no I/O, so that it can be reasoned about and tested alone::
 
-    schedule = Schedule(max_keys=1_000_000, horizon=3600.0, keep_due_for=15.0)
+    schedule = Schedule(max_bytes=64 << 20, horizon=3600.0, keep_due_for=15.0)
     schedule.add(b"order:42", due=1_764_000_000.250, now=time.time())   # Admission.SCHEDULED
     for key, due in schedule.pop_due(time.time()):
         ...                                    # touch key on its primary
     schedule.settle(b"order:42")               # its expired event came: 1764000000.25
 
 **Layout.** Every replica keeps the whole schedule, so a new leader can fire
-on time from its first second. A key's current due time lives in one dict
-(the key's bytes, a float and the dict's slot: about 150 bytes a key with a
-25-byte name, measured).
-Entries are grouped in one list per second of due time, and only the lists
-of the current second are sorted into a heap, so a million keys cost one list
-slot each for ordering rather than a heap tuple each. A key whose TTL changes
-is listed again under its new second; the old listing is skipped when its
-second comes, because the dict no longer agrees with it.
+on time from its first second, and so its size per key decides how many keys
+a replica can hold. It holds no Python object per key (an object costs more
+than the key's name, and a dict entry more again):
 
-**Firing.** :meth:`pop_due` returns the keys that are due and moves them to a
-list of fired keys, where they stay until their ``expired`` event is seen
+* the **index**, an open-addressing hash table in two flat arrays: a 62-bit
+  fingerprint of each key (Python's ``hash`` of its bytes, with its state in
+  the low bit) and its due time in milliseconds, as an offset from a base
+  that moves forward as time does. 12 bytes a slot, at most three quarters
+  of the slots used.
+* the **arenas**, one ``bytearray`` per second of due time holding the
+  names of the keys due in that second, each behind its length.
+
+A key whose TTL changes is written again in its new second's arena; its old
+entry stays where it was and is skipped when that second opens, because the
+index no longer agrees with it (lazy cancellation, as Kafka's timing wheel
+does). Arenas full of such stale entries are rewritten once they outnumber
+the live ones. About 45 to 55 bytes a key with a 25-byte name, measured as
+a follower's resident memory (``python -m bench memory``).
+
+Two keys whose 62-bit fingerprints are equal (about one pair in 10^7 among
+a million keys) share a slot: one of them then fires on Redis's own timing,
+late rather than lost, like any key the schedule does not hold.
+
+**Firing.** When a second begins, its arena's live entries are sorted into a
+small heap; :meth:`pop_due` returns the keys that are due and marks them
+*fired* in the index, where they stay until their ``expired`` event is seen
 (:meth:`settle`) or ``keep_due_for`` has passed. A replica that becomes leader
-touches everything still there (:meth:`overdue`): the keys that came due while
-no one led.
+touches everything still there (:meth:`overdue`): the keys that came due
+while no one led.
 
-**Bounds.** At most ``max_keys`` keys, and none due more than ``horizon``
-ahead. A key refused by either bound is not lost: Redis still expires it, on
-its own timing, and the caller counts it.
+**Bounds.** At most ``max_bytes`` of index and arenas, and no key due more
+than ``horizon`` ahead. A key refused by either bound is not lost: Redis
+still expires it, on its own timing, and the caller counts it.
 """
 
 from __future__ import annotations
 
 import enum
 import heapq
+from array import array
 from collections import deque
+from collections.abc import Iterator
 
 __all__ = ["Admission", "Schedule"]
+
+# Horizons longer than this could not be held as 32-bit millisecond offsets from one base.
+MAX_HORIZON = 7 * 86_400.0
+
+_EMPTY = 0
+_OFFSET_LIMIT = (1 << 31) - 1
+_REBASE_BACK_MS = 2 * 86_400_000  # a new base lies this far before the due time that moved it
+_NEW, _MOVED, _SAME, _REFUSED = range(4)  # what a put did
+_MAX_LOAD = 0.7
+_GROWTH = 1.5
+_INITIAL_SLOTS = 1024
+_SLOT_BYTES = 12  # an int64 fingerprint and an int32 offset
+_LONG_NAME = 0xFF  # a name of 255 bytes or more: its length follows in four bytes
+_ACTIVE_ENTRY_BYTES = 120  # a tuple of the heap of opened seconds, with its key's bytes object
 
 
 class Admission(enum.Enum):
@@ -49,59 +80,264 @@ class Admission(enum.Enum):
     FULL = "full"
 
 
+def _fingerprint(key: bytes) -> int:
+    """The key's hash, never an empty slot's 0."""
+    return hash(key) or 2
+
+
+def _append_name(arena: bytearray, key: bytes) -> None:
+    size = len(key)
+    if size < _LONG_NAME:
+        arena.append(size)
+    else:
+        arena.append(_LONG_NAME)
+        arena += size.to_bytes(4, "little")
+    arena += key
+
+
+def _names(arena: bytearray, position: int = 0) -> Iterator[tuple[bytes, int]]:
+    """Each name written from ``position`` on, with where the next one starts."""
+    data = bytes(arena)  # slices of bytes are bytes: one copy per name, not two
+    end = len(data)
+    while position < end:
+        size = data[position]
+        position += 1
+        if size == _LONG_NAME:
+            size = int.from_bytes(data[position : position + 4], "little")
+            position += 4
+        yield data[position : position + size], position + size
+        position += size
+
+
+class _Index:
+    """Each key's due time in ms, by fingerprint, and whether it has fired: no object per key.
+
+    Linear probing, with deletion by shifting the entries behind back (no
+    tombstones, so a table whose keys come and go never needs rebuilding). A
+    slot's offset from :attr:`base_ms` is positive while the key waits, and
+    negated once it has fired.
+    """
+
+    def __init__(self, slots: int = _INITIAL_SLOTS) -> None:
+        self.base_ms = 0
+        self.live = 0  # waiting or fired
+        self.fired = 0
+        self._allocate(slots)
+
+    def _allocate(self, slots: int) -> None:
+        self._slots = slots
+        self._limit = int(_MAX_LOAD * slots)
+        self._prints = array("q", bytes(8 * slots))
+        self._offsets = array("i", bytes(4 * slots))
+
+    @property
+    def nbytes(self) -> int:
+        return self._slots * _SLOT_BYTES
+
+    def _find(self, fingerprint: int) -> int:
+        """The slot holding ``fingerprint``, or ``~slot`` of the empty one where it would go."""
+        prints, slots = self._prints, self._slots
+        slot = fingerprint % slots
+        while True:
+            value = prints[slot]
+            if value == fingerprint:
+                return slot
+            if value == _EMPTY:
+                return ~slot
+            slot += 1
+            if slot == slots:
+                slot = 0
+
+    def state(self, fingerprint: int) -> int:
+        """The key's due time in ms, negated once it has fired; 0 if the key is not held."""
+        slot = self._find(fingerprint)
+        if slot < 0:
+            return 0
+        offset = self._offsets[slot]
+        return offset + self.base_ms if offset > 0 else offset - self.base_ms
+
+    def put(self, fingerprint: int, due_ms: int, *, room: bool = True) -> int:
+        """Hold the key as waiting for ``due_ms``: :data:`_NEW`, :data:`_MOVED` or :data:`_SAME`.
+
+        :data:`_REFUSED` if the key is new and there is no ``room``.
+        """
+        offset = due_ms - self.base_ms
+        if not 0 < offset <= _OFFSET_LIMIT:
+            self._rebase(due_ms)
+            offset = due_ms - self.base_ms
+        slot = self._find(fingerprint)
+        if slot >= 0:
+            held = self._offsets[slot]
+            if held == offset:
+                return _SAME
+            if held < 0:
+                self.fired -= 1
+            self._offsets[slot] = offset
+            return _MOVED
+        if not room:
+            return _REFUSED
+        slot = ~slot
+        self._prints[slot] = fingerprint
+        self._offsets[slot] = offset
+        self.live += 1
+        if self.live > self._limit:
+            self._resize()
+        return _NEW
+
+    def fire(self, fingerprint: int, due_ms: int) -> bool:
+        """Mark the key fired, if it is waiting for ``due_ms``."""
+        slot = self._find(fingerprint)
+        if slot < 0 or self._offsets[slot] != due_ms - self.base_ms:
+            return False
+        self._offsets[slot] = -self._offsets[slot]
+        self.fired += 1
+        return True
+
+    def remove(self, fingerprint: int, *, fired_at: int = 0) -> int:
+        """Forget the key (only if it fired for ``fired_at`` ms, when given); its :meth:`state`, 0 if none."""
+        slot = self._find(fingerprint)
+        if slot < 0:
+            return 0
+        offset = self._offsets[slot]
+        if fired_at and offset != self.base_ms - fired_at:
+            return 0
+        if offset < 0:
+            self.fired -= 1
+        self.live -= 1
+        self._close_gap(slot)
+        return offset + self.base_ms if offset > 0 else offset - self.base_ms
+
+    def _close_gap(self, gap: int) -> None:
+        """Empty ``gap``, moving back each later entry of its run that may no longer be found past it."""
+        prints, offsets, slots = self._prints, self._offsets, self._slots
+        slot = gap
+        while True:
+            slot += 1
+            if slot == slots:
+                slot = 0
+            value = prints[slot]
+            if value == _EMPTY:
+                break
+            home = value % slots
+            # The entry may stay only if its home lies cyclically after the gap and at or before it.
+            if (home <= gap < slot) or (slot < home <= gap) or (gap < slot < home):
+                prints[gap] = value
+                offsets[gap] = offsets[slot]
+                gap = slot
+        prints[gap] = _EMPTY
+
+    def _resize(self) -> None:
+        """Rehash into a table half again as large."""
+        prints, offsets = self._prints, self._offsets
+        self._allocate(int(self._slots * _GROWTH))
+        new_prints, new_offsets, slots = self._prints, self._offsets, self._slots
+        for value, offset in zip(prints, offsets):
+            if value != _EMPTY:
+                slot = value % slots
+                while new_prints[slot] != _EMPTY:
+                    slot += 1
+                    if slot == slots:
+                        slot = 0
+                new_prints[slot] = value
+                new_offsets[slot] = offset
+
+    def _rebase(self, due_ms: int) -> None:
+        """Move the base to just before ``due_ms``: every due time held lies within a horizon of it."""
+        new_base = due_ms - _REBASE_BACK_MS
+        shift = new_base - self.base_ms
+        prints, offsets = self._prints, self._offsets
+        for slot, value in enumerate(prints):
+            if value != _EMPTY:
+                offset = offsets[slot]
+                moved = max(1, abs(offset) - shift)  # what is older than the new base is due at once
+                offsets[slot] = moved if offset > 0 else -moved
+        self.base_ms = new_base
+
+
 class Schedule:
-    def __init__(self, *, max_keys: int, horizon: float, keep_due_for: float) -> None:
-        self.max_keys = max_keys
+    def __init__(self, *, max_bytes: int, horizon: float, keep_due_for: float) -> None:
+        if horizon > MAX_HORIZON:
+            raise ValueError(f"horizon must be at most {MAX_HORIZON:.0f} s")
+        self.max_bytes = max_bytes
         self.horizon = horizon
         self.keep_due_for = keep_due_for
-        self._due: dict[bytes, float] = {}
-        self._seconds: dict[int, list[bytes]] = {}
+        self._index = _Index()
+        self._arenas: dict[int, bytearray] = {}
+        self._arena_bytes = 0
         self._second_heap: list[int] = []
-        self._listed = 0  # entries in _seconds, stale ones included
+        self._listed = 0  # entries in the arenas, stale ones included
         # Entries of seconds already opened: (fire at, key, due).
         self._active: list[tuple[float, bytes, float]] = []
         self._opened_until = 0  # seconds below this are opened
-        self._fired: dict[bytes, float] = {}
-        self._fired_order: deque[tuple[float, bytes]] = deque()
+        # Keys fired, in the order they fired: (due times in ms, their names), one pair per pop_due.
+        self._fired_log: deque[tuple[array[int], bytearray]] = deque()
+        # Where the first pair's entries not yet forgotten begin: (entry, byte of its name).
+        self._fired_log_head = (0, 0)
+        self._fired_log_bytes = 0
 
     def __len__(self) -> int:
         """Keys waiting for their due time."""
-        return len(self._due)
+        return self._index.live - self._index.fired
 
     @property
     def fired(self) -> int:
         """Keys that came due and whose ``expired`` event has not been seen yet."""
-        return len(self._fired)
+        return self._index.fired
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held: the index, the arenas, the keys fired and the heap of the seconds opened."""
+        return self._index.nbytes + self._arena_bytes + self._fired_log_bytes + _ACTIVE_ENTRY_BYTES * len(self._active)
 
     def add(self, key: bytes, due: float, *, now: float) -> Admission:
         """Schedule ``key`` at ``due`` (epoch seconds), replacing its earlier due time if any."""
+        index = self._index
+        fingerprint = hash(key) or 2
         if due > now + self.horizon:
-            self._due.pop(key, None)
+            if index.state(fingerprint) > 0:
+                index.remove(fingerprint)
             return Admission.BEYOND_HORIZON
-        if key not in self._due and len(self._due) >= self.max_keys:
+        due_ms = round(due * 1000)
+        put = index.put(fingerprint, due_ms, room=self.nbytes < self.max_bytes)
+        if put == _SAME:
+            return Admission.SCHEDULED  # already listed at this time
+        if put == _REFUSED:
             return Admission.FULL
-        self._fired.pop(key, None)
-        self._due[key] = due
-        self._place(key, due, fire_at=due)
+        second = due_ms // 1000
+        if second < self._opened_until:
+            heapq.heappush(self._active, (due_ms / 1000, key, due_ms / 1000))
+            return Admission.SCHEDULED
+        arena = self._arenas.get(second)
+        if arena is None:
+            arena = self._arenas[second] = bytearray()
+            heapq.heappush(self._second_heap, second)
+        size = len(key)
+        if size < _LONG_NAME:
+            arena.append(size)
+            arena += key
+            self._arena_bytes += size + 1
+        else:
+            _append_name(arena, key)
+            self._arena_bytes += size + 5
+        self._listed += 1
+        if self._listed > 2 * len(self) + 100_000:
+            self._compact()
         return Admission.SCHEDULED
 
     def retry(self, key: bytes, due: float, *, at: float) -> None:
         """Fire ``key`` again at ``at``: its touch failed, or came before Redis's clock reached ``due``."""
-        self._fired.pop(key, None)
-        self._due[key] = due
-        heapq.heappush(self._active, (at, key, due))
+        due_ms = round(due * 1000)
+        self._index.put(_fingerprint(key), due_ms)
+        heapq.heappush(self._active, (at, key, due_ms / 1000))
 
     def discard(self, key: bytes) -> None:
         """Forget ``key``: it lost its TTL, or no longer exists."""
-        self._due.pop(key, None)
-        self._fired.pop(key, None)
+        self._index.remove(_fingerprint(key))
 
     def settle(self, key: bytes) -> float | None:
         """``key`` expired: return its due time if it was known, and forget it."""
-        due = self._fired.pop(key, None)
-        if due is None:
-            due = self._due.pop(key, None)
-        return due
+        state = self._index.remove(hash(key) or 2)
+        return abs(state) / 1000 if state else None
 
     def next_due(self) -> float | None:
         """When :meth:`pop_due` may next return something (a second's start, or an entry's time)."""
@@ -113,73 +349,88 @@ class Schedule:
         return min(candidates) if candidates else None
 
     def pop_due(self, now: float, *, limit: int = 10_000) -> list[tuple[bytes, float]]:
-        """Up to ``limit`` keys due by ``now``, earliest first, as ``(key, due)``; they move to the fired list."""
+        """Up to ``limit`` keys due by ``now``, earliest first, as ``(key, due)``; they are marked fired."""
         self._open_seconds(now)
+        fire, active, pop = self._index.fire, self._active, heapq.heappop
         due_keys: list[tuple[bytes, float]] = []
-        active = self._active
+        fired_dues, fired_names = array("q"), bytearray()
         while active and active[0][0] <= now and len(due_keys) < limit:
-            _, key, due = heapq.heappop(active)
-            if self._due.get(key) != due:
-                continue  # rescheduled, settled or discarded since it was listed
-            del self._due[key]
-            self._fired[key] = due
-            self._fired_order.append((due, key))
+            _, key, due = pop(active)
+            due_ms = round(due * 1000)
+            if not fire(hash(key) or 2, due_ms):
+                continue  # rescheduled, settled, discarded or fired since it was listed
             due_keys.append((key, due))
+            fired_dues.append(due_ms)
+            _append_name(fired_names, key)
+        if due_keys:
+            self._fired_log.append((fired_dues, fired_names))
+            self._fired_log_bytes += 8 * len(fired_dues) + len(fired_names)
         self._forget_old_fired(now)
         return due_keys
 
     def overdue(self) -> list[tuple[bytes, float]]:
         """Every fired key whose ``expired`` event has not been seen, as ``(key, due)``."""
-        return list(self._fired.items())
-
-    def _place(self, key: bytes, due: float, *, fire_at: float) -> None:
-        second = int(fire_at)
-        if second < self._opened_until:
-            heapq.heappush(self._active, (fire_at, key, due))
-            return
-        listed = self._seconds.get(second)
-        if listed is None:
-            listed = self._seconds[second] = []
-            heapq.heappush(self._second_heap, second)
-        listed.append(key)
-        self._listed += 1
-        if self._listed > 2 * len(self._due) + 100_000:
-            self._compact()
+        found: dict[bytes, float] = {}
+        state = self._index.state
+        for number, (dues, names) in enumerate(self._fired_log):
+            entry, position = self._fired_log_head if number == 0 else (0, 0)
+            for due_ms, (key, _) in zip(dues[entry:], _names(names, position), strict=True):
+                if state(hash(key) or 2) == -due_ms:
+                    found[key] = due_ms / 1000
+        return list(found.items())
 
     def _open_seconds(self, now: float) -> None:
-        """Sort the entries of every second that has begun into the heap of entries to fire."""
+        """Sort the live entries of every second that has begun into the heap of entries to fire."""
         current = int(now)
         heap = self._second_heap
         opened = False
+        state, active = self._index.state, self._active
         while heap and heap[0] <= current:
             second = heapq.heappop(heap)
-            keys = self._seconds.pop(second)
-            self._listed -= len(keys)
-            due_of = self._due.get
-            self._active.extend(
-                (due, key, due) for key in keys if (due := due_of(key)) is not None and int(due) == second
-            )
+            arena = self._arenas.pop(second)
+            self._arena_bytes -= len(arena)
+            listed = 0
+            for key, _ in _names(arena):
+                listed += 1
+                due_ms = state(hash(key) or 2)
+                if due_ms // 1000 == second:  # not stale: waiting, and for this second
+                    active.append((due_ms / 1000, key, due_ms / 1000))
+            self._listed -= listed
             opened = True
         if opened:
-            heapq.heapify(self._active)  # once, in C: a push per key cost more than the rest of firing
+            heapq.heapify(active)  # once, in C: a push per key cost more than the rest of firing
         self._opened_until = max(self._opened_until, current + 1)
 
     def _forget_old_fired(self, now: float) -> None:
-        oldest_kept = now - self.keep_due_for
-        order = self._fired_order
-        while order and order[0][0] < oldest_kept:
-            due, key = order.popleft()
-            if self._fired.get(key) == due:
-                del self._fired[key]
+        oldest_kept_ms = round((now - self.keep_due_for) * 1000)
+        log, remove = self._fired_log, self._index.remove
+        while log:
+            dues, names = log[0]
+            entry, position = self._fired_log_head
+            if dues[entry] >= oldest_kept_ms:
+                return
+            for key, position in _names(names, position):  # noqa: B007 (kept for the head)
+                remove(hash(key) or 2, fired_at=dues[entry])
+                entry += 1
+                if entry == len(dues) or dues[entry] >= oldest_kept_ms:
+                    break
+            if entry < len(dues):
+                self._fired_log_head = (entry, position)
+                return
+            log.popleft()
+            self._fired_log_head = (0, 0)
+            self._fired_log_bytes -= 8 * len(dues) + len(names)
 
     def _compact(self) -> None:
-        """Relist every key once: TTLs that kept changing left more stale listings than live ones."""
-        self._seconds.clear()
-        self._second_heap.clear()
+        """Rewrite every arena with its live entries only: TTLs that kept changing left more stale than live."""
+        state = self._index.state
         self._listed = 0
-        for key, due in self._due.items():
-            if int(due) >= self._opened_until:
-                self._seconds.setdefault(int(due), []).append(key)
-                self._listed += 1
-        self._second_heap = list(self._seconds)
-        heapq.heapify(self._second_heap)
+        self._arena_bytes = 0
+        for second, arena in self._arenas.items():
+            kept = bytearray()
+            for key, _ in _names(arena):
+                if state(hash(key) or 2) // 1000 == second:
+                    _append_name(kept, key)
+                    self._listed += 1
+            self._arenas[second] = kept
+            self._arena_bytes += len(kept)

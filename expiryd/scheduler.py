@@ -390,6 +390,7 @@ class Scheduler(Service):
 
     def _report_size(self) -> None:
         self._metrics.schedule_keys.set(len(self._schedule))
+        self._metrics.memory_bytes.labels(part="schedule").set(self._schedule.nbytes)
 
 
 async def _open(client: aioredis.Redis) -> None:

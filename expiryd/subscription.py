@@ -59,6 +59,7 @@ from .events import EXPIRED, HEXPIRED, Expiration
 from .eviction import read_eviction_policy
 from .metrics import Metrics
 from .notifications import SCHEDULE_CLASS, ensure_notifications
+from .routing import Router
 from .tasks import Service, cancel_and_wait, until_first_failure
 
 __all__ = ["CHANNEL", "EXPIRE_CHANNEL", "HEXPIRED_CHANNEL", "NodeSubscription"]
@@ -92,11 +93,13 @@ class NodeSubscription(Service):
         on_trouble: Callable[[], None],
         notification_classes: str,
         on_lost: Callable[[NodeAddress, float], None],
-        kinds: frozenset[str] = frozenset({EXPIRED}),
+        router: Router,
         on_expire: Callable[[NodeAddress, list[bytes]], None] | None = None,
     ) -> None:
         self.address = address
+        kinds = {kind for route in router.routes for kind in route.events}
         self._channels = [CHANNEL] + ([HEXPIRED_CHANNEL] if HEXPIRED in kinds else [])
+        self._router = router
         self._node = str(address)
         self._options = options
         self._tls = tls_context(options.tls) if options.tls is not None else None
@@ -202,6 +205,8 @@ class NodeSubscription(Service):
         node = self._node
         on_expire = self._on_expire
         clock = self._clock
+        match = self._router.match
+        unrouted_counter = self._metrics.events_unrouted
         while True:
             data = await reader.read(_READ_SIZE)
             if not data:
@@ -211,19 +216,29 @@ class NodeSubscription(Service):
             parser.feed(data)
             batch = []
             learned = []
+            heard = unrouted = 0
             while (reply := parser.gets()) is not False:
                 if type(reply) is list and reply[0] == b"message":
                     channel = reply[1]
-                    if channel == CHANNEL:
-                        batch.append(Expiration(reply[2], node, now))
-                    elif channel == EXPIRE_CHANNEL:
+                    if channel == EXPIRE_CHANNEL:
                         learned.append(reply[2])
-                    elif channel == HEXPIRED_CHANNEL:
-                        batch.append(Expiration(reply[2], node, now, HEXPIRED))
+                        continue
+                    kind = EXPIRED if channel == CHANNEL else HEXPIRED if channel == HEXPIRED_CHANNEL else None
+                    if kind is None:
+                        continue
+                    heard += 1
+                    # An event no route takes goes no further: it costs no queue, no history, no mark.
+                    if match(reply[2], kind) is None:
+                        unrouted += 1
+                    else:
+                        batch.append(Expiration(reply[2], node, now, kind))
             if learned and on_expire is not None:
                 on_expire(self.address, learned)
+            if heard:
+                received.inc(heard)
+            if unrouted:
+                unrouted_counter.inc(unrouted)
             if batch:
-                received.inc(len(batch))
                 await self._enqueue(batch)
 
     async def _enqueue(self, batch: list[Expiration]) -> None:
@@ -235,6 +250,7 @@ class NodeSubscription(Service):
             self._enqueuing = False
         waited = time.monotonic() - started
         self._metrics.queue_depth.set(len(self._queue))
+        self._metrics.memory_bytes.labels(part="queue").set(self._queue.bytes)
         if waited > 0.001:
             self._metrics.queue_full_seconds.labels(node=self._node).inc(waited)
         if not refused:

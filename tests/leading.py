@@ -105,7 +105,7 @@ class Gate:
     ) -> None:
         self.subscriptions = Subscriptions()
         self.heard_elsewhere = heard_elsewhere
-        self.queue = EventQueue(capacity=1000)
+        self.queue = EventQueue(capacity=1000, max_bytes=1 << 30)
         self.signal = TermSignal(queue=self.queue)
         self.leadership = Term(term)
         self.orders, self.other = Recorder(), Recorder()

@@ -59,9 +59,9 @@ def test_a_200k_key_burst_is_read_without_loss_or_output_buffer_disconnects(clus
 
 def test_a_million_key_flood_keeps_memory_bounded_and_accounts_for_every_event(cluster, config_for, spawn):
     flood = 1_000_000
-    # The schedule is bounded too: a million keys in it alone would take about 150 MB.
+    # The schedule is bounded too: 5 MB holds about 100,000 keys.
     replica = leader_with_keys_due(
-        cluster, config_for, spawn, prefix="flood", count=flood, lead_ms=25_000, schedule={"max_keys": 100_000}
+        cluster, config_for, spawn, prefix="flood", count=flood, lead_ms=25_000, schedule={"max_bytes": "5MB"}
     )
     primaries = cluster.primaries()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from expiryd.eventqueue import EventQueue
-from expiryd.events import Expiration
+from expiryd.events import Expiration, event_bytes
 
 
 def expiration(key: bytes) -> Expiration:
@@ -13,7 +13,7 @@ def expiration(key: bytes) -> Expiration:
 
 
 def test_queue_refuses_what_does_not_fit_and_keeps_order():
-    queue = EventQueue(capacity=3)
+    queue = EventQueue(capacity=3, max_bytes=1 << 30)
     assert queue.put([expiration(b"a"), expiration(b"b")]) == 0
     assert queue.put([expiration(b"c"), expiration(b"d"), expiration(b"e")]) == 2
     batch = asyncio.run(queue.get())
@@ -21,9 +21,19 @@ def test_queue_refuses_what_does_not_fit_and_keeps_order():
     assert len(queue) == 0
 
 
+def test_queue_refuses_what_passes_its_bytes_and_makes_room_as_it_is_taken():
+    small, large = expiration(b"s"), expiration(b"L" * 10_000)
+    queue = EventQueue(capacity=100, max_bytes=event_bytes(large) + event_bytes(small))
+    assert queue.put([small, large, small]) == 1
+    assert queue.bytes == queue.max_bytes
+    asyncio.run(queue.get())
+    assert queue.bytes == 0
+    assert queue.put([large]) == 0
+
+
 def test_queue_get_waits_for_a_put():
     async def scenario() -> list[bytes]:
-        queue = EventQueue(capacity=10)
+        queue = EventQueue(capacity=10, max_bytes=1 << 30)
         waiter = asyncio.create_task(queue.get())
         await asyncio.sleep(0.01)
         assert not waiter.done()
@@ -35,7 +45,7 @@ def test_queue_get_waits_for_a_put():
 
 def test_put_within_waits_for_room_then_takes_the_rest_in_order():
     async def scenario() -> list[bytes]:
-        queue = EventQueue(capacity=2)
+        queue = EventQueue(capacity=2, max_bytes=1 << 30)
         putting = asyncio.create_task(queue.put_within([expiration(k) for k in (b"a", b"b", b"c")], timeout=5))
         await asyncio.sleep(0.01)
         assert not putting.done()
@@ -48,7 +58,7 @@ def test_put_within_waits_for_room_then_takes_the_rest_in_order():
 
 def test_put_within_gives_up_after_its_timeout_and_reports_what_did_not_fit():
     async def scenario() -> int:
-        queue = EventQueue(capacity=1)
+        queue = EventQueue(capacity=1, max_bytes=1 << 30)
         return await queue.put_within([expiration(b"a"), expiration(b"b"), expiration(b"c")], timeout=0.05)
 
     assert asyncio.run(scenario()) == 2
@@ -56,7 +66,7 @@ def test_put_within_gives_up_after_its_timeout_and_reports_what_did_not_fit():
 
 def test_a_busy_subscription_cannot_starve_another_waiting_for_room():
     async def scenario() -> list[bytes]:
-        queue = EventQueue(capacity=1)
+        queue = EventQueue(capacity=1, max_bytes=1 << 30)
         queue.put([expiration(b"first")])
 
         async def busy_node() -> None:
@@ -80,7 +90,7 @@ def test_a_busy_subscription_cannot_starve_another_waiting_for_room():
 
 def test_room_goes_to_the_waiting_put_before_a_later_one():
     async def scenario() -> tuple[int, list[bytes]]:
-        queue = EventQueue(capacity=1)
+        queue = EventQueue(capacity=1, max_bytes=1 << 30)
         queue.put([expiration(b"first")])
         waiting = asyncio.create_task(queue.put_within([expiration(b"waiting")], timeout=5))
         await asyncio.sleep(0)
@@ -94,7 +104,7 @@ def test_room_goes_to_the_waiting_put_before_a_later_one():
 
 def test_the_oldest_receive_time_counts_the_queued_and_the_waiting():
     async def scenario() -> tuple[float | None, float | None, float | None]:
-        queue = EventQueue(capacity=1)
+        queue = EventQueue(capacity=1, max_bytes=1 << 30)
         empty = queue.oldest()
         queue.put([Expiration(key=b"queued", node="n:1", received_at=5.0)])
         waiting = asyncio.create_task(queue.put_within([Expiration(key=b"w", node="n:2", received_at=3.0)], timeout=5))

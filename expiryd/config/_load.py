@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 from ..errors import ConfigError
-from ._schema import DURATION, HANDLER_DEFAULTS, SIZE, ZERO_OK, Config, RouteConfig, replay_timings
+from ._schema import (
+    DURATION,
+    HANDLER_DEFAULTS,
+    SIZE,
+    ZERO_OK,
+    Config,
+    RouteConfig,
+    memory_bounds,
+    replay_timings,
+)
 from ._secrets import with_password, with_route_secrets
 from ._validate import validate
 
@@ -323,10 +332,19 @@ def _with_handler_defaults(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _with_derived_replay(config: Config) -> Config:
-    """Fill in the replay timings left unset, so that the loaded config shows them (see replay_timings)."""
+    """Fill in the replay timings and byte bounds left unset, so that the loaded config shows them.
+
+    See replay_timings and memory_bounds.
+    """
     timings = replay_timings(config.replay, config.election)
+    bounds = memory_bounds(config)
     return dataclasses.replace(
-        config, replay=dataclasses.replace(config.replay, warmup=timings.warmup, window=timings.window)
+        config,
+        replay=dataclasses.replace(
+            config.replay, warmup=timings.warmup, window=timings.window, max_bytes=bounds.replay
+        ),
+        schedule=dataclasses.replace(config.schedule, max_bytes=bounds.schedule),
+        pipeline=dataclasses.replace(config.pipeline, queue_bytes=bounds.queue),
     )
 
 

@@ -77,8 +77,18 @@ class ElectionConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    # What one replica may hold of keys and events, split among the schedule, the replay history and
+    # the merged queue (see memory_bounds); each part's own max_bytes, if set, takes its share.
+    # Leave room above it for the process itself: about 60 MB.
+    budget: Size = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     queue_size: int = 100_000
+    # The merged queue's bound in bytes (estimated per event); None: its share of memory.budget.
+    queue_bytes: Size | None = None
     overflow_wait: Duration = 5.0
     shutdown_grace: Duration = 10.0
 
@@ -89,8 +99,9 @@ class ReplayConfig:
     # None: derived from the election timings (see _with_derived_replay).
     window: Duration | None = None
     warmup: Duration | None = None
-    # The history kept for a successor, in bytes (about 170 bytes per event with 25-byte keys).
-    max_bytes: Size = 64 * 1024 * 1024
+    # The history kept for a successor, in bytes (about 170 bytes per event with 25-byte keys);
+    # None: its share of memory.budget.
+    max_bytes: Size | None = None
     clock_tolerance: Duration = 2.0
 
 
@@ -98,8 +109,9 @@ class ReplayConfig:
 class ScheduleConfig:
     # Touch each routed key at its due time, so it expires then and not when Redis's own cycle finds it.
     enabled: bool = True
-    # Keys held at most (about 150 MB per million on every replica); more fire on Redis's timing.
-    max_keys: int = 1_000_000
+    # What the schedule holds at most, in bytes (about 50 MB per million keys with 25-byte names, on
+    # every replica); keys past it fire on Redis's own timing. None: its share of memory.budget.
+    max_bytes: Size | None = None
     # Keys due further ahead wait for a rescan that finds them within the horizon.
     horizon: Duration = 3600.0
     # How often every primary is scanned again for routed keys (and for those beyond the horizon).
@@ -241,6 +253,7 @@ class Config:
     id: str = field(default_factory=socket.gethostname)
     redis: RedisConfig = field(default_factory=RedisConfig)
     election: ElectionConfig = field(default_factory=ElectionConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -272,6 +285,38 @@ def takeover_gap(election: ElectionConfig) -> float:
 WARMUP_MARGIN = 1.4
 WINDOW_GAPS = 2
 WINDOW_MARGIN = 1.8
+
+
+# How memory.budget is split among the parts whose max_bytes is left unset.
+MEMORY_SHARES = {"schedule": 0.5, "replay": 0.25, "queue": 0.25}
+
+
+@dataclass(frozen=True)
+class MemoryBounds:
+    """The byte bound of each part of a replica's memory: as set, or its share of ``memory.budget``."""
+
+    schedule: int
+    replay: int
+    queue: int
+
+
+def memory_bounds(config: Config) -> MemoryBounds:
+    """Each part's ``max_bytes`` as set or, left unset, its share of what the parts set leave of the budget.
+
+    With the defaults (a 256 MB budget): 128 MB for the schedule, 64 MB each for the replay history and
+    the merged queue.
+    """
+    set_ = {
+        "schedule": config.schedule.max_bytes,
+        "replay": config.replay.max_bytes,
+        "queue": config.pipeline.queue_bytes,
+    }
+    left = max(0, config.memory.budget - sum(size for size in set_.values() if size is not None))
+    unset_share = sum(share for part, share in MEMORY_SHARES.items() if set_[part] is None)
+    derived = {
+        part: size if size is not None else int(left * MEMORY_SHARES[part] / unset_share) for part, size in set_.items()
+    }
+    return MemoryBounds(**derived)
 
 
 @dataclass(frozen=True)

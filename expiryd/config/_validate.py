@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from ..callables import load_callable
 from ..errors import ConfigError
 from ..events import KINDS
+from ..schedule import MAX_HORIZON
 from ._schema import (
     HANDLER_KINDS,
     RETRY_JITTER,
@@ -25,6 +26,7 @@ from ._schema import (
     SweepConfig,
     TlsConfig,
     WebhookConfig,
+    memory_bounds,
     replay_timings,
     takeover_gap,
 )
@@ -60,6 +62,7 @@ def validate(config: Config, source: str) -> None:
         )
     if config.pipeline.queue_size < 1:
         raise ConfigError(source, "pipeline.queue_size", "must be at least 1")
+    _check_memory(config, source)
     gap = takeover_gap(election)
     timings = replay_timings(config.replay, election)
     # Each must outlast the takeover gap, or else:
@@ -98,9 +101,32 @@ def _check_sweep(sweep: SweepConfig, source: str) -> None:
             raise ConfigError(source, f"sweep.{name}", f"must be positive, got {getattr(sweep, name)!r}")
 
 
+def _check_memory(config: Config, source: str) -> None:
+    bounds = memory_bounds(config)
+    parts = {
+        "schedule.max_bytes": bounds.schedule,
+        "replay.max_bytes": bounds.replay,
+        "pipeline.queue_bytes": bounds.queue,
+    }
+    total = sum(parts.values())
+    if total > config.memory.budget:
+        raise ConfigError(
+            source,
+            "memory.budget",
+            f"{', '.join(parts)} come to {_mb(total)}, more than the budget of {_mb(config.memory.budget)}",
+        )
+    for key, size in parts.items():
+        if size < 1 << 20:
+            raise ConfigError(source, key, f"must be at least 1MB, got {size} bytes (raise memory.budget)")
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1 << 20):g}MB"
+
+
 def _check_schedule(schedule: ScheduleConfig, source: str) -> None:
-    if schedule.max_keys < 1:
-        raise ConfigError(source, "schedule.max_keys", "must be at least 1")
+    if schedule.horizon > MAX_HORIZON:
+        raise ConfigError(source, "schedule.horizon", f"must be at most {MAX_HORIZON / 86_400:.0f} days")
     if schedule.scan_rate < 1:
         raise ConfigError(source, "schedule.scan_rate", "must be at least 1")
     if schedule.rescan_interval >= schedule.horizon:

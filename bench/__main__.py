@@ -15,6 +15,8 @@
     python -m bench faults                # silenced and cut-off connections, skewed clocks; as root (not in "all")
     python -m bench stall                 # the lease's primary stopped 25 s at 250 keys/s: what is lost (not in "all")
     python -m bench outage                # a webhook answering 503 for 60 s, the leader killed half way (not in "all")
+    python -m bench memory                # follower RSS per million keys, an unrouted flood, learning rate: the code
+                                          # now against --before (a git revision), in one run (not in "all")
 
 Run from the repository root, with expiryd installed (``make setup``).
 """
@@ -35,6 +37,7 @@ from . import (
     handlers,
     hash_fields,
     latency,
+    memory,
     network_faults,
     ontime,
     outage,
@@ -51,17 +54,18 @@ SCENARIOS = ("throughput", "latency", "takeover", "handlers", "ontime")
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument(
-        "scenario", choices=(*SCENARIOS, "all", "profile", "hexpired", "sweep", "faults", "stall", "outage")
+        "scenario", choices=(*SCENARIOS, "all", "profile", "hexpired", "sweep", "faults", "stall", "outage", "memory")
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the scripts work")
     parser.add_argument("--json", type=Path, default=None, help="where to write raw numbers")
     parser.add_argument("--rounds", type=int, default=5, help="takeover: SIGKILLs and SIGTERMs per variant")
+    parser.add_argument("--before", default=memory.BEFORE, help="memory: the git revision to compare with")
     parser.add_argument("--route", choices=sorted(profile.ROUTES), default="recorder", help="profile: the handler")
     args = parser.parse_args()
     scenarios = SCENARIOS if args.scenario == "all" else (args.scenario,)
     report: dict[str, Any] = {"machine": machine(), "smoke": args.smoke, "results": {}}
     for scenario in scenarios:
-        rows = run_scenario(scenario, smoke=args.smoke, rounds=args.rounds, route=args.route)
+        rows = run_scenario(scenario, smoke=args.smoke, rounds=args.rounds, route=args.route, before=args.before)
         report["results"][scenario] = rows
         print_table(scenario, rows)
     path = args.json or Path("bench/results") / f"{args.scenario}-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -71,7 +75,9 @@ def main() -> int:
     return 0
 
 
-def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list[dict[str, Any]]:
+def run_scenario(
+    scenario: str, *, smoke: bool, rounds: int, route: str, before: str = memory.BEFORE
+) -> list[dict[str, Any]]:
     if scenario == "profile":
         return profile.run(route=route, rate=10_000, seconds=2.0 if smoke else 8.0, burst=5_000 if smoke else 50_000)
     if scenario == "hexpired":
@@ -84,6 +90,10 @@ def run_scenario(scenario: str, *, smoke: bool, rounds: int, route: str) -> list
         )
     if scenario == "outage":
         return outage.run(rate=50, outage=10.0) if smoke else outage.run(rate=200, outage=60.0)
+    if scenario == "memory":
+        if smoke:
+            return memory.run(keys=100_000, flood=30_000, burst=50_000, before=before)
+        return memory.run(keys=1_000_000, flood=300_000, burst=500_000, before=before)
     if scenario == "stall":
         return stall.run(rate=100, stall=5.0) if smoke else stall.run(rate=250, stall=25.0)
     if scenario == "faults":

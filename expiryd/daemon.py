@@ -170,7 +170,11 @@ class Daemon:
                 router=router,
                 leadership=self._elector,
                 dead_letters=DeadLetters(
-                    client=self._data, stream=config.dead_letter.stream, maxlen=config.dead_letter.maxlen
+                    client=self._data,
+                    stream=config.dead_letter.stream,
+                    maxlen=config.dead_letter.maxlen,
+                    max_bytes=config.dead_letter.max_bytes,
+                    metrics=self.metrics,
                 ),
                 metrics=self.metrics,
                 upstream_blocked=self._queue.blocked_for,
@@ -289,7 +293,13 @@ class Daemon:
         payload = (
             None
             if config.payload is None
-            else PayloadKeys(template=config.payload, client=self._data, keep_for=config.payload_keep_for)
+            else PayloadKeys(
+                template=config.payload,
+                client=self._data,
+                keep_for=config.payload_keep_for,
+                max_bytes=config.payload_max_bytes,
+                batch_bytes=config.payload_batch_bytes,
+            )
         )
         # Every route has one: a route that keeps its attempts in memory still takes redriven entries.
         retries = RetrySet(

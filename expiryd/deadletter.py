@@ -2,11 +2,13 @@
 
 After a route's last attempt, or at once on a permanent failure, each event of
 the batch becomes one entry of a Redis stream on the cluster, trimmed with
-``MAXLEN ~``. An entry holds the event's stream fields (``key`` as raw bytes,
+``MAXLEN ~`` and, past ``max_bytes`` of memory on its primary, oldest first to
+about nine tenths of it (counted and logged). An entry holds the event's stream fields (``key`` as raw bytes,
 ``node``, ``term``, ``replica``, ``received_at``, ``payload`` when fetched)
 and why it is there: ``route``, ``error`` and ``attempts``::
 
-    dead_letters = DeadLetters(client=cluster, stream="{expiryd}:dead-letter", maxlen=100_000)
+    dead_letters = DeadLetters(client=cluster, stream="{expiryd:deadletter}", maxlen=100_000,
+                               max_bytes=64 << 20, metrics=metrics)
     await dead_letters.write(route="orders", events=events, error="HTTP 400", attempts=1)
 
 Inspect, redrive and purge them with ``expiryd dlq`` (see :mod:`expiryd.dlq`): a
@@ -25,11 +27,13 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .connections import REDIS_FAILURES, describe_error
 from .events import Event
+from .metrics import Metrics
 
 __all__ = ["DeadLetters", "Outcome"]
 
@@ -38,6 +42,10 @@ log = logging.getLogger("expiryd.deadletter")
 _MAX_ERROR_LENGTH = 1000
 # Tries of the stream itself: it lives on the cluster, so a failover takes a few seconds at most.
 _WRITE_ATTEMPTS = 3
+# The stream's size is read at most this often (seconds), after a write.
+_MEASURE_INTERVAL = 1.0
+# A stream past max_bytes is trimmed to this share of it, so that the next writes do not trim again.
+_TRIM_TO = 0.9
 
 
 class Outcome(enum.Enum):
@@ -49,10 +57,13 @@ class Outcome(enum.Enum):
 
 
 class DeadLetters:
-    def __init__(self, *, client: Any, stream: str, maxlen: int) -> None:
+    def __init__(self, *, client: Any, stream: str, maxlen: int, max_bytes: int, metrics: Metrics) -> None:
         self.stream = stream
         self._client = client
         self._maxlen = maxlen
+        self._max_bytes = max_bytes
+        self._metrics = metrics
+        self._measured_at = 0.0
 
     async def take(
         self,
@@ -112,3 +123,28 @@ class DeadLetters:
             }
             pipe.xadd(self.stream, fields, maxlen=self._maxlen, approximate=True)
         await pipe.execute()
+        if time.monotonic() - self._measured_at >= _MEASURE_INTERVAL:
+            await self.bound()
+
+    async def bound(self) -> int:
+        """Read the stream's size into the metrics; trim its oldest entries past ``max_bytes``. How many went."""
+        self._measured_at = time.monotonic()
+        pipe = self._client.pipeline(transaction=False)
+        pipe.xlen(self.stream)
+        pipe.memory_usage(self.stream, samples=5)
+        entries, size = await pipe.execute()
+        size = size or 0
+        trimmed = 0
+        if size > self._max_bytes and entries:
+            keep = max(1, int(entries * self._max_bytes * _TRIM_TO / size))
+            trimmed = await self._client.xtrim(self.stream, maxlen=keep, approximate=False)
+            self._metrics.dead_letters_trimmed.inc(trimmed)
+            log.error(
+                "dead-letter stream past its bytes: oldest entries trimmed",
+                extra={"stream": self.stream, "trimmed": trimmed, "bytes": size, "max_bytes": self._max_bytes},
+            )
+            entries -= trimmed
+            size = int(size * entries / (entries + trimmed))
+        self._metrics.dead_letter_entries.set(entries)
+        self._metrics.dead_letter_bytes.set(size)
+        return trimmed

@@ -51,6 +51,7 @@ from .handlers import PermanentFailure, RetryLater
 from .lanes import Lanes
 from .leadership import Leadership
 from .metrics import Metrics
+from .payload import Oversized
 from .retries import KeyQueue, Parked, RetrySet
 from .routing import Route
 from .tasks import cancel_and_wait
@@ -223,8 +224,12 @@ class RouteDelivery:
 
     async def _deliver(self, batch: list[Pending]) -> None:
         batch = await self._behind_their_keys(batch)
-        if not batch:
-            return
+        while batch:
+            batch = await self._deliver_part(batch)
+
+    async def _deliver_part(self, batch: list[Pending]) -> list[Pending]:
+        """Deliver ``batch``, or as much of it as its payloads allow; return the rest, for another call."""
+        rest: list[Pending] = []
         keys = [pending.expiration.key for pending in batch]
         payloads: list[bytes | None] | None = None
         events = self._events(batch, payloads)
@@ -234,22 +239,27 @@ class RouteDelivery:
             attempt += 1
             try:
                 if self.route.payload is not None and payloads is None:
-                    payloads = await self.route.payload.fetch(keys)
+                    fetched = await self.route.payload.fetch(keys)
+                    rest, batch = batch[len(fetched) :], batch[: len(fetched)]
+                    batch, payloads = await self._set_aside_oversized(batch, fetched)
+                    if not batch:
+                        return rest
+                    keys = [pending.expiration.key for pending in batch]
                     events = self._events(batch, payloads)
                     if not self._leading():
                         # Stepped down while a node was slow to answer: a call now would reach the
                         # receiver after the next leader's, under the older term.
-                        return
+                        return []
                 await self._call(events)
             except PermanentFailure as error:
                 await self._dead_letter(batch, events, error, attempt)
-                return
+                return rest
             except Exception as error:
                 if attempt >= self.route.retry.max_attempts:
                     await self._dead_letter(batch, events, error, attempt)
-                    return
+                    return rest
                 if attempt >= self.route.retry.in_memory and await self._park(batch, events, error, attempt):
-                    return
+                    return rest
                 self._retried.inc(len(batch))
                 log.warning(
                     "handler failed: retrying",
@@ -265,7 +275,32 @@ class RouteDelivery:
             await self._delete_payloads([p.expiration.key for p in batch if p.expiration.kind == EXPIRED])
             self._ok.inc(len(batch))
             self._finish(batch)
-            return
+            return rest
+        return []
+
+    async def _set_aside_oversized(
+        self, batch: list[Pending], fetched: list[bytes | None | Oversized]
+    ) -> tuple[list[Pending], list[bytes | None]]:
+        """Dead-letter the events whose payload is too large to copy, by reference; return the others.
+
+        Each such companion is renamed out of the sweep's way first (see PayloadKeys.set_aside), so that
+        no sweep finds it and delivers its key again; the entry names it, and ``expiryd dlq`` shows it.
+        """
+        oversized = [(p, f) for p, f in zip(batch, fetched, strict=True) if isinstance(f, Oversized)]
+        if not oversized:
+            return batch, [f for f in fetched if not isinstance(f, Oversized)]
+        payload = self.route.payload
+        assert payload is not None  # only a payload route fetches
+        events = self._events([pending for pending, _ in oversized], None)
+        for event, (pending, found) in zip(events, oversized, strict=True):
+            event.payload_bytes = found.size
+            event.payload_ref = await payload.set_aside(pending.expiration.key)
+        error = PermanentFailure(
+            f"payload over routes[].payload_max_bytes ({payload.max_bytes} bytes): not copied, set aside"
+        )
+        await self._dead_letter([pending for pending, _ in oversized], events, error, 0)
+        kept = [(p, f) for p, f in zip(batch, fetched, strict=True) if not isinstance(f, Oversized)]
+        return [p for p, _ in kept], [f for _, f in kept if not isinstance(f, Oversized)]
 
     async def _behind_their_keys(self, batch: list[Pending]) -> list[Pending]:
         """Park at once the events whose key has a queue in the retry set; return the others.
@@ -386,7 +421,13 @@ class RouteDelivery:
         if self.route.payload is None:
             return None
         unread = [entry.expiration.key for entry in due if entry.payload is None]
-        fetched = iter(await self.route.payload.fetch(unread) if unread else [])
+        found = await self.route.payload.fetch(unread, whole=True) if unread else []
+        too_large = [f.size for f in found if isinstance(f, Oversized)]
+        if too_large:
+            raise PermanentFailure(
+                f"payload of {max(too_large)} bytes over routes[].payload_max_bytes ({self.route.payload.max_bytes})"
+            )
+        fetched = iter(f for f in found if not isinstance(f, Oversized))
         return [entry.payload if entry.payload is not None else next(fetched) for entry in due]
 
     def _parked_events(self, due: list[Parked], payloads: list[bytes | None] | None) -> list[Event]:

@@ -70,6 +70,9 @@ class Event:
     swept: bool = False
     # Sent again from the dead-letter stream by ``expiryd dlq redrive``.
     redriven: bool = False
+    # A payload too large to copy: the name its companion was set aside under, and its length.
+    payload_ref: bytes | None = None
+    payload_bytes: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The event as a JSON object.
@@ -120,6 +123,10 @@ class Event:
             fields["redriven"] = "1"
         if self.payload is not None:
             fields["payload"] = self.payload
+        if self.payload_bytes is not None:
+            fields["payload_bytes"] = str(self.payload_bytes)
+            if self.payload_ref is not None:
+                fields["payload_ref"] = self.payload_ref
         return fields
 
 

@@ -16,7 +16,7 @@ chosen from the lock name and the route (:func:`retry_keys`), so that routes spr
 
 Payload keys (``routes[].payload``) and stream names (``routes[].stream.name``,
 ``dead_letter.stream``) come from the configuration; the dead-letter stream's
-default is here.
+default is here, in a hash slot far from the lease's.
 """
 
 from __future__ import annotations
@@ -37,7 +37,10 @@ __all__ = [
 ]
 
 DEFAULT_LOCK_NAME = "{expiryd}:leader"
-DEFAULT_DEAD_LETTER_STREAM = "{expiryd}:dead-letter"
+# Its own hash tag, not the lease's: a receiver refusing everything for a day must not fill the
+# primary that holds the lease. Slot 14119 against the lease's 7627: on different primaries
+# whenever 2 to 6 primaries share the slots evenly (``expiryd check`` says when they do not).
+DEFAULT_DEAD_LETTER_STREAM = "{expiryd:deadletter}"
 
 # pottery's Redlock stores a lock named N under "redlock:N"; expiryd never writes this key
 # itself, but reads it (``expiryd check``) and must not treat its expiry as an event.

@@ -129,6 +129,21 @@ class Metrics:
         )
         self.queue_depth = Gauge("expiryd_queue_depth", "Events waiting in the merged queue.", registry=r)
 
+        # Dead letters
+        self.dead_letter_entries = Gauge(
+            "expiryd_dead_letter_entries", "Entries in the dead-letter stream, as the leader last read it.", registry=r
+        )
+        self.dead_letter_bytes = Gauge(
+            "expiryd_dead_letter_bytes",
+            "The dead-letter stream's memory on its primary (MEMORY USAGE), as the leader last read it.",
+            registry=r,
+        )
+        self.dead_letters_trimmed = Counter(
+            "expiryd_dead_letters_trimmed",
+            "Dead letters trimmed, oldest first, to keep the stream within dead_letter.max_bytes.",
+            registry=r,
+        )
+
         # Memory: the parts memory.budget is split among
         self.memory_bytes = Gauge(
             "expiryd_memory_bytes",

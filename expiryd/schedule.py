@@ -68,7 +68,8 @@ _REBASE_BACK_MS = 2 * 86_400_000  # a new base lies this far before the due time
 _NEW, _MOVED, _SAME, _REFUSED = range(4)  # what a put did
 _MAX_LOAD = 0.7
 _GROWTH = 1.5
-_INITIAL_SLOTS = 1024
+_TABLES = 64  # a power of two
+_INITIAL_SLOTS = 64
 _SLOT_BYTES = 12  # an int64 fingerprint and an int32 offset
 _LONG_NAME = 0xFF  # a name of 255 bytes or more: its length follows in four bytes
 _ACTIVE_ENTRY_BYTES = 120  # a tuple of the heap of opened seconds, with its key's bytes object
@@ -112,27 +113,60 @@ def _names(arena: bytearray, position: int = 0) -> Iterator[tuple[bytes, int]]:
 class _Index:
     """Each key's due time in ms, by fingerprint, and whether it has fired: no object per key.
 
-    Linear probing, with deletion by shifting the entries behind back (no
-    tombstones, so a table whose keys come and go never needs rebuilding). A
+    The keys are spread over tables by their fingerprint's low bits, so that
+    growing one rehashes a small part of them: rehashing a million keys in
+    Python takes over a second, which would hold the event loop (and the
+    subscriptions' watchdogs) that long.
+    """
+
+    def __init__(self, *, tables: int = _TABLES, slots: int = _INITIAL_SLOTS) -> None:
+        self.live = 0  # waiting or fired
+        self.fired = 0
+        self.nbytes = 0
+        self._mask = tables - 1
+        self._tables = [_Table(self, slots) for _ in range(tables)]
+
+    def state(self, fingerprint: int) -> int:
+        """The key's due time in ms, negated once it has fired; 0 if the key is not held."""
+        return self._tables[fingerprint & self._mask].state(fingerprint)
+
+    def put(self, fingerprint: int, due_ms: int, *, room: bool = True) -> int:
+        """Hold the key as waiting for ``due_ms``: :data:`_NEW`, :data:`_MOVED` or :data:`_SAME`.
+
+        :data:`_REFUSED` if the key is new and there is no ``room``.
+        """
+        return self._tables[fingerprint & self._mask].put(fingerprint, due_ms, room=room)
+
+    def fire(self, fingerprint: int, due_ms: int) -> bool:
+        """Mark the key fired, if it is waiting for ``due_ms``."""
+        return self._tables[fingerprint & self._mask].fire(fingerprint, due_ms)
+
+    def remove(self, fingerprint: int, *, fired_at: int = 0) -> int:
+        """Forget the key (only if it fired for ``fired_at`` ms, when given); its :meth:`state`, 0 if none."""
+        return self._tables[fingerprint & self._mask].remove(fingerprint, fired_at=fired_at)
+
+
+class _Table:
+    """One table of the index: linear probing, with deletion by shifting the entries behind back.
+
+    No tombstones, so a table whose keys come and go never needs rebuilding. A
     slot's offset from :attr:`base_ms` is positive while the key waits, and
     negated once it has fired.
     """
 
-    def __init__(self, slots: int = _INITIAL_SLOTS) -> None:
+    def __init__(self, index: _Index, slots: int) -> None:
+        self._index = index  # the counts are the whole index's
         self.base_ms = 0
-        self.live = 0  # waiting or fired
-        self.fired = 0
+        self._live = 0
+        self._slots = 0
         self._allocate(slots)
 
     def _allocate(self, slots: int) -> None:
+        self._index.nbytes += (slots - self._slots) * _SLOT_BYTES
         self._slots = slots
         self._limit = int(_MAX_LOAD * slots)
         self._prints = array("q", bytes(8 * slots))
         self._offsets = array("i", bytes(4 * slots))
-
-    @property
-    def nbytes(self) -> int:
-        return self._slots * _SLOT_BYTES
 
     def _find(self, fingerprint: int) -> int:
         """The slot holding ``fingerprint``, or ``~slot`` of the empty one where it would go."""
@@ -171,7 +205,7 @@ class _Index:
             if held == offset:
                 return _SAME
             if held < 0:
-                self.fired -= 1
+                self._index.fired -= 1
             self._offsets[slot] = offset
             return _MOVED
         if not room:
@@ -179,8 +213,9 @@ class _Index:
         slot = ~slot
         self._prints[slot] = fingerprint
         self._offsets[slot] = offset
-        self.live += 1
-        if self.live > self._limit:
+        self._live += 1
+        self._index.live += 1
+        if self._live > self._limit:
             self._resize()
         return _NEW
 
@@ -190,7 +225,7 @@ class _Index:
         if slot < 0 or self._offsets[slot] != due_ms - self.base_ms:
             return False
         self._offsets[slot] = -self._offsets[slot]
-        self.fired += 1
+        self._index.fired += 1
         return True
 
     def remove(self, fingerprint: int, *, fired_at: int = 0) -> int:
@@ -202,8 +237,9 @@ class _Index:
         if fired_at and offset != self.base_ms - fired_at:
             return 0
         if offset < 0:
-            self.fired -= 1
-        self.live -= 1
+            self._index.fired -= 1
+        self._live -= 1
+        self._index.live -= 1
         self._close_gap(slot)
         return offset + self.base_ms if offset > 0 else offset - self.base_ms
 

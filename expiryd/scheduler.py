@@ -61,6 +61,7 @@ from .config import ScheduleConfig
 from .connections import REDIS_FAILURES, NodeAddress, NodeClients, RedisOptions, describe_error
 from .events import EXPIRED, Expiration
 from .leadership import Leadership
+from .memory import Trimmer
 from .metrics import Metrics
 from .routing import Router
 from .schedule import Admission, Schedule
@@ -80,6 +81,8 @@ _RETRY_AFTER_ERROR = 0.1
 _EARLY_RETRY_MARGIN = 0.002
 _IDLE_WAKE = 0.1  # how often an idle fire loop looks at the leadership again
 _RECOVERY_CHECK_INTERVAL = 1.0
+# How often, at most, memory freed by learning is handed back to the system (see expiryd.memory).
+_TRIM_INTERVAL = 5.0
 
 
 class DueTimes(Protocol):
@@ -143,6 +146,7 @@ class Scheduler(Service):
         admissions = metrics.schedule_admissions
         self._admitted = {admission: admissions.labels(result=admission.value) for admission in Admission}
         self._touches = metrics.schedule_touches
+        self._trimmer = Trimmer(interval=_TRIM_INTERVAL)
 
     async def _run(self) -> None:
         await until_first_failure(self._look_up_learned(), self._fire(), self._recover())
@@ -187,7 +191,9 @@ class Scheduler(Service):
             self._learned.clear()
             pending, self._pending, self._pending_count = self._pending, {}, 0
             await asyncio.gather(*(self._look_up(node, keys) for node, keys in pending.items()))
+            del pending
             self._report_size()
+            self._trimmer.after_churn()
 
     async def _look_up(self, node: NodeAddress, keys: list[bytes]) -> None:
         """Schedule ``keys`` at the due times their primary ``node`` gives."""

@@ -20,6 +20,7 @@ OUTPUT.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -272,3 +273,63 @@ def evict(
             client.config_set("maxmemory-policy", "noeviction")
             for start in range(0, len(fillers), 500):
                 client.unlink(*fillers[start : start + 500])
+
+
+class MemoryLimit:
+    """A memory cgroup holding processes to ``limit`` bytes, as a container's limit does; the kernel's OOM
+    killer ends a process that passes it. cgroup v2 where mounted, else v1's memory controller::
+
+        with MemoryLimit(200 << 20) as limit:
+            limit.add(replica.process.pid)
+            ...
+            assert limit.oom_kills() == 0
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._v2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+        root = Path("/sys/fs/cgroup") if self._v2 else Path("/sys/fs/cgroup/memory")
+        self._root = root
+        self.path = root / f"expiryd-test-{uuid.uuid4().hex[:8]}"
+        self._pids: list[int] = []
+
+    def __enter__(self) -> MemoryLimit:
+        self.path.mkdir()
+        (self.path / ("memory.max" if self._v2 else "memory.limit_in_bytes")).write_text(str(self.limit))
+        if not self._v2:
+            (self.path / "memory.memsw.limit_in_bytes").write_text(str(self.limit))  # no swap to hide in
+        return self
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+        self._pids.append(pid)
+
+    def peak(self) -> int:
+        """The most the group has held, in bytes (v1; v2 kernels from 5.19)."""
+        name = "memory.peak" if self._v2 else "memory.max_usage_in_bytes"
+        return int((self.path / name).read_text())
+
+    def oom_kills(self) -> int:
+        name = "memory.events" if self._v2 else "memory.oom_control"
+        for line in (self.path / name).read_text().splitlines():
+            field_name, _, value = line.partition(" ")
+            if field_name == "oom_kill":
+                return int(value)
+        return 0
+
+    def __exit__(self, *exc_info: object) -> None:
+        for pid in self._pids:
+            with contextlib.suppress(OSError):
+                (self._root / "cgroup.procs").write_text(str(pid))
+        with contextlib.suppress(OSError):
+            self.path.rmdir()
+
+
+def memory_limits_unavailable() -> str | None:
+    """Why a memory cgroup cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "memory limits need root"
+    for root in (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup")):
+        if (root / "cgroup.procs").exists() and os.access(root, os.W_OK):
+            return None
+    return "no writable memory cgroup hierarchy"

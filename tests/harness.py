@@ -84,7 +84,9 @@ class Replica:
         *,
         env: dict[str, str] | None = None,
         group: int | None = None,
+        source: Path | None = None,
     ) -> None:
+        """``source``: run the expiryd of another checkout (its root), as ``python -m`` finds it there."""
         self.name = name
         self.config: dict[str, Any] = yaml.safe_load(config.read_text(encoding="utf-8"))
         self.port = free_port()
@@ -108,6 +110,7 @@ class Replica:
             stderr=self._stderr,
             stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            cwd=source,
             group=group,  # a group of its own lets an iptables owner rule single it out (tests/faults.py)
         )
 

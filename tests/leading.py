@@ -125,7 +125,7 @@ class Gate:
                 replica="r1",
                 router=Router(routes),
                 leadership=self.leadership,
-                dead_letters=DeadLetters(client=None, stream="dead", maxlen=9),
+                dead_letters=DeadLetters(client=None, stream="dead", maxlen=9, max_bytes=1 << 20, metrics=Metrics()),
                 metrics=self.metrics,
                 upstream_blocked=self.queue.blocked_for,
                 overflow_wait=5.0,

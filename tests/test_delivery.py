@@ -16,6 +16,7 @@ from expiryd.delivery import RouteDelivery, backoff, handler_error
 from expiryd.events import HEXPIRED, Event, Expiration
 from expiryd.handlers import PermanentFailure, RetryLater
 from expiryd.metrics import Metrics
+from expiryd.payload import Oversized
 from expiryd.retries import KeyQueue, Parked
 from expiryd.routing import Route
 
@@ -38,6 +39,9 @@ class Recorder:
         pass
 
 
+ENTRY_BYTES = 100  # what the fake stream says each entry takes
+
+
 class StreamClient:
     """A Redis client whose pipelines append XADDs to ``entries``, or fail when ``down``."""
 
@@ -48,18 +52,32 @@ class StreamClient:
     def pipeline(self, *, transaction: bool) -> StreamClient._Pipeline:
         return StreamClient._Pipeline(self)
 
+    async def xtrim(self, stream: str, *, maxlen: int, approximate: bool) -> int:
+        trimmed = max(0, len(self.entries) - maxlen)
+        del self.entries[:trimmed]
+        return trimmed
+
     class _Pipeline:
         def __init__(self, client: StreamClient) -> None:
             self._client = client
             self._queued: list[dict[str, Any]] = []
+            self._reads: list[str] = []
 
         def xadd(self, stream: str, fields: dict[str, Any], **options: Any) -> None:
             self._queued.append(fields)
 
-        async def execute(self) -> None:
+        def xlen(self, stream: str) -> None:
+            self._reads.append("xlen")
+
+        def memory_usage(self, stream: str, *, samples: int) -> None:
+            self._reads.append("memory")
+
+        async def execute(self) -> list[int]:
             if self._client.down:
                 raise RedisConnectionError("stream unreachable")
             self._client.entries += self._queued
+            count = len(self._client.entries)
+            return [count if read == "xlen" else ENTRY_BYTES * count for read in self._reads]
 
 
 class Term:
@@ -168,6 +186,7 @@ class Setup:
         upstream_blocked: float = 0.0,
         queue_size: int = 100,
         retries: Retries | None = None,
+        max_dead_bytes: int = 1 << 20,
     ) -> None:
         self.retries = retries
         self.metrics = Metrics()
@@ -180,7 +199,9 @@ class Setup:
             replica="r1",
             leadership=self.leadership,
             completion=self.completion,
-            dead_letters=DeadLetters(client=self.stream, stream="dead", maxlen=100),
+            dead_letters=DeadLetters(
+                client=self.stream, stream="dead", maxlen=100, max_bytes=max_dead_bytes, metrics=self.metrics
+            ),
             metrics=self.metrics,
             upstream_blocked=lambda: upstream_blocked,
             shed_after=1.0,
@@ -308,7 +329,9 @@ def test_abandoned_events_stay_unfinished_and_reach_no_handler():
             replica="r1",
             leadership=setup.leadership,
             completion=setup.completion,
-            dead_letters=DeadLetters(client=setup.stream, stream="dead", maxlen=9),
+            dead_letters=DeadLetters(
+                client=setup.stream, stream="dead", maxlen=9, max_bytes=1 << 20, metrics=setup.metrics
+            ),
             metrics=setup.metrics,
             upstream_blocked=lambda: 0.0,
             shed_after=1.0,
@@ -379,11 +402,72 @@ class Payloads:
     def __init__(self) -> None:
         self.deleted: list[bytes] = []
 
-    async def fetch(self, keys: list[bytes]) -> list[bytes | None]:
+    async def fetch(self, keys: list[bytes], *, whole: bool = False) -> list[bytes | None | Oversized]:
         return [b"payload" for _ in keys]
 
     async def delete(self, keys: list[bytes]) -> None:
         self.deleted += keys
+
+
+class BoundedPayloads(Payloads):
+    """Companions as PayloadKeys bounds them: two per call at most; keys named ``big`` are oversized."""
+
+    max_bytes = 1000
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.set_aside_keys: list[bytes] = []
+
+    async def fetch(self, keys: list[bytes], *, whole: bool = False) -> list[bytes | None | Oversized]:
+        found: list[bytes | None | Oversized] = []
+        for key in keys:
+            if b"big" in key:
+                found.append(Oversized(5000))
+            elif sum(1 for f in found if not isinstance(f, Oversized)) < 2 or whole:
+                found.append(b"payload of " + key)
+            else:
+                break
+        return found
+
+    async def set_aside(self, key: bytes) -> bytes | None:
+        self.set_aside_keys.append(key)
+        return b"expiryd:oversized:{" + key + b"}"
+
+
+def bounded_payload_run(keys: list[bytes]) -> tuple[Recorder, BoundedPayloads, Setup]:
+    async def scenario() -> tuple[Recorder, BoundedPayloads, Setup]:
+        handler, payloads = Recorder(), BoundedPayloads()
+        setup = Setup(handler)
+        setup.delivery.route = Route(config=make_route(handler).config, handler=handler, payload=payloads)
+        setup.delivery.start()
+        await setup.delivery.submit([setup.completion.add(Expiration(key, "n:1", 1.0)) for key in keys])
+        await setup.delivery.aclose()
+        return handler, payloads, setup
+
+    return asyncio.run(scenario())
+
+
+def test_a_batch_whose_payloads_pass_the_bound_is_handed_over_in_parts_in_order():
+    handler, payloads, setup = bounded_payload_run([b"k%d" % n for n in range(5)])
+    assert [[event.key for event in events] for _, events in handler.calls] == [
+        [b"k0", b"k1"],
+        [b"k2", b"k3"],
+        [b"k4"],
+    ]
+    assert payloads.deleted == [b"k0", b"k1", b"k2", b"k3", b"k4"]
+    assert setup.completion.unfinished() == 0
+
+
+def test_an_oversized_payload_is_dead_lettered_by_reference_and_its_companion_kept():
+    handler, payloads, setup = bounded_payload_run([b"k0", b"big", b"k1"])
+    assert [event.key for _, events in handler.calls for event in events] == [b"k0", b"k1"]
+    assert payloads.set_aside_keys == [b"big"]
+    assert b"big" not in payloads.deleted
+    (entry,) = setup.stream.entries
+    assert entry["key"] == b"big" and "payload" not in entry
+    assert (entry["payload_ref"], entry["payload_bytes"]) == (b"expiryd:oversized:{big}", "5000")
+    assert "payload_max_bytes" in entry["error"]
+    assert setup.completion.unfinished() == 0
 
 
 def test_a_hash_field_expiration_keeps_the_companion_and_a_key_expiration_deletes_it():

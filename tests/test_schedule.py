@@ -265,7 +265,7 @@ def test_ttls_that_keep_changing_do_not_grow_the_listings_without_bound():
 )
 def test_the_index_finds_every_key_it_holds_when_their_slots_collide(operations):
     """Keys whose home is one of the last two slots: runs wrap, and removal must close gaps across the end."""
-    index = _Index(slots=16)  # 11 keys fit without growing
+    index = _Index(tables=1, slots=16)  # 11 keys fit without growing
     held: dict[int, int] = {}
     for put, number, millis in operations:
         fingerprint = 16 * number + 14 + number % 2

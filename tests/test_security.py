@@ -78,7 +78,7 @@ def test_expiryd_runs_fully_under_the_documented_acl_rule(shared_cluster, spawn,
         expire_keys(shared_cluster, [payload_key, failing_key])
         wait_until(lambda: client.xlen(stream) == 1, timeout=15, what="the stream entry")
         wait_until(
-            lambda: any(f[b"key"] == failing_key for _, f in client.xrange("{expiryd}:dead-letter")),
+            lambda: any(f[b"key"] == failing_key for _, f in client.xrange("{expiryd:deadletter}")),
             timeout=15,
             what="the dead-letter entry",
         )

@@ -43,7 +43,7 @@ def shift(handler: Held, *, term: int = 5, leadership: Leading | None = None) ->
         replica="r1",
         router=Router([route]),
         leadership=leadership or Leading(term),
-        dead_letters=DeadLetters(client=None, stream="dead", maxlen=9),
+        dead_letters=DeadLetters(client=None, stream="dead", maxlen=9, max_bytes=1 << 20, metrics=Metrics()),
         metrics=Metrics(),
         upstream_blocked=lambda: 0.0,
         overflow_wait=5.0,

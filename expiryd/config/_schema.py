@@ -215,6 +215,11 @@ class RouteConfig:
     # How much longer than its key a companion lives: Companions' keep_for. The sweep reads a key's
     # due time from its companion's expire time less this, and delivers no key gone before then.
     payload_keep_for: Duration = 86400.0
+    # A payload larger than this is not copied: its companion is set aside under a name of the
+    # dead-letter stream's entry, which refers to it (see the README, "Payload after expiry").
+    payload_max_bytes: Size = 4 * 1024 * 1024
+    # Payloads read for one handler call at most: a batch whose payloads pass it goes in parts.
+    payload_batch_bytes: Size = 16 * 1024 * 1024
     log: LogHandlerConfig | None = None
     webhook: WebhookConfig | None = None
     stream: StreamConfig | None = None
@@ -246,6 +251,8 @@ HANDLER_DEFAULTS: dict[str, dict[str, Any]] = {
 class DeadLetterConfig:
     stream: str = DEFAULT_DEAD_LETTER_STREAM
     maxlen: int = 100_000
+    # The stream's memory on its primary at most (MEMORY USAGE); the oldest entries are trimmed past it.
+    max_bytes: Size = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)

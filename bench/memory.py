@@ -1,0 +1,241 @@
+"""Memory: a follower's resident memory per million scheduled keys, under a flood of keys of no route, and
+how fast it learns TTL writes; the code before a change against the code now, in one run on one cluster.
+
+A leader (the code now) and two followers, one running the code now and one a checkout of ``--before``
+(a git revision), on one cluster. Three phases:
+
+* **Schedule.** 1,000,000 routed keys with 25-byte names and a one-hour TTL, written in batches of
+  50,000, each once both followers have scheduled the last: RSS before and after, in MB per million.
+* **Unrouted flood.** 300,000 keys of another application, 200-byte names, expiring at once (read by
+  that application once due, which makes Redis expire them then): each follower's peak RSS growth.
+* **Learning.** 500,000 routed keys written as fast as raw pipelined RESP goes: how many each follower
+  scheduled per second of the burst, and how many overflowed its lookup queue (found by a later rescan).
+
+    python -m bench memory                    # before: the revision before the compact schedule
+    python -m bench memory --before <rev>
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from expiryd.devtools.localcluster import LocalCluster
+from tests.harness import Replica, rss_mb, wait_until, write_config
+
+from .latency import cpu_seconds
+
+BEFORE = "8c7d212"  # the last revision with a schedule of Python objects and unrouted events kept
+ROUTE = {"match": "mem:*", "name": "memory", "log": {"path": "/dev/null"}}
+NAME_LENGTH = 25
+
+
+def run(*, keys: int, flood: int, burst: int, before: str = BEFORE) -> list[dict[str, Any]]:
+    repository = Path(__file__).resolve().parent.parent
+    with (
+        LocalCluster() as cluster,
+        tempfile.TemporaryDirectory(prefix="expiryd-bench-") as workdir,
+        _checkout(repository, before, Path(workdir) / "before") as old_source,
+    ):
+        directory = Path(workdir)
+        election = {"lock_name": "{bench-memory}:leader"}  # one election: the old code follows too
+        now_config = write_config(directory, cluster, election=election, routes=[ROUTE], memory={"budget": "1GB"})
+        before_config = write_config(
+            directory,
+            cluster,
+            election=election,
+            routes=[ROUTE],
+            schedule={"max_keys": 10_000_000},
+            replay={"max_bytes": "256MB"},
+        )
+        leader = Replica("leader", now_config, directory)
+        replicas: dict[str, Replica] = {}
+        try:
+            wait_until(leader.leads, timeout=30, what="the leader")
+            replicas["now"] = Replica("now", now_config, directory)
+            replicas["before"] = Replica("before", before_config, directory, source=old_source)
+            for replica in replicas.values():
+                replica.wait_ready()
+                wait_until(
+                    lambda replica=replica: replica.metric("expiryd_schedule_scans_total", result="complete") >= 3,
+                    timeout=120,
+                    what=f"{replica.name}'s start-up scans",
+                )
+            rows = [{"phase": "schedule", **_schedule(cluster, replicas, keys=keys)}]
+            print(rows[-1], flush=True)
+            rows.append({"phase": "unrouted flood", **_flood(cluster, replicas, keys=flood)})
+            print(rows[-1], flush=True)
+            rows.append({"phase": "learning", **_learning(cluster, replicas, keys=burst)})
+            print(rows[-1], flush=True)
+            return rows
+        finally:
+            leader.close()
+            for replica in replicas.values():
+                replica.close()
+
+
+class _checkout:
+    """A detached worktree of ``revision``, removed afterwards."""
+
+    def __init__(self, repository: Path, revision: str, path: Path) -> None:
+        self.repository, self.revision, self.path = repository, revision, path
+
+    def __enter__(self) -> Path:
+        subprocess.run(
+            ["git", "-C", str(self.repository), "worktree", "add", "--detach", str(self.path), self.revision],
+            check=True,
+            capture_output=True,
+        )
+        return self.path
+
+    def __exit__(self, *exc_info: object) -> None:
+        subprocess.run(
+            ["git", "-C", str(self.repository), "worktree", "remove", "--force", str(self.path)], capture_output=True
+        )
+
+
+def _scheduled(replica: Replica) -> float:
+    return replica.metric("expiryd_schedule_keys")
+
+
+def _schedule(cluster: LocalCluster, replicas: dict[str, Replica], *, keys: int) -> dict[str, Any]:
+    before = {name: rss_mb(replica.process.pid) for name, replica in replicas.items()}
+    counted = {name: _scheduled(replica) for name, replica in replicas.items()}
+    due_ms = int(time.time() * 1000) + 3_600_000
+    for first in range(0, keys, 50_000):
+        names = [_name("mem:s", n) for n in range(first, min(keys, first + 50_000))]
+        _write(cluster, names, due_ms=due_ms)
+        target = first + len(names)
+        for name, replica in replicas.items():
+            wait_until(
+                lambda replica=replica, name=name: _scheduled(replica) - counted[name] >= target,
+                timeout=120,
+                interval=0.2,
+                what=f"{name} to schedule the batch",
+            )
+    time.sleep(2.0)
+    row: dict[str, Any] = {"keys": keys}
+    for name, replica in replicas.items():
+        after = rss_mb(replica.process.pid)
+        row[f"{name}_rss_before_mb"] = before[name]
+        row[f"{name}_rss_after_mb"] = after
+        row[f"{name}_mb_per_million"] = round((after - before[name]) * 1_000_000 / keys, 1)
+    return row
+
+
+def _flood(cluster: LocalCluster, replicas: dict[str, Replica], *, keys: int) -> dict[str, Any]:
+    """``keys`` keys of no route, 200-byte names, due 3 s from now: the peak RSS growth of each follower."""
+    before = {name: rss_mb(replica.process.pid) for name, replica in replicas.items()}
+    peak = dict(before)
+    due_ms = int(time.time() * 1000) + 3_000
+    names = [("other:" + "x" * 180 + f"{n:014d}").encode() for n in range(keys)]
+    heard_before = {name: _heard(cluster, replica) for name, replica in replicas.items()}
+    _write(cluster, names, due_ms=due_ms)
+    time.sleep(max(0.0, due_ms / 1000 - time.time()) + 0.1)
+    # Another application reading its keys: each read of an expired key deletes it and publishes
+    # expired at once, where Redis's own cycle would take minutes over 300,000 keys.
+    _send(cluster, names, lambda name: b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(name), name))
+    ends = time.time() + 180.0
+    received = {name: 0.0 for name in replicas}
+    while time.time() < ends and min(received.values()) < keys:
+        for name, replica in replicas.items():
+            peak[name] = max(peak[name], rss_mb(replica.process.pid))
+            received[name] = _heard(cluster, replica) - heard_before[name]
+        time.sleep(0.2)
+    time.sleep(2.0)
+    for name, replica in replicas.items():
+        peak[name] = max(peak[name], rss_mb(replica.process.pid))
+    row: dict[str, Any] = {"keys": keys}
+    for name in replicas:
+        row[f"{name}_rss_growth_mb"] = round(peak[name] - before[name], 1)
+        row[f"{name}_events_heard"] = int(received[name])
+    return row
+
+
+def _heard(cluster: LocalCluster, replica: Replica) -> float:
+    return sum(replica.metric("expiryd_events_received_total", node=node.address) for node in cluster.primaries())
+
+
+def _learning(cluster: LocalCluster, replicas: dict[str, Replica], *, keys: int) -> dict[str, Any]:
+    """``keys`` routed keys written as fast as the writer goes: keys each follower scheduled per second."""
+    counted = {name: _scheduled(replica) for name, replica in replicas.items()}
+    overflow = {
+        name: replica.metric("expiryd_schedule_admissions_total", result="overflow")
+        for name, replica in replicas.items()
+    }
+    cpu = {name: cpu_seconds(replica.process.pid) for name, replica in replicas.items()}
+    due_ms = int(time.time() * 1000) + 3_000_000
+    names = [_name("mem:l", n) for n in range(keys)]
+    started = time.time()
+    _write(cluster, names, due_ms=due_ms)
+    written_in = time.time() - started
+    done: dict[str, float] = {}
+    last = dict(counted)
+    last_change = {name: time.time() for name in replicas}
+    while len(done) < len(replicas) and time.time() - started < 120:
+        for name, replica in replicas.items():
+            if name in done:
+                continue
+            now_count = _scheduled(replica)
+            if now_count - counted[name] >= keys:
+                done[name] = time.time()
+            elif now_count != last[name]:
+                last[name], last_change[name] = now_count, time.time()
+            elif time.time() - last_change[name] > 5.0:
+                done[name] = last_change[name]  # stopped growing: the rest overflowed
+        time.sleep(0.05)
+    row: dict[str, Any] = {"keys": keys, "written_per_second": round(keys / written_in)}
+    for name, replica in replicas.items():
+        scheduled = _scheduled(replica) - counted[name]
+        seconds = max(done.get(name, time.time()) - started, 1e-3)
+        row[f"{name}_scheduled"] = int(scheduled)
+        row[f"{name}_learned_per_second"] = round(scheduled / seconds)
+        row[f"{name}_overflow"] = int(
+            replica.metric("expiryd_schedule_admissions_total", result="overflow") - overflow[name]
+        )
+        row[f"{name}_cpu_seconds"] = round(cpu_seconds(replica.process.pid) - cpu[name], 1)
+    return row
+
+
+def _name(prefix: str, number: int) -> bytes:
+    name = f"{prefix}:{number}"
+    return (name + "-" * (NAME_LENGTH - len(name))).encode()
+
+
+def _write(cluster: LocalCluster, names: list[bytes], *, due_ms: int) -> None:
+    """SET each name to expire at ``due_ms``, as raw pipelined RESP to its primary: no client in the way."""
+    due = str(due_ms).encode()
+    tail = b"\r\n$1\r\nv\r\n$4\r\nPXAT\r\n$%d\r\n%s\r\n" % (len(due), due)
+    _send(cluster, names, lambda name: b"*5\r\n$3\r\nSET\r\n$%d\r\n%s%s" % (len(name), name, tail))
+
+
+def _send(cluster: LocalCluster, names: list[bytes], command: Callable[[bytes], bytes]) -> None:
+    """``command(name)`` for each name, as raw pipelined RESP to the name's primary."""
+    owners = cluster.slot_owners()
+    by_node: dict[str, list[bytes]] = {}
+    for name in names:
+        by_node.setdefault(owners.owner(name).address, []).append(name)
+    for address, node_names in by_node.items():
+        host, port = address.rsplit(":", 1)
+        with socket.create_connection((host, int(port))) as connection:
+            for start in range(0, len(node_names), 20_000):
+                chunk = node_names[start : start + 20_000]
+                connection.sendall(b"".join(command(name) for name in chunk))
+                _read_replies(connection, len(chunk))
+
+
+def _read_replies(connection: socket.socket, count: int) -> None:
+    seen = 0
+    buffered = b""
+    while seen < count:
+        data = connection.recv(1 << 20)
+        if not data:
+            raise ConnectionError("the node closed the connection")
+        buffered += data
+        seen += buffered.count(b"\r\n")
+        buffered = buffered[buffered.rfind(b"\r\n") + 2 :]

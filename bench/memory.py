@@ -2,7 +2,8 @@
 how fast it learns TTL writes; the code before a change against the code now, in one run on one cluster.
 
 A leader (the code now) and two followers, one running the code now and one a checkout of ``--before``
-(a git revision), on one cluster. Three phases:
+(a git revision), on one cluster. First, in this process, each schedule's operations (add, reschedule,
+fire, settle) over as many keys, the old module against the new; then three phases:
 
 * **Schedule.** 1,000,000 routed keys with 25-byte names and a one-hour TTL, written in batches of
   50,000, each once both followers have scheduled the last: RSS before and after, in MB per million.
@@ -17,6 +18,7 @@ A leader (the code now) and two followers, one running the code now and one a ch
 
 from __future__ import annotations
 
+import importlib.util
 import socket
 import subprocess
 import tempfile
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from expiryd.devtools.localcluster import LocalCluster
+from expiryd.schedule import Schedule
 from tests.harness import Replica, rss_mb, wait_until, write_config
 
 from .latency import cpu_seconds
@@ -66,7 +69,9 @@ def run(*, keys: int, flood: int, burst: int, before: str = BEFORE) -> list[dict
                     timeout=120,
                     what=f"{replica.name}'s start-up scans",
                 )
-            rows = [{"phase": "schedule", **_schedule(cluster, replicas, keys=keys)}]
+            rows = [{"phase": "operations", **_operations(old_source, keys=keys)}]
+            print(rows[-1], flush=True)
+            rows.append({"phase": "schedule", **_schedule(cluster, replicas, keys=keys)})
             print(rows[-1], flush=True)
             rows.append({"phase": "unrouted flood", **_flood(cluster, replicas, keys=flood)})
             print(rows[-1], flush=True)
@@ -97,6 +102,43 @@ class _checkout:
         subprocess.run(
             ["git", "-C", str(self.repository), "worktree", "remove", "--force", str(self.path)], capture_output=True
         )
+
+
+def _operations(old_source: Path, *, keys: int) -> dict[str, Any]:
+    """Microseconds per key of each schedule operation, in this process: the old module against the new."""
+    spec = importlib.util.spec_from_file_location("schedule_before", old_source / "expiryd" / "schedule.py")
+    assert spec is not None and spec.loader is not None
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    names = [_name("op", n) for n in range(keys)]
+    now = 1_800_000_000.0
+    row: dict[str, Any] = {"keys": keys}
+    for version, schedule in (
+        ("before", old.Schedule(max_keys=10 * keys, horizon=3600.0, keep_due_for=15.0)),
+        ("now", Schedule(max_bytes=1 << 34, horizon=3600.0, keep_due_for=15.0)),
+    ):
+        timings = {}
+        started = time.perf_counter()
+        for n, name in enumerate(names):
+            schedule.add(name, now + 10 + n % 600_000 / 1000, now=now)
+        timings["add"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for n, name in enumerate(names[: keys // 5]):
+            schedule.add(name, now + 700 + n % 600_000 / 1000, now=now)
+        timings["reschedule"] = (time.perf_counter() - started) * 5
+        started, second, fired = time.perf_counter(), now + 10, 0
+        while second < now + 1400:
+            fired += len(schedule.pop_due(second, limit=10 * keys))
+            second += 1
+        timings["fire"] = time.perf_counter() - started
+        started = time.perf_counter()
+        for name in names:
+            schedule.settle(name)
+        timings["settle"] = time.perf_counter() - started
+        for operation, seconds in timings.items():
+            row[f"{version}_{operation}_us"] = round(seconds / keys * 1e6, 2)
+        del schedule
+    return row
 
 
 def _scheduled(replica: Replica) -> float:
@@ -168,36 +210,44 @@ def _learning(cluster: LocalCluster, replicas: dict[str, Replica], *, keys: int)
         name: replica.metric("expiryd_schedule_admissions_total", result="overflow")
         for name, replica in replicas.items()
     }
+    errors = {
+        name: replica.metric("expiryd_schedule_admissions_total", result="error") for name, replica in replicas.items()
+    }
     cpu = {name: cpu_seconds(replica.process.pid) for name, replica in replicas.items()}
     due_ms = int(time.time() * 1000) + 3_000_000
     names = [_name("mem:l", n) for n in range(keys)]
     started = time.time()
     _write(cluster, names, due_ms=due_ms)
     written_in = time.time() - started
-    done: dict[str, float] = {}
-    last = dict(counted)
-    last_change = {name: time.time() for name in replicas}
-    while len(done) < len(replicas) and time.time() - started < 120:
+
+    def counts(name: str, replica: Replica) -> tuple[float, float, float]:
+        return (
+            _scheduled(replica) - counted[name],
+            replica.metric("expiryd_schedule_admissions_total", result="overflow") - overflow[name],
+            replica.metric("expiryd_schedule_admissions_total", result="error") - errors[name],
+        )
+
+    # Until every key is scheduled or counted as not looked up, or nothing moved for 10 s.
+    last: dict[str, tuple[float, float, float]] = {name: (0.0, 0.0, 0.0) for name in replicas}
+    last_change = {name: started for name in replicas}
+    while time.time() - max(last_change.values()) < 10.0:
+        settled = True
         for name, replica in replicas.items():
-            if name in done:
-                continue
-            now_count = _scheduled(replica)
-            if now_count - counted[name] >= keys:
-                done[name] = time.time()
-            elif now_count != last[name]:
-                last[name], last_change[name] = now_count, time.time()
-            elif time.time() - last_change[name] > 5.0:
-                done[name] = last_change[name]  # stopped growing: the rest overflowed
+            now_counts = counts(name, replica)
+            if now_counts != last[name]:
+                last[name], last_change[name] = now_counts, time.time()
+            settled = settled and sum(now_counts) >= keys
+        if settled:
+            break
         time.sleep(0.05)
     row: dict[str, Any] = {"keys": keys, "written_per_second": round(keys / written_in)}
     for name, replica in replicas.items():
-        scheduled = _scheduled(replica) - counted[name]
-        seconds = max(done.get(name, time.time()) - started, 1e-3)
+        scheduled, overflowed, failed = counts(name, replica)
+        seconds = max(last_change[name] - started, 1e-3)  # until its last key was scheduled or counted
         row[f"{name}_scheduled"] = int(scheduled)
         row[f"{name}_learned_per_second"] = round(scheduled / seconds)
-        row[f"{name}_overflow"] = int(
-            replica.metric("expiryd_schedule_admissions_total", result="overflow") - overflow[name]
-        )
+        row[f"{name}_overflow"] = int(overflowed)
+        row[f"{name}_lookup_errors"] = int(failed)
         row[f"{name}_cpu_seconds"] = round(cpu_seconds(replica.process.pid) - cpu[name], 1)
     return row
 

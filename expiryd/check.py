@@ -63,6 +63,7 @@ async def _check(config: Config, *, probe: bool) -> int:
             primary, view, options, repair=config.redis.ensure_notifications, required=required
         )
     await _report_lease(config, options, seeds)
+    _report_dead_letters(config, view)
     if probe:
         for route in config.routes:
             problems += await _probe(route, config, view, options, seeds)
@@ -146,6 +147,18 @@ async def _report_lease(config: Config, options: RedisOptions, seeds: list[NodeA
         await client.aclose()
     state = f"held, {holder_ttl} ms left" if holder_ttl > 0 else "free"
     _line("lease", f"{settings.lock_name!r} on {where}: {state}, last term {int(term or 0)}")
+
+
+def _report_dead_letters(config: Config, view: ClusterView) -> None:
+    stream = config.dead_letter.stream
+    owner = view.owner(stream)
+    note = ""
+    if not config.election.masters and owner == view.owner(lease_key(config.election.lock_name)):
+        note = (
+            ": the lease's primary too, so a receiver refusing events for long fills the primary the lease "
+            "lives on; give dead_letter.stream a hash tag on another primary"
+        )
+    _line("dead", f"{stream!r} on {owner}, at most {config.dead_letter.max_bytes // (1 << 20)} MB{note}")
 
 
 async def _probe(

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,8 +41,6 @@ log = logging.getLogger("expiryd.deadletter")
 _MAX_ERROR_LENGTH = 1000
 # Tries of the stream itself: it lives on the cluster, so a failover takes a few seconds at most.
 _WRITE_ATTEMPTS = 3
-# The stream's size is read at most this often (seconds), after a write.
-_MEASURE_INTERVAL = 1.0
 # A stream past max_bytes is trimmed to this share of it, so that the next writes do not trim again.
 _TRIM_TO = 0.9
 
@@ -63,7 +60,6 @@ class DeadLetters:
         self._maxlen = maxlen
         self._max_bytes = max_bytes
         self._metrics = metrics
-        self._measured_at = 0.0
 
     async def take(
         self,
@@ -123,12 +119,11 @@ class DeadLetters:
             }
             pipe.xadd(self.stream, fields, maxlen=self._maxlen, approximate=True)
         await pipe.execute()
-        if time.monotonic() - self._measured_at >= _MEASURE_INTERVAL:
-            await self.bound()
+        # After every write: dead letters come in bursts, and a burst must not end past the bound.
+        await self.bound()
 
     async def bound(self) -> int:
         """Read the stream's size into the metrics; trim its oldest entries past ``max_bytes``. How many went."""
-        self._measured_at = time.monotonic()
         pipe = self._client.pipeline(transaction=False)
         pipe.xlen(self.stream)
         pipe.memory_usage(self.stream, samples=5)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import time
@@ -202,6 +203,7 @@ async def _run(config: Config, args: argparse.Namespace, selection: Selection) -
             print(f"expiryd dlq {args.verb}: no entry matches", file=sys.stderr)
             return 1
         if args.verb == "purge":
+            await _delete_set_aside(entries, view=view, options=options, seeds=seeds)
             await client.xdel(stream, *(entry.id for entry in entries))
             print(f"purged {len(entries)} entries from {stream}")
             return 0
@@ -273,9 +275,15 @@ async def _redrive(
         )
         return 1
     now = time.time()
+    set_aside = await _set_aside_payloads(entries, view=view, options=options, seeds=seeds)
     by_route: dict[str, list[Parked]] = {}
     for entry in entries:
-        by_route.setdefault(entry.route, []).append(entry.to_parked(now=now))
+        redriven = entry.to_parked(now=now)
+        if entry.id in set_aside:
+            # A payload too large to copy when it failed, read now from where it was set aside: the
+            # operator redrives it knowingly (after raising routes[].payload_max_bytes, say).
+            redriven = dataclasses.replace(redriven, payload=set_aside[entry.id])
+        by_route.setdefault(entry.route, []).append(redriven)
     for name, parked in by_route.items():
         keys = retry_keys(config.election.lock_name, name)
         client = owner_client(keys.due, view=view, options=options, seeds=seeds)
@@ -292,6 +300,40 @@ async def _redrive(
             return 1
         print(f"route {name}: {len(parked)} entries handed to the leader; each leaves the stream once handled")
     return 0
+
+
+async def _set_aside_payloads(
+    entries: list[DeadLetter], *, view: ClusterView | None, options: RedisOptions, seeds: list[NodeAddress]
+) -> dict[str, bytes]:
+    """The payloads of entries that refer to a set-aside companion (``payload_ref``), by entry id; those still there."""
+    found: dict[str, bytes] = {}
+    for entry in entries:
+        ref = entry.fields.get("payload_ref")
+        if ref is None:
+            continue
+        client = owner_client(ref, view=view, options=options, seeds=seeds)
+        try:
+            value = await client.get(ref)
+        finally:
+            await client.aclose()
+        if value is not None:
+            found[entry.id] = value
+    return found
+
+
+async def _delete_set_aside(
+    entries: list[DeadLetter], *, view: ClusterView | None, options: RedisOptions, seeds: list[NodeAddress]
+) -> None:
+    """Delete the set-aside companions that purged entries refer to."""
+    for entry in entries:
+        ref = entry.fields.get("payload_ref")
+        if ref is None:
+            continue
+        client = owner_client(ref, view=view, options=options, seeds=seeds)
+        try:
+            await client.unlink(ref)
+        finally:
+            await client.aclose()
 
 
 async def _a_leader_lives(

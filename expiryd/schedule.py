@@ -290,6 +290,26 @@ class _Table:
         self.base_ms = new_base
 
 
+class _Fired:
+    """The keys one :meth:`Schedule.pop_due` fired: names for a new leader to touch, fingerprints to forget them by."""
+
+    __slots__ = ("dues", "names", "prints")
+
+    def __init__(self) -> None:
+        self.dues = array("q")
+        self.prints = array("q")
+        self.names = bytearray()
+
+    def add(self, key: bytes, fingerprint: int, due_ms: int) -> None:
+        self.dues.append(due_ms)
+        self.prints.append(fingerprint)
+        _append_name(self.names, key)
+
+    @property
+    def nbytes(self) -> int:
+        return 16 * len(self.dues) + len(self.names)
+
+
 class Schedule:
     def __init__(self, *, max_bytes: int, horizon: float, keep_due_for: float) -> None:
         if horizon > MAX_HORIZON:
@@ -302,13 +322,12 @@ class Schedule:
         self._arena_bytes = 0
         self._second_heap: list[int] = []
         self._listed = 0  # entries in the arenas, stale ones included
-        # Entries of seconds already opened: (fire at, key, due).
-        self._active: list[tuple[float, bytes, float]] = []
+        # Entries of seconds already opened: (fire at, key, due in ms).
+        self._active: list[tuple[float, bytes, int]] = []
         self._opened_until = 0  # seconds below this are opened
         # Keys fired, in the order they fired: (due times in ms, their names), one pair per pop_due.
-        self._fired_log: deque[tuple[array[int], bytearray]] = deque()
-        # Where the first pair's entries not yet forgotten begin: (entry, byte of its name).
-        self._fired_log_head = (0, 0)
+        self._fired_log: deque[_Fired] = deque()
+        self._fired_log_head = 0  # the first of the first batch's entries not yet forgotten
         self._fired_log_bytes = 0
 
     def __len__(self) -> int:
@@ -341,7 +360,7 @@ class Schedule:
             return Admission.FULL
         second = due_ms // 1000
         if second < self._opened_until:
-            heapq.heappush(self._active, (due_ms / 1000, key, due_ms / 1000))
+            heapq.heappush(self._active, (due_ms / 1000, key, due_ms))
             return Admission.SCHEDULED
         arena = self._arenas.get(second)
         if arena is None:
@@ -364,7 +383,7 @@ class Schedule:
         """Fire ``key`` again at ``at``: its touch failed, or came before Redis's clock reached ``due``."""
         due_ms = round(due * 1000)
         self._index.put(_fingerprint(key), due_ms)
-        heapq.heappush(self._active, (at, key, due_ms / 1000))
+        heapq.heappush(self._active, (at, key, due_ms))
 
     def discard(self, key: bytes) -> None:
         """Forget ``key``: it lost its TTL, or no longer exists."""
@@ -389,18 +408,17 @@ class Schedule:
         self._open_seconds(now)
         fire, active, pop = self._index.fire, self._active, heapq.heappop
         due_keys: list[tuple[bytes, float]] = []
-        fired_dues, fired_names = array("q"), bytearray()
+        fired = _Fired()
         while active and active[0][0] <= now and len(due_keys) < limit:
-            _, key, due = pop(active)
-            due_ms = round(due * 1000)
-            if not fire(hash(key) or 2, due_ms):
+            _, key, due_ms = pop(active)
+            fingerprint = hash(key) or 2
+            if not fire(fingerprint, due_ms):
                 continue  # rescheduled, settled, discarded or fired since it was listed
-            due_keys.append((key, due))
-            fired_dues.append(due_ms)
-            _append_name(fired_names, key)
+            due_keys.append((key, due_ms / 1000))
+            fired.add(key, fingerprint, due_ms)
         if due_keys:
-            self._fired_log.append((fired_dues, fired_names))
-            self._fired_log_bytes += 8 * len(fired_dues) + len(fired_names)
+            self._fired_log.append(fired)
+            self._fired_log_bytes += fired.nbytes
         self._forget_old_fired(now)
         return due_keys
 
@@ -408,9 +426,8 @@ class Schedule:
         """Every fired key whose ``expired`` event has not been seen, as ``(key, due)``."""
         found: dict[bytes, float] = {}
         state = self._index.state
-        for number, (dues, names) in enumerate(self._fired_log):
-            entry, position = self._fired_log_head if number == 0 else (0, 0)
-            for due_ms, (key, _) in zip(dues[entry:], _names(names, position), strict=True):
+        for fired in self._fired_log:
+            for due_ms, (key, _) in zip(fired.dues, _names(fired.names), strict=True):
                 if state(hash(key) or 2) == -due_ms:
                     found[key] = due_ms / 1000
         return list(found.items())
@@ -430,7 +447,7 @@ class Schedule:
                 listed += 1
                 due_ms = state(hash(key) or 2)
                 if due_ms // 1000 == second:  # not stale: waiting, and for this second
-                    active.append((due_ms / 1000, key, due_ms / 1000))
+                    active.append((due_ms / 1000, key, due_ms))
             self._listed -= listed
             opened = True
         if opened:
@@ -441,21 +458,18 @@ class Schedule:
         oldest_kept_ms = round((now - self.keep_due_for) * 1000)
         log, remove = self._fired_log, self._index.remove
         while log:
-            dues, names = log[0]
-            entry, position = self._fired_log_head
-            if dues[entry] >= oldest_kept_ms:
-                return
-            for key, position in _names(names, position):  # noqa: B007 (kept for the head)
-                remove(hash(key) or 2, fired_at=dues[entry])
+            fired = log[0]
+            dues, prints, entry = fired.dues, fired.prints, self._fired_log_head
+            end = len(dues)
+            while entry < end and dues[entry] < oldest_kept_ms:
+                remove(prints[entry], fired_at=dues[entry])
                 entry += 1
-                if entry == len(dues) or dues[entry] >= oldest_kept_ms:
-                    break
-            if entry < len(dues):
-                self._fired_log_head = (entry, position)
+            if entry < end:
+                self._fired_log_head = entry
                 return
             log.popleft()
-            self._fired_log_head = (0, 0)
-            self._fired_log_bytes -= 8 * len(dues) + len(names)
+            self._fired_log_head = 0
+            self._fired_log_bytes -= fired.nbytes
 
     def _compact(self) -> None:
         """Rewrite every arena with its live entries only: TTLs that kept changing left more stale than live."""

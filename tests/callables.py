@@ -1,4 +1,4 @@
-"""Functions for the ``python`` handler in tests: each appends its events as JSON lines to $EXPIRYD_TEST_OUT."""
+"""Functions for the ``python`` handler in tests: most append their events as JSON lines to $EXPIRYD_TEST_OUT."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import os
 import threading
 
-from expiryd import Event
+from expiryd import Event, PermanentFailure
 
 
 def _append(events: list[Event], handler: str) -> None:
@@ -25,3 +25,8 @@ def record_sync(events: list[Event]) -> None:
 async def record_async(events: list[Event]) -> None:
     await asyncio.sleep(0)
     _append(events, "async")
+
+
+async def refuse(events: list[Event]) -> None:
+    """A receiver that refuses everything, as one answering 400 for a day would."""
+    raise PermanentFailure("refused: unknown order")

@@ -36,3 +36,18 @@ def test_probe_reaches_each_routes_target_and_names_the_one_that_fails(shared_cl
     assert lines[0].startswith("probe    route live: webhook 127.0.0.1:") and "accepts connections" in lines[0]
     assert lines[1].startswith("probe    route dead: unreachable: ")
     assert lines[2] == "probe    route stream: stream 'probe:stream' answers (not created yet)"
+
+
+def test_check_says_when_the_dead_letter_stream_shares_the_lease_primary(shared_cluster, tmp_path):
+    lease_tag = "{t-check}"
+    apart = write_config(tmp_path, shared_cluster, election={"lock_name": f"{lease_tag}:leader"})
+    together = write_config(
+        tmp_path,
+        shared_cluster,
+        election={"lock_name": f"{lease_tag}:leader"},
+        dead_letter={"stream": f"{lease_tag}:dead-letter"},
+    )
+    apart_line = next(line for line in check(apart).stdout.splitlines() if line.startswith("dead"))
+    together_line = next(line for line in check(together).stdout.splitlines() if line.startswith("dead"))
+    assert "{expiryd:deadletter}" in apart_line and "lease" not in apart_line
+    assert "the lease's primary too" in together_line

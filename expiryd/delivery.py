@@ -398,14 +398,17 @@ class RouteDelivery:
     async def _attempt_parked(self, retries: RetrySet, queues: list[KeyQueue]) -> None:
         """One call for the due queues' entries, each key's in order; then settle every queue."""
         due = [entry for queue in queues for entry in queue.entries]
+        payloads: list[bytes | None] | None = None
         try:
-            events = self._parked_events(due, await self._parked_payloads(due))
+            payloads = await self._parked_payloads(due)
+            events = self._parked_events(due, payloads)
             if not self._leading():
                 return  # the queues stay claimed, and fall due again for the next leader
             await self._call(events)
         except Exception as error:
+            read = None if payloads is None else {entry.id: p for entry, p in zip(due, payloads, strict=True)}
             for queue in queues:
-                await self._failed_again(retries, queue, error)
+                await self._failed_again(retries, queue, error, payloads=read)
             return
         await self._delete_payloads([entry.expiration.key for entry in due if entry.expiration.kind == EXPIRED])
         # A redriven event leaves the dead-letter stream once handled, before its retry entry goes:
@@ -436,10 +439,14 @@ class RouteDelivery:
             event.redriven = entry.dead_letter_id is not None
         return events
 
-    async def _failed_again(self, retries: RetrySet, queue: KeyQueue, error: Exception) -> None:
+    async def _failed_again(
+        self, retries: RetrySet, queue: KeyQueue, error: Exception, *, payloads: dict[str, bytes | None] | None
+    ) -> None:
         """The key's entries wait for their next attempt; those out of attempts go to the dead letters.
 
         The oldest entries have made the most attempts, so those out of attempts are the queue's head.
+        ``payloads``: what the failed attempt read, by entry id (None if it read none); a dead-letter
+        entry holds its payload, and its companion goes, as on a first delivery's last attempt.
         """
         now = self._now()
         reason = handler_error(error)
@@ -450,9 +457,11 @@ class RouteDelivery:
             spent = [entry for entry in again if entry.attempts >= self.route.retry.max_attempts]
         waiting = again[len(spent) :]
         if spent:
+            read = None if payloads is None else [payloads.get(entry.id) for entry in spent]
+            events = self._parked_events(spent, read)
             outcome = await self._dead_letters.take(
                 route=self.route.name,
-                events=self._parked_events(spent, None),
+                events=events,
                 error=reason,
                 attempts=max(entry.attempts for entry in spent),
                 leading=self._leading,
@@ -461,6 +470,11 @@ class RouteDelivery:
             )
             if outcome is Outcome.ABANDONED:
                 return
+            if outcome is Outcome.DEAD_LETTERED:
+                # The entry holds the payload: a companion left behind would be swept and fail again.
+                await self._delete_payloads(
+                    [event.key for event in events if event.has_payload and event.kind == EXPIRED]
+                )
             # A redriven event that failed again has its new dead-letter entry: the old one goes.
             await self._dead_letters.delete(
                 [entry.dead_letter_id for entry in spent if entry.dead_letter_id is not None]

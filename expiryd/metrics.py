@@ -277,6 +277,15 @@ class Metrics:
         self.schedule_scans = Counter(
             "expiryd_schedule_scans", "Recovery scans of a primary by result.", ["result"], registry=r
         )
+        self.schedule_scan_progress = Gauge(
+            "expiryd_schedule_scan_progress",
+            "How far the current (or last) scan of a primary has got: keys visited over its keys at the start.",
+            ["node"],
+            registry=r,
+        )
+        self.schedule_scan_seconds = Gauge(
+            "expiryd_schedule_scan_seconds", "How long the last complete scan of a primary took.", ["node"], registry=r
+        )
 
         # Orphan sweep
         self.swept_events = Counter(

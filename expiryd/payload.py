@@ -111,7 +111,11 @@ class PayloadKeys:
     async def set_aside(self, key: bytes) -> bytes | None:
         """Rename ``key``'s companion out of the sweep's way, in its hash slot; its new name, or None if left."""
         companion = self.key_for(key)
-        aside = _aside_name(companion)
+        base = _aside_name(companion)
+        # Never a name the template could have made: the sweep would take it for an orphan's companion.
+        # A template's fixed end cannot end in both "~" and "!".
+        names = [] if base is None else [base, base + b"~", base + b"!"]
+        aside = next((name for name in names if self.key_of(name) is None), None)
         if aside is None:
             return None
         try:

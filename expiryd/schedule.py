@@ -385,6 +385,10 @@ class Schedule:
         self._index.put(_fingerprint(key), due_ms)
         heapq.heappush(self._active, (at, key, due_ms))
 
+    def holds(self, key: bytes) -> bool:
+        """Whether ``key`` waits for its due time or has fired and not yet been seen expiring."""
+        return self._index.state(hash(key) or 2) != 0
+
     def discard(self, key: bytes) -> None:
         """Forget ``key``: it lost its TTL, or no longer exists."""
         self._index.remove(_fingerprint(key))

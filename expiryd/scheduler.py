@@ -61,6 +61,7 @@ from .config import ScheduleConfig
 from .connections import REDIS_FAILURES, NodeAddress, NodeClients, RedisOptions, describe_error
 from .events import EXPIRED, Expiration
 from .leadership import Leadership
+from .lookups import NodeLookups
 from .memory import Trimmer
 from .metrics import Metrics
 from .routing import Router
@@ -81,6 +82,16 @@ _RETRY_AFTER_ERROR = 0.1
 _EARLY_RETRY_MARGIN = 0.002
 _IDLE_WAKE = 0.1  # how often an idle fire loop looks at the leadership again
 _RECOVERY_CHECK_INTERVAL = 1.0
+# A rescan is paced to finish within this share of schedule.rescan_interval.
+_PASS_SHARE = 0.8
+# Sets a key's expire time again, to the time it has: Redis publishes `expire` for it, and every replica
+# learns the key. Only if its TTL is still the one the scan read: never overwrites one set since.
+_ANNOUNCE = """
+if redis.call('PEXPIRETIME', KEYS[1]) == tonumber(ARGV[1]) then
+    return redis.call('PEXPIREAT', KEYS[1], ARGV[1])
+end
+return 0
+"""
 # How often, at most, memory freed by learning is handed back to the system (see expiryd.memory).
 _TRIM_INTERVAL = 5.0
 
@@ -141,8 +152,9 @@ class Scheduler(Service):
         self._learned = asyncio.Event()
         self._sooner = asyncio.Event()
         self._sleeping_until = 0.0
-        self._lookup_clients = NodeClients(options=options)
-        self._touch_clients = NodeClients(options=options)
+        self._scan_clients = NodeClients(options=options)
+        self._lookups = NodeLookups(options=options)
+        self._touches_out = NodeLookups(options=options)  # apart: a scan's lookups must not delay a due touch
         admissions = metrics.schedule_admissions
         self._admitted = {admission: admissions.labels(result=admission.value) for admission in Admission}
         self._touches = metrics.schedule_touches
@@ -152,7 +164,7 @@ class Scheduler(Service):
         await until_first_failure(self._look_up_learned(), self._fire(), self._recover())
 
     async def _close(self) -> None:
-        await asyncio.gather(self._lookup_clients.aclose(), self._touch_clients.aclose())
+        await asyncio.gather(self._scan_clients.aclose(), self._lookups.aclose(), self._touches_out.aclose())
 
     def summary(self) -> dict[str, Any]:
         """The schedule's size and its next due time (epoch seconds), as ``expiryd status`` shows them."""
@@ -197,18 +209,17 @@ class Scheduler(Service):
 
     async def _look_up(self, node: NodeAddress, keys: list[bytes]) -> None:
         """Schedule ``keys`` at the due times their primary ``node`` gives."""
-        client = self._lookup_clients.get(node)
         for start in range(0, len(keys), _LOOKUP_CHUNK):
             chunk = keys[start : start + _LOOKUP_CHUNK]
             try:
-                replies = await _pexpiretimes(client, chunk)
+                replies = await self._lookups.pexpiretimes(node, chunk)
             except REDIS_FAILURES as error:
                 self._metrics.schedule_admissions.labels(result="error").inc(len(chunk))
                 log.warning(
                     "cannot look up due times: these keys fire on Redis's own timing",
                     extra={"node": str(node), "keys": len(chunk), "error": describe_error(error)},
                 )
-                await self._lookup_clients.drop(node)
+                await self._lookups.drop(node)
                 return
             self._admit(chunk, replies)
 
@@ -283,15 +294,14 @@ class Scheduler(Service):
         self._report_size()
 
     async def _touch_node(self, node: NodeAddress, entries: list[tuple[bytes, float]]) -> None:
-        client = self._touch_clients.get(node)
         try:
-            replies = await _pexpiretimes(client, [key for key, _ in entries])
+            replies = await self._touches_out.pexpiretimes(node, [key for key, _ in entries])
         except REDIS_FAILURES as error:
             log.warning(
                 "cannot touch due keys: retrying",
                 extra={"node": str(node), "keys": len(entries), "error": describe_error(error)},
             )
-            await self._touch_clients.drop(node)
+            await self._touches_out.drop(node)
             self._retry(entries)
             return
         now = self._clock.now()
@@ -337,32 +347,54 @@ class Scheduler(Service):
     # Recovering
 
     async def _recover(self) -> None:
+        """Scan a primary each time this replica's subscription to it (re)starts; rescan all while leading.
+
+        Only the leader rescans, once an interval: keys it finds that were beyond the horizon are
+        announced again (see :data:`_ANNOUNCE`), and every replica learns them from that ``expire``
+        event, so that the cost of a pass is paid once, not once per replica.
+        """
         scanned: dict[NodeAddress, float] = {}
         last_full_scan = time.monotonic()
         while True:
-            rescan_all = time.monotonic() - last_full_scan >= self._settings.rescan_interval
+            rescan_all = (
+                time.monotonic() - last_full_scan >= self._settings.rescan_interval
+                and self._leadership.term() is not None
+            )
             for node, since in sorted(self._subscription_starts().items()):
                 if since is None or (not rescan_all and scanned.get(node) == since):
                     continue
-                if await self._scan(node):
+                if await self._scan(node, announce=rescan_all):
                     scanned[node] = since
-            if rescan_all:
+            if rescan_all or self._leadership.term() is None:
                 last_full_scan = time.monotonic()
             await asyncio.sleep(_RECOVERY_CHECK_INTERVAL)
 
-    async def _scan(self, node: NodeAddress) -> bool:
-        """Schedule every routed key with a TTL on ``node``; False if the scan broke off."""
-        client = self._lookup_clients.get(node)
+    async def _scan(self, node: NodeAddress, *, announce: bool = False) -> bool:
+        """Schedule every routed key with a TTL on ``node``; False if the scan broke off.
+
+        Paced to ``schedule.scan_rate`` keys a second, or faster if the node holds more keys than
+        a pass at that rate would visit within ``schedule.rescan_interval``. ``announce``: keys new
+        to the schedule are announced again for the other replicas.
+        """
+        client = self._scan_clients.get(node)
         started = time.monotonic()
-        pause = _SCAN_COUNT / self._settings.scan_rate
+        progress = self._metrics.schedule_scan_progress.labels(node=str(node))
         try:
+            size = int(await client.dbsize())
+            rate = max(
+                self._settings.scan_rate, size * len(self._patterns) / (_PASS_SHARE * self._settings.rescan_interval)
+            )
+            pause = _SCAN_COUNT / rate
+            visited = 0
             # The node's connections open now, once: not at its first due key, in the middle of work.
-            await _open(self._touch_clients.get(node))
-            await _open(client)
+            await self._touches_out.open(node)
+            await self._lookups.open(node)
             for pattern in self._patterns:
                 cursor = 0
                 while True:
                     cursor, keys = await client.scan(cursor, match=pattern, count=_SCAN_COUNT)
+                    visited += _SCAN_COUNT
+                    progress.set(min(1.0, visited / max(1, size * len(self._patterns))))
                     wanted = [
                         key
                         for key in keys
@@ -371,16 +403,23 @@ class Scheduler(Service):
                         and self._router.match(key) is not None
                     ]
                     if wanted:
-                        self._admit(wanted, await _pexpiretimes(client, wanted))
+                        replies = await self._lookups.pexpiretimes(node, wanted)
+                        fresh = self._unknown(wanted, replies) if announce else []
+                        self._admit(wanted, replies)
+                        if fresh:
+                            await _announce(client, fresh)
                     if cursor == 0:
                         break
                     await asyncio.sleep(pause)
         except REDIS_FAILURES as error:
             self._metrics.schedule_scans.labels(result="error").inc()
             log.warning("schedule recovery scan broke off", extra={"node": str(node), "error": describe_error(error)})
-            await self._lookup_clients.drop(node)
+            await self._scan_clients.drop(node)
+            await self._lookups.drop(node)
             return False
         self._metrics.schedule_scans.labels(result="complete").inc()
+        self._metrics.schedule_scan_seconds.labels(node=str(node)).set(time.monotonic() - started)
+        progress.set(1.0)
         self._report_size()
         log.info(
             "schedule recovered from a scan",
@@ -392,23 +431,24 @@ class Scheduler(Service):
         )
         return True
 
-    # Connections
+    def _unknown(self, keys: list[bytes], replies: list[Any]) -> list[tuple[bytes, int]]:
+        """The keys, with their due time in ms, that the schedule does not hold and would take now."""
+        until = (self._clock.now() + self._schedule.horizon) * 1000
+        holds = self._schedule.holds
+        return [
+            (key, reply)
+            for key, reply in zip(keys, replies, strict=True)
+            if isinstance(reply, int) and 0 < reply <= until and not holds(key)
+        ]
 
     def _report_size(self) -> None:
         self._metrics.schedule_keys.set(len(self._schedule))
         self._metrics.memory_bytes.labels(part="schedule").set(self._schedule.nbytes)
 
 
-async def _open(client: aioredis.Redis) -> None:
-    """Open the connection the client's pipelines use (a PING through one)."""
+async def _announce(client: aioredis.Redis, keys: list[tuple[bytes, int]]) -> None:
+    """Have ``keys`` (and their due times) published as ``expire`` events again, for every replica to learn."""
     pipe = client.pipeline(transaction=False)
-    pipe.ping()
-    await pipe.execute()
-
-
-async def _pexpiretimes(client: aioredis.Redis, keys: list[bytes]) -> list[Any]:
-    """Each key's due time in ms (-1 no TTL, -2 no key), or the error Redis gave for it (MOVED)."""
-    pipe = client.pipeline(transaction=False)
-    for key in keys:
-        pipe.execute_command("PEXPIRETIME", key)
-    return list(await pipe.execute(raise_on_error=False))
+    for key, due_ms in keys:
+        pipe.eval(_ANNOUNCE, 1, key, due_ms)
+    await pipe.execute(raise_on_error=False)

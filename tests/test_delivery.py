@@ -533,6 +533,18 @@ def test_a_parked_event_that_spends_its_attempts_is_dead_lettered_and_leaves_the
     assert retries.entries == [] and setup.processed("dead_lettered") == 1
 
 
+def test_a_parked_event_that_spends_its_attempts_is_dead_lettered_with_its_payload_and_its_companion_goes():
+    handler = Recorder(*(RuntimeError("down") for _ in range(4)))
+    retries, payloads = Retries(), Payloads()
+    setup = Setup(handler, retry=DURABLE, retries=retries)
+    route = setup.delivery.route
+    setup.delivery.route = Route(config=route.config, handler=handler, payload=payloads, retries=retries)  # type: ignore[arg-type]
+    setup.deliver_until(lambda: len(retries.finished) == 1, b"order:{1}")
+    [entry] = setup.stream.entries
+    assert (entry["key"], entry["payload"]) == (b"order:{1}", b"payload")
+    assert payloads.deleted == [b"order:{1}"]  # else the sweep would find it, and deliver it again
+
+
 def test_when_the_retry_set_cannot_be_written_the_lane_goes_on_retrying_in_memory():
     handler = Recorder(*(RuntimeError("down") for _ in range(3)))
     retries = Retries(down=True)

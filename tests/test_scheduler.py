@@ -224,3 +224,44 @@ def test_route_globs_become_scan_patterns_with_redis_negation_and_literal_backsl
     assert redis_glob("order:*") == b"order:*"
     assert redis_glob("job:[!x]?") == b"job:[^x]?"
     assert redis_glob("a\\b*") == b"a\\\\b*"
+
+
+def test_only_the_leader_rescans_and_every_replica_learns_the_keys_it_finds_entering_the_horizon(crowded, tmp_path):
+    config = write_config(
+        tmp_path,
+        crowded,
+        routes=[{"match": "horizon:*", "name": "ontime", "log": {}}],
+        schedule={"horizon": "4s", "rescan_interval": "1s", "scan_rate": 500_000},
+    )
+    replicas = [Replica(str(i), config, tmp_path) for i in (1, 2)]
+    try:
+        for replica in replicas:
+            replica.wait_ready()
+        leader = wait_for_single_leader(replicas)
+        (follower,) = [r for r in replicas if r is not leader]
+        wait_until(
+            lambda: follower.metric("expiryd_schedule_scans_total", result="complete") >= 3,
+            timeout=30,
+            what="the follower's scan of each primary as it subscribes",
+        )
+        scans_at_start = follower.metric("expiryd_schedule_scans_total", result="complete")
+        beyond = follower.metric("expiryd_schedule_admissions_total", result="beyond_horizon")
+        keys = unique("horizon", 20)
+        due = set_with_ttl(crowded, keys, ttl_ms=7_000)  # beyond the 4 s horizon when set
+        wait_until(
+            lambda: follower.metric("expiryd_schedule_admissions_total", result="beyond_horizon") >= beyond + 20,
+            timeout=5,
+            what="the follower to leave the keys for later",
+        )
+        wait_until(
+            lambda: follower.metric("expiryd_schedule_keys") >= 20,
+            timeout=6,
+            what="the follower to learn the keys the leader found entering the horizon",
+        )
+        assert time.time() < due  # learned ahead of their due time, from the leader's announcement
+        assert follower.metric("expiryd_schedule_scans_total", result="complete") == scans_at_start
+        events = wait_until(lambda: len(h := handled(leader, keys)) == len(keys) and h, timeout=30, what="all fired")
+        assert max(lateness(event) for event in events.values()) < ON_TIME
+    finally:
+        for replica in replicas:
+            replica.close()

@@ -15,6 +15,7 @@
     python -m bench faults                # silenced and cut-off connections, skewed clocks; as root (not in "all")
     python -m bench stall                 # the lease's primary stopped 25 s at 250 keys/s: what is lost (not in "all")
     python -m bench outage                # a webhook answering 503 for 60 s, the leader killed half way (not in "all")
+    python -m bench rescan                # one leader rescan over 10M keys: commands and CPU per pass (not in "all")
     python -m bench memory                # follower RSS per million keys, an unrouted flood, learning rate: the code
                                           # now against --before (a git revision), in one run (not in "all")
 
@@ -42,6 +43,7 @@ from . import (
     ontime,
     outage,
     profile,
+    rescan,
     stall,
     sweep,
     takeover,
@@ -54,7 +56,8 @@ SCENARIOS = ("throughput", "latency", "takeover", "handlers", "ontime")
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument(
-        "scenario", choices=(*SCENARIOS, "all", "profile", "hexpired", "sweep", "faults", "stall", "outage", "memory")
+        "scenario",
+        choices=(*SCENARIOS, "all", "profile", "hexpired", "sweep", "faults", "stall", "outage", "memory", "rescan"),
     )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the scripts work")
     parser.add_argument("--json", type=Path, default=None, help="where to write raw numbers")
@@ -90,6 +93,10 @@ def run_scenario(
         )
     if scenario == "outage":
         return outage.run(rate=50, outage=10.0) if smoke else outage.run(rate=200, outage=60.0)
+    if scenario == "rescan":
+        if smoke:
+            return rescan.run(keys=200_000, routed=2_000, interval=5.0)
+        return rescan.run(keys=10_000_000, routed=100_000, interval=60.0)
     if scenario == "memory":
         if smoke:
             return memory.run(keys=100_000, flood=30_000, burst=50_000, before=before)

@@ -181,7 +181,7 @@ def _flood(cluster: LocalCluster, replicas: dict[str, Replica], *, keys: int) ->
     time.sleep(max(0.0, due_ms / 1000 - time.time()) + 0.1)
     # Another application reading its keys: each read of an expired key deletes it and publishes
     # expired at once, where Redis's own cycle would take minutes over 300,000 keys.
-    _send(cluster, names, lambda name: b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(name), name))
+    send(cluster, names, lambda name: b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(name), name))
     ends = time.time() + 180.0
     received = {name: 0.0 for name in replicas}
     while time.time() < ends and min(received.values()) < keys:
@@ -261,10 +261,10 @@ def _write(cluster: LocalCluster, names: list[bytes], *, due_ms: int) -> None:
     """SET each name to expire at ``due_ms``, as raw pipelined RESP to its primary: no client in the way."""
     due = str(due_ms).encode()
     tail = b"\r\n$1\r\nv\r\n$4\r\nPXAT\r\n$%d\r\n%s\r\n" % (len(due), due)
-    _send(cluster, names, lambda name: b"*5\r\n$3\r\nSET\r\n$%d\r\n%s%s" % (len(name), name, tail))
+    send(cluster, names, lambda name: b"*5\r\n$3\r\nSET\r\n$%d\r\n%s%s" % (len(name), name, tail))
 
 
-def _send(cluster: LocalCluster, names: list[bytes], command: Callable[[bytes], bytes]) -> None:
+def send(cluster: LocalCluster, names: list[bytes], command: Callable[[bytes], bytes]) -> None:
     """``command(name)`` for each name, as raw pipelined RESP to the name's primary."""
     owners = cluster.slot_owners()
     by_node: dict[str, list[bytes]] = {}

@@ -360,10 +360,15 @@ class Scheduler(Service):
                 time.monotonic() - last_full_scan >= self._settings.rescan_interval
                 and self._leadership.term() is not None
             )
-            for node, since in sorted(self._subscription_starts().items()):
-                if since is None or (not rescan_all and scanned.get(node) == since):
-                    continue
-                if await self._scan(node, announce=rescan_all):
+            due = [
+                (node, since)
+                for node, since in sorted(self._subscription_starts().items())
+                if since is not None and (rescan_all or scanned.get(node) != since)
+            ]
+            # The primaries at once: each scan is paced for its own primary to fit the interval.
+            results = await asyncio.gather(*(self._scan(node, announce=rescan_all) for node, _ in due))
+            for (node, since), complete in zip(due, results, strict=True):
+                if complete:
                     scanned[node] = since
             if rescan_all or self._leadership.term() is None:
                 last_full_scan = time.monotonic()
@@ -385,6 +390,7 @@ class Scheduler(Service):
                 self._settings.scan_rate, size * len(self._patterns) / (_PASS_SHARE * self._settings.rescan_interval)
             )
             pause = _SCAN_COUNT / rate
+            next_call = time.monotonic()
             visited = 0
             # The node's connections open now, once: not at its first due key, in the middle of work.
             await self._touches_out.open(node)
@@ -410,7 +416,10 @@ class Scheduler(Service):
                             await _announce(client, fresh)
                     if cursor == 0:
                         break
-                    await asyncio.sleep(pause)
+                    # Paced by when each call is due, not by a pause after it: the calls' own time counts.
+                    # A scan held up (a slow node) catches up on at most a second, not in one burst.
+                    next_call = max(next_call + pause, time.monotonic() - 1.0)
+                    await asyncio.sleep(max(0.0, next_call - time.monotonic()))
         except REDIS_FAILURES as error:
             self._metrics.schedule_scans.labels(result="error").inc()
             log.warning("schedule recovery scan broke off", extra={"node": str(node), "error": describe_error(error)})

@@ -19,17 +19,15 @@ fire, settle) over as many keys, the old module against the new; then three phas
 from __future__ import annotations
 
 import importlib.util
-import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from expiryd.devtools.localcluster import LocalCluster
 from expiryd.schedule import Schedule
-from tests.harness import Replica, rss_mb, wait_until, write_config
+from tests.harness import Replica, rss_mb, send_raw, wait_until, write_config
 
 from .latency import cpu_seconds
 
@@ -181,7 +179,7 @@ def _flood(cluster: LocalCluster, replicas: dict[str, Replica], *, keys: int) ->
     time.sleep(max(0.0, due_ms / 1000 - time.time()) + 0.1)
     # Another application reading its keys: each read of an expired key deletes it and publishes
     # expired at once, where Redis's own cycle would take minutes over 300,000 keys.
-    send(cluster, names, lambda name: b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(name), name))
+    send_raw(cluster, names, lambda name: b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(name), name))
     ends = time.time() + 180.0
     received = {name: 0.0 for name in replicas}
     while time.time() < ends and min(received.values()) < keys:
@@ -261,31 +259,4 @@ def _write(cluster: LocalCluster, names: list[bytes], *, due_ms: int) -> None:
     """SET each name to expire at ``due_ms``, as raw pipelined RESP to its primary: no client in the way."""
     due = str(due_ms).encode()
     tail = b"\r\n$1\r\nv\r\n$4\r\nPXAT\r\n$%d\r\n%s\r\n" % (len(due), due)
-    send(cluster, names, lambda name: b"*5\r\n$3\r\nSET\r\n$%d\r\n%s%s" % (len(name), name, tail))
-
-
-def send(cluster: LocalCluster, names: list[bytes], command: Callable[[bytes], bytes]) -> None:
-    """``command(name)`` for each name, as raw pipelined RESP to the name's primary."""
-    owners = cluster.slot_owners()
-    by_node: dict[str, list[bytes]] = {}
-    for name in names:
-        by_node.setdefault(owners.owner(name).address, []).append(name)
-    for address, node_names in by_node.items():
-        host, port = address.rsplit(":", 1)
-        with socket.create_connection((host, int(port))) as connection:
-            for start in range(0, len(node_names), 20_000):
-                chunk = node_names[start : start + 20_000]
-                connection.sendall(b"".join(command(name) for name in chunk))
-                _read_replies(connection, len(chunk))
-
-
-def _read_replies(connection: socket.socket, count: int) -> None:
-    seen = 0
-    buffered = b""
-    while seen < count:
-        data = connection.recv(1 << 20)
-        if not data:
-            raise ConnectionError("the node closed the connection")
-        buffered += data
-        seen += buffered.count(b"\r\n")
-        buffered = buffered[buffered.rfind(b"\r\n") + 2 :]
+    send_raw(cluster, names, lambda name: b"*5\r\n$3\r\nSET\r\n$%d\r\n%s%s" % (len(name), name, tail))

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from expiryd.devtools.localcluster import LocalCluster
-from tests.harness import Replica, wait_until, write_config
+from tests.harness import Replica, send_raw, wait_until, write_config
 
 from .latency import cpu_seconds
-from .memory import send
 
 ROUTE = {"match": "rs:*", "name": "rescan", "log": {"path": "/dev/null"}}
 COMMANDS = ("scan", "pexpiretime", "eval", "dbsize")
@@ -96,10 +95,10 @@ def _fill(cluster: LocalCluster, *, keys: int, routed: int) -> float:
     due = str(int(time.time() * 1000) + 1_800_000).encode()
     for first in range(0, keys - routed, 1_000_000):
         names = [b"bg:%d" % n for n in range(first, min(keys - routed, first + 1_000_000))]
-        send(cluster, names, lambda name: b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\nv\r\n" % (len(name), name))
+        send_raw(cluster, names, lambda name: b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\nv\r\n" % (len(name), name))
     names = [b"rs:%d" % n for n in range(routed)]
     tail = b"\r\n$1\r\nv\r\n$4\r\nPXAT\r\n$%d\r\n%s\r\n" % (len(due), due)
-    send(cluster, names, lambda name: b"*5\r\n$3\r\nSET\r\n$%d\r\n%s%s" % (len(name), name, tail))
+    send_raw(cluster, names, lambda name: b"*5\r\n$3\r\nSET\r\n$%d\r\n%s%s" % (len(name), name, tail))
     return time.time() - started
 
 

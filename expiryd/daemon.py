@@ -360,6 +360,14 @@ class Daemon:
             "term": term,
             "listen": self.config.http.listen,
             "history_seconds": round(self._history.oldest_age(), 1),
+            # As each part last reported it (expiryd_memory_bytes): the schedule, the history, the queue.
+            "memory_bytes": round(
+                sum(
+                    self.metrics.registry.get_sample_value("expiryd_memory_bytes", {"part": part}) or 0.0
+                    for part in dataclasses.asdict(self._memory)
+                )
+            ),
+            "memory_budget": self.config.memory.budget,
         }
         if term is not None:
             facts["eligible"] = True  # it leads: the last verdict let it

@@ -203,7 +203,7 @@ async def _run(config: Config, args: argparse.Namespace, selection: Selection) -
             print(f"expiryd dlq {args.verb}: no entry matches", file=sys.stderr)
             return 1
         if args.verb == "purge":
-            await _delete_set_aside(entries, view=view, options=options, seeds=seeds)
+            await _on_set_aside(entries, "UNLINK", view=view, options=options, seeds=seeds)
             await client.xdel(stream, *(entry.id for entry in entries))
             print(f"purged {len(entries)} entries from {stream}")
             return 0
@@ -275,7 +275,8 @@ async def _redrive(
         )
         return 1
     now = time.time()
-    set_aside = await _set_aside_payloads(entries, view=view, options=options, seeds=seeds)
+    read = await _on_set_aside(entries, "GET", view=view, options=options, seeds=seeds)
+    set_aside = {id_: value for id_, value in read.items() if value is not None}
     by_route: dict[str, list[Parked]] = {}
     for entry in entries:
         redriven = entry.to_parked(now=now)
@@ -302,38 +303,26 @@ async def _redrive(
     return 0
 
 
-async def _set_aside_payloads(
-    entries: list[DeadLetter], *, view: ClusterView | None, options: RedisOptions, seeds: list[NodeAddress]
-) -> dict[str, bytes]:
-    """The payloads of entries that refer to a set-aside companion (``payload_ref``), by entry id; those still there."""
-    found: dict[str, bytes] = {}
+async def _on_set_aside(
+    entries: list[DeadLetter],
+    command: str,
+    *,
+    view: ClusterView | None,
+    options: RedisOptions,
+    seeds: list[NodeAddress],
+) -> dict[str, Any]:
+    """``command`` (GET, UNLINK) on each set-aside companion the entries refer to (``payload_ref``): replies by id."""
+    replies: dict[str, Any] = {}
     for entry in entries:
         ref = entry.fields.get("payload_ref")
         if ref is None:
             continue
         client = owner_client(ref, view=view, options=options, seeds=seeds)
         try:
-            value = await client.get(ref)
+            replies[entry.id] = await client.execute_command(command, ref)
         finally:
             await client.aclose()
-        if value is not None:
-            found[entry.id] = value
-    return found
-
-
-async def _delete_set_aside(
-    entries: list[DeadLetter], *, view: ClusterView | None, options: RedisOptions, seeds: list[NodeAddress]
-) -> None:
-    """Delete the set-aside companions that purged entries refer to."""
-    for entry in entries:
-        ref = entry.fields.get("payload_ref")
-        if ref is None:
-            continue
-        client = owner_client(ref, view=view, options=options, seeds=seeds)
-        try:
-            await client.unlink(ref)
-        finally:
-            await client.aclose()
+    return replies
 
 
 async def _a_leader_lives(

@@ -45,6 +45,9 @@ class ReplicaView:
     next_due: float | None = None
     listen: str | None = None
     report_age: float = 0.0
+    #: What it holds of its memory budget (schedule, history, merged queue), and the budget, in bytes.
+    memory: int | None = None
+    memory_budget: int | None = None
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,8 @@ def _replica(report: Coverage, now: float) -> ReplicaView:
         next_due=facts.get("next_due"),
         listen=facts.get("listen"),
         report_age=round(max(0.0, now - report.written_at), 1),
+        memory=facts.get("memory_bytes"),
+        memory_budget=facts.get("memory_budget"),
     )
 
 
@@ -239,6 +244,8 @@ def render_text(status: Status) -> str:
         shortest = min((age for age in replica.history.values() if age is not None), default=None)
         reach = "no primary subscribed" if shortest is None else f"history reaches back {shortest:.0f} s"
         schedule = "" if replica.scheduled is None else f", {replica.scheduled} keys scheduled"
+        if replica.memory is not None and replica.memory_budget:
+            schedule += f", memory {replica.memory / (1 << 20):.0f} of {replica.memory_budget / (1 << 20):.0f} MB"
         lines.append(f"replica   {replica.id}: {role}; {reach}{schedule}; report {replica.report_age:.1f} s old")
     for primary in status.primaries:
         heard = ", ".join(primary.heard_by) or "NOBODY"

@@ -7,14 +7,12 @@ Each limit is set below what the same load took before its bound existed, so tha
 
 from __future__ import annotations
 
-import socket
 import uuid
-from collections.abc import Callable
 
 import pytest
 
 from .faults import MemoryLimit, memory_limits_unavailable
-from .harness import Replica, wait_until
+from .harness import Replica, send_raw, wait_until
 
 # expiryd itself takes about 45 MB resident before it holds any key or event.
 LIMIT = 90 << 20
@@ -25,23 +23,6 @@ def _memory_limits() -> None:
     reason = memory_limits_unavailable()
     if reason is not None:
         pytest.skip(reason)
-
-
-def send(cluster, names: list[bytes], command: Callable[[bytes], bytes]) -> None:
-    """``command(name)`` for each name, as raw pipelined RESP to its primary: a writer as fast as Redis."""
-    owners = cluster.slot_owners()
-    by_node: dict[str, list[bytes]] = {}
-    for name in names:
-        by_node.setdefault(owners.owner(name).address, []).append(name)
-    for address, node_names in by_node.items():
-        host, port = address.rsplit(":", 1)
-        with socket.create_connection((host, int(port))) as connection:
-            for start in range(0, len(node_names), 10_000):
-                chunk = node_names[start : start + 10_000]
-                connection.sendall(b"".join(command(name) for name in chunk))
-                replies = 0
-                while replies < len(chunk):
-                    replies += connection.recv(1 << 20).count(b"\r\n")
 
 
 def heard(replica: Replica, cluster) -> float:
@@ -61,13 +42,13 @@ def test_a_flood_of_keys_of_no_route_takes_no_memory_and_a_routed_key_still_arri
         follower.wait_ready()
         before = {replica.name: heard(replica, shared_cluster) for replica in (leader, follower)}
         names = [f"{prefix}:other:{n:012d}:".encode().ljust(200, b"x") for n in range(flood)]
-        send(
+        send_raw(
             shared_cluster,
             names,
             lambda name: b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\nv\r\n$2\r\nPX\r\n$1\r\n1\r\n" % (len(name), name),
         )
         # Their application reads them once due: each read deletes an expired key and publishes expired.
-        send(shared_cluster, names, lambda name: b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(name), name))
+        send_raw(shared_cluster, names, lambda name: b"*2\r\n$6\r\nEXISTS\r\n$%d\r\n%s\r\n" % (len(name), name))
         for replica in (leader, follower):
             wait_until(
                 lambda replica=replica: heard(replica, shared_cluster) - before[replica.name] >= flood,
@@ -147,7 +128,7 @@ def test_a_day_of_refusals_in_miniature_keeps_the_dead_letters_within_their_byte
         wait_until(leader.leads, timeout=30, what="the replica to lead")
         term = leader.http("/leader")[1]
         names = [f"{prefix}:{n:08d}:".encode().ljust(200, b"o") for n in range(refused)]
-        send(
+        send_raw(
             shared_cluster,
             names,
             lambda name: b"*5\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\nv\r\n$2\r\nPX\r\n$3\r\n100\r\n" % (len(name), name),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -57,6 +58,11 @@ def test_the_text_view_names_the_leader_and_its_term():
     assert text.splitlines()[0] == "leader    1 (term 7)"
 
 
+def test_the_text_view_shows_what_each_replica_holds_of_its_memory_budget():
+    held = dataclasses.replace(replica("1", term=7), memory=60 << 20, memory_budget=256 << 20)
+    assert "memory 60 of 256 MB" in render_text(status([held], [primary()]))
+
+
 def test_the_page_escapes_what_comes_from_redis():
     page = render_page(status([replica(HOSTILE, term=7)], [primary()]), [], replica="1")
     assert HOSTILE not in page and "&lt;script&gt;" in page
@@ -80,6 +86,7 @@ def test_status_names_the_leader_and_a_primary_no_replica_hears(patient_cluster,
     wait_until(lambda: expiryd("status", config=config).returncode == 0, timeout=15, what="a healthy status")
     healthy = json.loads(expiryd("status", "--json", config=config).stdout)
     assert healthy["leader"]["id"] == "1" and healthy["attention"] == []
+    assert healthy["replicas"][0]["memory_budget"] == 256 << 20
 
     node = primary_away_from_the_lease(cluster, leader)
     cluster.freeze(node)

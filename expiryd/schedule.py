@@ -127,6 +127,10 @@ class _Index:
         self._mask = tables - 1
         self._tables = [_Table(self, slots) for _ in range(tables)]
 
+    def table(self, fingerprint: int) -> _Table:
+        """The table that holds ``fingerprint``, for a caller that asks it more than once."""
+        return self._tables[fingerprint & self._mask]
+
     def state(self, fingerprint: int) -> int:
         """The key's due time in ms, negated once it has fired; 0 if the key is not held."""
         return self._tables[fingerprint & self._mask].state(fingerprint)
@@ -349,12 +353,14 @@ class Schedule:
         """Schedule ``key`` at ``due`` (epoch seconds), replacing its earlier due time if any."""
         index = self._index
         fingerprint = hash(key) or 2
+        table = index.table(fingerprint)
         if due > now + self.horizon:
-            if index.state(fingerprint) > 0:
-                index.remove(fingerprint)
+            if table.state(fingerprint) > 0:
+                table.remove(fingerprint)
             return Admission.BEYOND_HORIZON
         due_ms = round(due * 1000)
-        put = index.put(fingerprint, due_ms, room=self.nbytes < self.max_bytes)
+        held = self._arena_bytes + index.nbytes + self._fired_log_bytes + _ACTIVE_ENTRY_BYTES * len(self._active)
+        put = table.put(fingerprint, due_ms, room=held < self.max_bytes)
         if put == _SAME:
             return Admission.SCHEDULED  # already listed at this time
         if put == _REFUSED:
@@ -376,7 +382,7 @@ class Schedule:
             _append_name(arena, key)
             self._arena_bytes += size + 5
         self._listed += 1
-        if self._listed > 2 * len(self) + 100_000:
+        if self._listed > 2 * (index.live - index.fired) + 100_000:
             self._compact()
         return Admission.SCHEDULED
 

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).parent.parent
 
-# Two scenarios at a time, each on a cluster of its own: they spend most of their time waiting
+# Two or three scenarios at a time, each on a cluster of its own: they spend most of their time waiting
 # (for replicas to start, a lease to expire, keys to fall due), and no figure is judged here.
-PAIRS = (("takeover", "ontime"), ("latency", "handlers"), ("throughput",))
+PAIRS = (("takeover", "ontime", "throughput"), ("latency", "handlers"))
 
 
 def smoke(scenarios: tuple[str, ...], directory: Path) -> dict[str, Any]:

@@ -56,7 +56,7 @@ import enum
 import heapq
 from array import array
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 __all__ = ["Admission", "Schedule"]
 
@@ -124,31 +124,31 @@ class _Index:
         self.live = 0  # waiting or fired
         self.fired = 0
         self.nbytes = 0
-        self._mask = tables - 1
-        self._tables = [_Table(self, slots) for _ in range(tables)]
+        self.mask = tables - 1
+        self.tables = [_Table(self, slots) for _ in range(tables)]
 
     def table(self, fingerprint: int) -> _Table:
         """The table that holds ``fingerprint``, for a caller that asks it more than once."""
-        return self._tables[fingerprint & self._mask]
+        return self.tables[fingerprint & self.mask]
 
     def state(self, fingerprint: int) -> int:
         """The key's due time in ms, negated once it has fired; 0 if the key is not held."""
-        return self._tables[fingerprint & self._mask].state(fingerprint)
+        return self.tables[fingerprint & self.mask].state(fingerprint)
 
     def put(self, fingerprint: int, due_ms: int, *, room: bool = True) -> int:
         """Hold the key as waiting for ``due_ms``: :data:`_NEW`, :data:`_MOVED` or :data:`_SAME`.
 
         :data:`_REFUSED` if the key is new and there is no ``room``.
         """
-        return self._tables[fingerprint & self._mask].put(fingerprint, due_ms, room=room)
+        return self.tables[fingerprint & self.mask].put(fingerprint, due_ms, room=room)
 
     def fire(self, fingerprint: int, due_ms: int) -> bool:
         """Mark the key fired, if it is waiting for ``due_ms``."""
-        return self._tables[fingerprint & self._mask].fire(fingerprint, due_ms)
+        return self.tables[fingerprint & self.mask].fire(fingerprint, due_ms)
 
     def remove(self, fingerprint: int, *, fired_at: int = 0) -> int:
         """Forget the key (only if it fired for ``fired_at`` ms, when given); its :meth:`state`, 0 if none."""
-        return self._tables[fingerprint & self._mask].remove(fingerprint, fired_at=fired_at)
+        return self.tables[fingerprint & self.mask].remove(fingerprint, fired_at=fired_at)
 
 
 class _Table:
@@ -351,40 +351,52 @@ class Schedule:
 
     def add(self, key: bytes, due: float, *, now: float) -> Admission:
         """Schedule ``key`` at ``due`` (epoch seconds), replacing its earlier due time if any."""
-        index = self._index
-        fingerprint = hash(key) or 2
-        table = index.table(fingerprint)
-        if due > now + self.horizon:
-            if table.state(fingerprint) > 0:
-                table.remove(fingerprint)
-            return Admission.BEYOND_HORIZON
-        due_ms = round(due * 1000)
-        held = self._arena_bytes + index.nbytes + self._fired_log_bytes + _ACTIVE_ENTRY_BYTES * len(self._active)
-        put = table.put(fingerprint, due_ms, room=held < self.max_bytes)
-        if put == _SAME:
-            return Admission.SCHEDULED  # already listed at this time
-        if put == _REFUSED:
-            return Admission.FULL
-        second = due_ms // 1000
-        if second < self._opened_until:
-            heapq.heappush(self._active, (due_ms / 1000, key, due_ms))
-            return Admission.SCHEDULED
-        arena = self._arenas.get(second)
-        if arena is None:
-            arena = self._arenas[second] = bytearray()
-            heapq.heappush(self._second_heap, second)
-        size = len(key)
-        if size < _LONG_NAME:
-            arena.append(size)
-            arena += key
-            self._arena_bytes += size + 1
-        else:
-            _append_name(arena, key)
-            self._arena_bytes += size + 5
-        self._listed += 1
-        if self._listed > 2 * (index.live - index.fired) + 100_000:
-            self._compact()
-        return Admission.SCHEDULED
+        counts = self.add_many([(key, due)], now=now)
+        return next(admission for admission, count in counts.items() if count)
+
+    def add_many(self, entries: Iterable[tuple[bytes, float]], *, now: float) -> dict[Admission, int]:
+        """:meth:`add` for each ``(key, due)``, in one call (learning adds thousands at a time); counts by outcome."""
+        index, tables, mask = self._index, self._index.tables, self._index.mask
+        arenas, second_heap, active = self._arenas, self._second_heap, self._active
+        latest, opened_until, push = now + self.horizon, self._opened_until, heapq.heappush
+        scheduled = beyond = full = 0
+        for key, due in entries:
+            fingerprint = hash(key) or 2
+            table = tables[fingerprint & mask]
+            if due > latest:
+                if table.state(fingerprint) > 0:
+                    table.remove(fingerprint)
+                beyond += 1
+                continue
+            due_ms = round(due * 1000)
+            held = self._arena_bytes + index.nbytes + self._fired_log_bytes + _ACTIVE_ENTRY_BYTES * len(active)
+            put = table.put(fingerprint, due_ms, room=held < self.max_bytes)
+            if put == _REFUSED:
+                full += 1
+                continue
+            scheduled += 1
+            if put == _SAME:
+                continue  # already listed at this time
+            second = due_ms // 1000
+            if second < opened_until:
+                push(active, (due_ms / 1000, key, due_ms))
+                continue
+            arena = arenas.get(second)
+            if arena is None:
+                arena = arenas[second] = bytearray()
+                push(second_heap, second)
+            size = len(key)
+            if size < _LONG_NAME:
+                arena.append(size)
+                arena += key
+                self._arena_bytes += size + 1
+            else:
+                _append_name(arena, key)
+                self._arena_bytes += size + 5
+            self._listed += 1
+            if self._listed > 2 * (index.live - index.fired) + 100_000:
+                self._compact()
+        return {Admission.SCHEDULED: scheduled, Admission.BEYOND_HORIZON: beyond, Admission.FULL: full}
 
     def retry(self, key: bytes, due: float, *, at: float) -> None:
         """Fire ``key`` again at ``at``: its touch failed, or came before Redis's clock reached ``due``."""

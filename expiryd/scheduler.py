@@ -225,28 +225,24 @@ class Scheduler(Service):
 
     def _admit(self, keys: list[bytes], replies: list[Any]) -> None:
         now = self._clock.now()
-        add, counts = self._schedule.add, dict.fromkeys(Admission, 0)
-        earliest = float("inf")
+        learned: list[tuple[bytes, float]] = []
         gone = failed = 0
         for key, reply in zip(keys, replies, strict=True):
-            if not isinstance(reply, int):
+            if type(reply) is not int:
                 failed += 1  # MOVED (the slot moved on) or refused: what the schedule holds stays
-                continue
-            if reply < 0:
+            elif reply < 0:
                 self._schedule.discard(key)  # -1: no TTL any more; -2: gone already
                 gone += 1
-                continue
-            due = reply / 1000
-            counts[add(key, due, now=now)] += 1
-            earliest = min(earliest, due)
-        for admission, count in counts.items():
+            else:
+                learned.append((key, reply / 1000))
+        for admission, count in self._schedule.add_many(learned, now=now).items():
             if count:
                 self._admitted[admission].inc(count)
         if gone:
             self._metrics.schedule_admissions.labels(result="no_ttl").inc(gone)
         if failed:
             self._metrics.schedule_admissions.labels(result="error").inc(failed)
-        if earliest < self._sleeping_until:
+        if learned and min(due for _, due in learned) < self._sleeping_until:
             self._sooner.set()
 
     # Firing

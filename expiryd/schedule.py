@@ -31,8 +31,8 @@ entry stays where it was and is skipped when that second opens, because the
 index no longer agrees with it (lazy cancellation, as Kafka's timing wheel
 does). Arenas full of such stale entries are rewritten once they outnumber
 the live ones. About 45 bytes a key with a 25-byte name in these
-structures, 57.5 MB per million keys as a follower's resident memory
-(``python -m bench memory``; a dict of Python objects took 151.5 MB).
+structures, 58.2 MB per million keys as a follower's resident memory
+(``python -m bench memory``; a dict of Python objects took 150.5 MB).
 
 Two keys whose 64-bit hashes are equal (a chance of about one in 40 million
 that any two of a million keys do) share a slot: one of them then fires on Redis's own timing,
